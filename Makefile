@@ -1,0 +1,29 @@
+# The README's commands.  `make run` serves on the embedded default; `make test` runs the
+# whole trial suite (CI calls it); `make bench` runs the benchmark suite.
+PYTHON ?= python3
+NPM ?= npm
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test deps python-deps node-deps redis-server bench
+
+run: deps
+	$(PYTHON) -m realtime
+
+test: deps redis-server
+	$(PYTHON) -m twisted.trial tests
+
+deps: python-deps node-deps
+
+# A plain (non-editable) install: an editable one hides twisted/plugins from twistd.
+python-deps:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check '.[test]'
+	$(PYTHON) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+
+node-deps: node_modules/.bin/pouchdb-server
+
+node_modules/.bin/pouchdb-server: package.json package-lock.json
+	$(NPM) ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+redis-server:
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }

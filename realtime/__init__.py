@@ -1,0 +1,3 @@
+"""realtime: a real-time gateway for CouchDB-backed applications (Twisted + Autobahn)."""
+
+__version__ = "0.1.0"

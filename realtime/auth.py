@@ -1,0 +1,326 @@
+"""
+Who is connecting: credentials from a WebSocket handshake, checked.
+
+Order (first match wins, and a match that fails does not fall through to the next):
+
+1. ``Authorization: Bearer <JWT>`` header;
+2. ``token=<JWT>`` query parameter;
+3. ``AuthSession`` cookie, checked with ``GET /_session`` on CouchDB: valid only when
+   ``userCtx.name`` is a string.  Refused at the handshake (HTTP 403) when the request has
+   an ``Origin`` that is not in the allowed origins: a browser sends cookies on cross-site
+   WebSocket requests, so this is the guard against cross-site WebSocket hijacking.  A
+   request with no ``Origin`` is not from a browser and is not subject to it;
+4. none of these: no identity yet (the client may send an ``auth`` message).
+
+Every failure is an :class:`AuthFailure` with the reason the client is told
+(``auth-failed``, ``token-expired``, ``revoked``, ``timeout``, ``unavailable``) and the close
+code (4001; 4101 when CouchDB or Redis cannot answer: the answer is then no).
+
+Nothing here logs a token or cookie.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from typing import Iterable, Optional, Sequence, Tuple
+
+import jwt
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, returnValue, succeed
+from twisted.logger import Logger
+
+from realtime import jsonutil
+
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_AUTH_UNAVAILABLE = 4101
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """An authenticated user, as one connection knows them."""
+
+    user_id: str
+    name: str
+    roles: Tuple[str, ...] = ()
+    method: str = "jwt"  # "jwt" or "cookie"
+    expires_at: Optional[float] = None  # seconds since the epoch, for JWTs
+    token_id: Optional[str] = None  # jti, or a hash of the token: never the token itself
+    topics: Tuple[str, ...] = ()  # topic grants from the JWT ``topics`` claim
+    cookie: Optional[str] = dataclasses.field(default=None, repr=False, compare=False)
+
+    def public(self) -> dict:
+        return {"id": self.user_id, "name": self.name, "roles": list(self.roles)}
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles or "_admin" in self.roles
+
+
+class AuthFailure(Exception):
+    def __init__(self, reason: str = "auth-failed", detail: str = ""):
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+    @property
+    def close_code(self) -> int:
+        return CLOSE_AUTH_UNAVAILABLE if self.reason == "unavailable" else CLOSE_UNAUTHORIZED
+
+
+class OriginRefused(Exception):
+    """Cookie credentials from an Origin that is not allowed (HTTP 403 at the handshake)."""
+
+
+def token_id(claims: dict, token: str) -> str:
+    jti = claims.get("jti")
+    if isinstance(jti, str) and jti:
+        return "jti:" + jti
+    return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class JWTVerifier:
+    """
+    Verify JWTs with PyJWT: explicit algorithm allow-list, ``exp`` required, ``nbf``/``iat``
+    checked with a small leeway, ``aud``/``iss`` exact when configured.
+
+    :param key: the HMAC secret or a PEM public key.
+    """
+
+    def __init__(self, key, algorithms: Sequence[str], audience: Optional[str] = None,
+                 issuer: Optional[str] = None, user_claim: str = "sub",
+                 roles_claim: str = "roles", leeway: float = 5.0, clock=None):
+        if not algorithms:
+            raise ValueError("an explicit algorithm allow-list is required")
+        if any(a.lower() == "none" for a in algorithms):
+            raise ValueError("the 'none' algorithm is never allowed")
+        self._key = key
+        self.algorithms = list(algorithms)
+        self.audience = audience
+        self.issuer = issuer
+        self.user_claim = user_claim
+        self.roles_claim = roles_claim
+        self.leeway = leeway
+        self._clock = clock
+
+    def _now(self) -> Optional[float]:
+        return self._clock.seconds() if self._clock is not None else None
+
+    def decode(self, token: str) -> dict:
+        """Verified claims, or :class:`AuthFailure`."""
+        if not isinstance(token, str) or not token or len(token) > 16384:
+            raise AuthFailure("auth-failed", "malformed token")
+        options = {"require": ["exp"], "verify_aud": self.audience is not None}
+        kwargs = {}
+        if self.audience is not None:
+            kwargs["audience"] = self.audience
+        if self.issuer is not None:
+            kwargs["issuer"] = self.issuer
+            options["require"].append("iss")
+        try:
+            claims = jwt.decode(token, self._key, algorithms=self.algorithms, options=options,
+                                leeway=self.leeway, **kwargs)
+        except jwt.ExpiredSignatureError:
+            raise AuthFailure("token-expired", "token expired") from None
+        except jwt.InvalidTokenError as e:
+            raise AuthFailure("auth-failed", type(e).__name__) from None
+        except Exception as e:  # a key of the wrong kind, an unsupported algorithm ...
+            raise AuthFailure("auth-failed", type(e).__name__) from None
+        now = self._now()
+        if now is not None and claims.get("exp") is not None and float(claims["exp"]) + self.leeway <= now:
+            raise AuthFailure("token-expired", "token expired")
+        return claims
+
+    def identity(self, token: str, claims: dict) -> Identity:
+        user = claims.get(self.user_claim)
+        if user is None and self.user_claim == "sub":
+            user = claims.get("userId")
+        if isinstance(user, int) and not isinstance(user, bool):
+            user = str(user)
+        if not isinstance(user, str) or not user or len(user) > 256:
+            raise AuthFailure("auth-failed", "no user claim")
+        roles = claims.get(self.roles_claim, [])
+        if isinstance(roles, str):
+            roles = [roles]
+        if not isinstance(roles, list):
+            roles = []
+        topics = claims.get("topics", [])
+        if not isinstance(topics, list):
+            topics = []
+        name = claims.get("name")
+        return Identity(
+            user_id=user,
+            name=name if isinstance(name, str) and name else user,
+            roles=tuple(r for r in roles if isinstance(r, str)),
+            method="jwt",
+            expires_at=float(claims["exp"]),
+            token_id=token_id(claims, token),
+            topics=tuple(t for t in topics if isinstance(t, str) and t),
+        )
+
+    def verify(self, token: str) -> Deferred:
+        """A Deferred firing with the :class:`Identity`, or failing with AuthFailure."""
+        return maybeDeferred(lambda: self.identity(token, self.decode(token)))
+
+
+class CouchSessionChecker:
+    """
+    Validate a CouchDB ``AuthSession`` cookie with ``GET /_session``.
+
+    pouchdb-server and CouchDB answer 200 for a forged or expired cookie, with
+    ``userCtx.name == null`` (and, on a server with no admin, roles ``["_admin"]``): the
+    session is valid only when ``name`` is a non-empty string.
+
+    :param http: a treq ``HTTPClient`` (or the ``treq`` module).
+    """
+
+    _log = Logger()
+
+    def __init__(self, http, couchdb_url: str, timeout: float = 5.0, clock=None):
+        self._http = http
+        self._url = couchdb_url.rstrip("/") + "/_session"
+        self._timeout = timeout
+        self._clock = clock
+
+    @inlineCallbacks
+    def check(self, cookie: str):
+        if not _COOKIE_VALUE.match(cookie):
+            raise AuthFailure("auth-failed", "malformed cookie")
+        try:
+            response = yield self._http.get(
+                self._url,
+                headers={b"Cookie": [b"AuthSession=" + cookie.encode("ascii")],
+                         b"Accept": [b"application/json"]},
+                timeout=self._timeout, reactor=self._clock)
+            body = yield response.content()
+        except Exception as e:
+            self._log.warn("CouchDB session check failed: {error}", error=type(e).__name__)
+            raise AuthFailure("unavailable", "CouchDB unreachable") from None
+        if response.code >= 500:
+            raise AuthFailure("unavailable", f"CouchDB answered {response.code}")
+        if response.code != 200:
+            raise AuthFailure("auth-failed", f"CouchDB answered {response.code}")
+        try:
+            ctx = jsonutil.loads(body)["userCtx"]
+            name = ctx["name"]
+            roles = ctx.get("roles") or []
+        except (ValueError, KeyError, TypeError):
+            raise AuthFailure("unavailable", "CouchDB answered nonsense") from None
+        if not isinstance(name, str) or not name:
+            raise AuthFailure("auth-failed", "no session")
+        roles = tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else ()
+        returnValue(Identity(user_id=name, name=name, roles=roles, method="cookie",
+                             cookie=cookie))
+
+
+# Cookie values CouchDB issues are base64url-ish; anything else is refused before a request.
+_COOKIE_VALUE = re.compile(r"^[A-Za-z0-9_\-+/=.:]{1,4096}$")
+
+
+def cookie_value(cookie_header: Optional[str], name: str = "AuthSession") -> Optional[str]:
+    """The value of cookie ``name`` in a ``Cookie`` header, or None."""
+    if not cookie_header:
+        return None
+    for part in cookie_header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return value or None
+    return None
+
+
+def origin_allowed(origin: Optional[str], allowed: Iterable[str]) -> bool:
+    """
+    Is ``origin`` (``scheme://host[:port]``) allowed?  Entries are exact origins or patterns
+    with ``*`` (``https://*.example.com``); ``*`` alone allows every origin.  No Origin
+    header (not a browser) is always allowed.
+    """
+    if not origin:  # Autobahn reports a missing header as ""
+        return True
+    origin = origin.strip().lower()
+    for pattern in allowed:
+        pattern = pattern.strip().lower()
+        if pattern == "*" or pattern == origin:
+            return True
+        if "*" in pattern:
+            regex = "^" + ".*".join(re.escape(p) for p in pattern.split("*")) + "$"
+            if re.match(regex, origin):
+                return True
+    return False
+
+
+class Authenticator:
+    """
+    Turns handshake credentials into an :class:`Identity`.
+
+    :param jwt_verifier: a :class:`JWTVerifier` (or anything with ``verify(token)``), or None
+        when JWT auth is off.
+    :param session_checker: a :class:`CouchSessionChecker`, or None.
+    :param revocations: optional object with ``is_revoked(token_id) -> Deferred[bool]``.
+    """
+
+    def __init__(self, jwt_verifier=None, session_checker=None,
+                 allowed_origins: Iterable[str] = (), revocations=None):
+        self.jwt_verifier = jwt_verifier
+        self.session_checker = session_checker
+        self.allowed_origins = tuple(allowed_origins)
+        self.revocations = revocations
+
+    def credentials(self, headers: dict, params: dict) -> Tuple[Optional[str], Optional[str]]:
+        """
+        ``(kind, secret)`` from handshake headers (lower-case names) and query parameters
+        (name -> list of values): kind is ``"jwt"``, ``"cookie"`` or None.
+        """
+        authorization = headers.get("authorization")
+        if authorization:
+            scheme, _, value = authorization.strip().partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                return "jwt", value.strip()
+        tokens = params.get("token") if params else None
+        if tokens:
+            return "jwt", tokens[0]
+        cookie = cookie_value(headers.get("cookie"))
+        if cookie:
+            return "cookie", cookie
+        return None, None
+
+    def authenticate(self, headers: dict, params: dict, origin: Optional[str]) -> Deferred:
+        """
+        Fires with an Identity, or None when no credentials were given; fails with
+        AuthFailure, or OriginRefused (synchronously checked, before any I/O).
+        """
+        kind, secret = self.credentials(headers, params)
+        if kind is None:
+            return succeed(None)
+        if kind == "cookie":
+            if not origin_allowed(origin, self.allowed_origins):
+                return fail(OriginRefused(origin))
+            if self.session_checker is None:
+                return fail(AuthFailure("auth-failed", "cookie auth is off"))
+            return self._checked(self.session_checker.check(secret))
+        return self.verify_token(secret)
+
+    def verify_token(self, token: str) -> Deferred:
+        """A JWT (handshake or ``auth`` message) -> Identity, or AuthFailure."""
+        if self.jwt_verifier is None:
+            return fail(AuthFailure("auth-failed", "JWT auth is off"))
+        return self._checked(self.jwt_verifier.verify(token))
+
+    def _checked(self, d: Deferred) -> Deferred:
+        if self.revocations is None:
+            return d
+
+        @inlineCallbacks
+        def check(identity):
+            if identity.token_id is not None:
+                try:
+                    revoked = yield self.revocations.is_revoked(identity.token_id)
+                except Exception:
+                    raise AuthFailure("unavailable", "revocation store unreachable") from None
+                if revoked:
+                    raise AuthFailure("revoked", "token revoked")
+            returnValue(identity)
+
+        return d.addCallback(check)

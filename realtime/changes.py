@@ -1,0 +1,370 @@
+"""
+Following a CouchDB ``_changes`` feed.
+
+One :class:`ChangesFollower` per watched database per process makes one continuous
+``_changes`` request (``feed=continuous&include_docs=true&heartbeat=H``), whatever the
+number of WebSocket clients, and hands every change to a callback.
+
+Behaviour:
+
+- The first start asks ``since=now``; later connections resume from the ``seq`` of the last
+  change the callback fully processed.  ``seq`` is opaque (an integer on pouchdb-server, a
+  string on CouchDB 2/3): stored and sent back unchanged, never compared or parsed.
+- Lines are parsed incrementally: a change may be split across chunks, heartbeats are bare
+  newlines, and a partial line left when the stream ends is discarded (its change will come
+  again, since ``since`` only moves past fully processed lines).
+- A watchdog on the injected clock aborts the request when no byte (change or heartbeat) has
+  arrived for ``3 x heartbeat``, including while waiting for the response headers.
+- Any end of the stream (server closed it, watchdog, connection refused, non-200 answer)
+  schedules a reconnection after :class:`Backoff`: 1 s doubling to 30 s, with jitter.  The
+  backoff resets once a connection has delivered a byte of body.
+
+The streaming request is made with a plain ``twisted.web.client.Agent`` (no content
+decoding): treq's client always asks for gzip, and pouchdb-server then holds a gzipped
+continuous feed back.  Short requests elsewhere use treq.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+from typing import Callable, Optional
+from urllib.parse import quote, urlencode
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web.client import ResponseDone
+from twisted.web.http_headers import Headers
+
+from realtime import jsonutil
+
+
+class LineParser:
+    """
+    Split a byte stream into lines, across chunk boundaries.
+
+    :param on_line: called with each complete non-empty line (bytes, without the newline).
+    :param max_line: a line longer than this is dropped whole (a runaway document cannot grow
+        memory without bound); ``on_overflow`` is told.
+    """
+
+    def __init__(self, on_line: Callable[[bytes], None], max_line: int = 64 * 1024 * 1024,
+                 on_overflow: Callable[[int], None] = lambda size: None):
+        self._on_line = on_line
+        self._max_line = max_line
+        self._on_overflow = on_overflow
+        self._buffer = b""
+        self._skipping = False
+
+    def feed(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            line = buffer[start:end]
+            start = end + 1
+            if self._skipping:
+                self._skipping = False
+                continue
+            line = line.strip()
+            if line:
+                self._on_line(line)
+        rest = buffer[start:]
+        if len(rest) > self._max_line:
+            self._on_overflow(len(rest))
+            rest = b""
+            self._skipping = True
+        self._buffer = rest
+
+    @property
+    def pending(self) -> bytes:
+        """The incomplete line held back (for tests and diagnostics)."""
+        return self._buffer
+
+
+class Backoff:
+    """
+    Exponential backoff with jitter: attempt n (from 0) waits a random time in
+    ``[d/2, d]`` where ``d = min(maximum, initial * 2**n)`` ("equal jitter": never less than
+    half the nominal delay, so a flapping server is not hammered; never all clients at the
+    same instant).
+    """
+
+    def __init__(self, initial: float = 1.0, maximum: float = 30.0,
+                 random: Callable[[], float] = random.random):
+        self.initial = initial
+        self.maximum = maximum
+        self._random = random
+        self.attempts = 0
+
+    def nominal(self, attempt: int) -> float:
+        if attempt >= 64:
+            return self.maximum
+        return min(self.maximum, self.initial * (2 ** attempt))
+
+    def next_delay(self) -> float:
+        nominal = self.nominal(self.attempts)
+        self.attempts += 1
+        return nominal / 2 + (nominal / 2) * self._random()
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+class _FeedBody(Protocol):
+    """Body protocol of one ``_changes`` response: feeds the parser, reports the end."""
+
+    def __init__(self, follower: "ChangesFollower"):
+        self._follower = follower
+
+    def connectionMade(self):
+        self._follower._body_started(self)
+
+    def dataReceived(self, data: bytes):
+        self._follower._body_data(self, data)
+
+    def connectionLost(self, reason):
+        self._follower._body_ended(self, reason)
+
+    def abort(self):
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+class ChangesFollower:
+    """
+    Follow one database's continuous ``_changes`` feed.
+
+    :param agent: an ``IAgent`` (a plain ``Agent``: see the module docstring).
+    :param clock: an ``IReactorTime``.
+    :param on_change: ``on_change(db, change)`` for each change line (a dict with ``id``,
+        ``seq``, ``changes``, ``doc`` or ``deleted``).  When it returns, the change counts as
+        processed and its ``seq`` becomes the resume point.  An exception it raises is logged
+        and the change still counts as processed (one bad document must not stall the feed).
+    :param on_state: optional ``on_state(follower)`` called on every state change.
+    """
+
+    _log = Logger()
+
+    STOPPED = "stopped"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+
+    def __init__(self, agent, clock, couchdb_url: str, db: str,
+                 on_change: Callable[[str, dict], None],
+                 admin_auth: Optional[str] = None, heartbeat_ms: int = 10000,
+                 since="now", backoff: Optional[Backoff] = None,
+                 on_state: Optional[Callable[["ChangesFollower"], None]] = None):
+        self._agent = agent
+        self._clock = clock
+        self._base = couchdb_url.rstrip("/")
+        self.db = db
+        self._on_change = on_change
+        self._admin_auth = admin_auth
+        self.heartbeat_ms = heartbeat_ms
+        self.last_seq = since
+        self._backoff = backoff or Backoff()
+        self._on_state = on_state
+        self.state = self.STOPPED
+        self.reconnects = 0
+        self.changes_seen = 0
+        self.last_error: Optional[str] = None
+        self._request = None
+        self._body: Optional[_FeedBody] = None
+        self._watchdog = None
+        self._retry = None
+        self._running = False
+
+    # -- public -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self._connect()
+
+    def stop(self) -> None:
+        self._running = False
+        self._cancel_timer("_retry")
+        self._cancel_timer("_watchdog")
+        if self._request is not None:
+            request, self._request = self._request, None
+            request.cancel()
+        if self._body is not None:
+            body, self._body = self._body, None
+            body.abort()
+        self._set_state(self.STOPPED)
+
+    @property
+    def watchdog_seconds(self) -> float:
+        return 3 * self.heartbeat_ms / 1000.0
+
+    def url(self) -> bytes:
+        query = urlencode({
+            "feed": "continuous",
+            "include_docs": "true",
+            "heartbeat": str(self.heartbeat_ms),
+            "since": str(self.last_seq),
+        })
+        return f"{self._base}/{quote(self.db, safe='')}/_changes?{query}".encode("ascii")
+
+    # -- connection lifecycle -----------------------------------------------------------
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            if self._on_state is not None:
+                self._on_state(self)
+
+    def _cancel_timer(self, name: str) -> None:
+        call = getattr(self, name)
+        setattr(self, name, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _arm_watchdog(self) -> None:
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.reset(self.watchdog_seconds)
+        else:
+            self._watchdog = self._clock.callLater(self.watchdog_seconds, self._stalled)
+
+    def _stalled(self) -> None:
+        self._watchdog = None
+        self._log.warn("changes feed of {db} silent for {seconds}s; reconnecting",
+                       db=self.db, seconds=self.watchdog_seconds)
+        self.last_error = "heartbeat timeout"
+        if self._request is not None:
+            request, self._request = self._request, None
+            request.cancel()  # errback -> _request_failed -> _schedule_reconnect
+        elif self._body is not None:
+            self._body.abort()  # connectionLost -> _body_ended -> _schedule_reconnect
+
+    def _connect(self) -> None:
+        if not self._running:
+            return
+        self._set_state(self.CONNECTING if self.reconnects == 0 else self.RECONNECTING)
+        headers = Headers({b"Accept": [b"application/json"]})
+        if self._admin_auth:
+            headers.addRawHeader(b"Authorization", b"Basic " + self._admin_auth.encode("ascii"))
+        self._arm_watchdog()
+        d = self._agent.request(b"GET", self.url(), headers, None)
+        self._request = d
+        d.addCallbacks(self._got_response, self._request_failed,
+                       callbackArgs=(d,), errbackArgs=(d,))
+
+    def _got_response(self, response, d) -> None:
+        if self._request is not d:
+            return
+        self._request = None
+        if response.code != 200:
+            self.last_error = f"HTTP {response.code}"
+            self._log.warn("changes feed of {db} answered HTTP {code}; retrying",
+                           db=self.db, code=response.code)
+            # Drain and drop the body; the connection is not reused for the stream.
+            response.deliverBody(_Discard())
+            self._schedule_reconnect()
+            return
+        self._arm_watchdog()
+        response.deliverBody(_FeedBody(self))
+
+    def _request_failed(self, failure, d) -> None:
+        if self._request is not d and not failure.check(CancelledError):
+            return
+        if self._request is d:
+            self._request = None
+        if not self._running:
+            return
+        if not failure.check(CancelledError):
+            self.last_error = failure.getErrorMessage() or failure.type.__name__
+            self._log.warn("changes feed of {db} failed to connect: {error}",
+                           db=self.db, error=self.last_error)
+        self._schedule_reconnect()
+
+    def _body_started(self, body: _FeedBody) -> None:
+        self._body = body
+        self._parser = LineParser(self._line, on_overflow=self._overflow)
+
+    def _body_data(self, body: _FeedBody, data: bytes) -> None:
+        if body is not self._body:
+            return
+        if self.state != self.CONNECTED:
+            self._backoff.reset()
+            self.last_error = None
+            self._set_state(self.CONNECTED)
+        self._arm_watchdog()
+        self._parser.feed(data)
+
+    def _body_ended(self, body: _FeedBody, reason) -> None:
+        if body is not self._body:
+            return
+        self._body = None
+        if not self._running:
+            return
+        if not reason.check(ResponseDone):
+            self.last_error = "stream ended: " + (reason.getErrorMessage() or reason.type.__name__)
+        self._log.info("changes feed of {db} ended; reconnecting", db=self.db)
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        self._cancel_timer("_watchdog")
+        if not self._running or self._retry is not None:
+            return
+        self.reconnects += 1
+        self._set_state(self.RECONNECTING)
+        delay = self._backoff.next_delay()
+        self._retry = self._clock.callLater(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._connect()
+
+    # -- lines --------------------------------------------------------------------------
+
+    def _overflow(self, size: int) -> None:
+        self._log.error("changes feed of {db}: a line over {size} bytes was dropped",
+                        db=self.db, size=size)
+
+    def _line(self, line: bytes) -> None:
+        try:
+            row = jsonutil.loads(line)
+        except ValueError:
+            self._log.warn("changes feed of {db}: unparsable line dropped", db=self.db)
+            return
+        if not isinstance(row, dict):
+            return
+        if "id" in row and "seq" in row:
+            self.changes_seen += 1
+            try:
+                self._on_change(self.db, row)
+            except Exception:
+                self._log.failure("processing a change of {db} failed", db=self.db)
+            self.last_seq = row["seq"]
+        elif "last_seq" in row:
+            # The server ends the feed (timeout): resume from there.
+            self.last_seq = row["last_seq"]
+        elif "error" in row:
+            self.last_error = str(row.get("reason") or row.get("error"))
+            self._log.warn("changes feed of {db} reported an error: {error}",
+                           db=self.db, error=self.last_error)
+
+    def status(self) -> dict:
+        return {
+            "state": self.state,
+            "lastSeq": self.last_seq,
+            "reconnects": self.reconnects,
+            "lastError": self.last_error,
+        }
+
+
+class _Discard(Protocol):
+    def connectionLost(self, reason):
+        pass
+
+
+def basic_auth_header(user: str, password: str) -> str:
+    """The ``COUCHDB_ADMIN_AUTH`` value for a user and password."""
+    return base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")

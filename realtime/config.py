@@ -1,0 +1,198 @@
+"""
+Configuration: one table of every option, read from twistd options and the environment.
+
+Each option has a twistd long name (``--couchdb-url``), an environment name (the names the
+seed servers used, e.g. ``COUCHDB_URL``), a default and a converter.  Precedence: a twistd
+option given on the command line, then the environment, then the default.
+
+:func:`load` turns that into a frozen :class:`Config`; the rest of the code only ever sees
+the ``Config`` (never the environment or the options object).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Mapping, Optional
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _list(text: str) -> tuple:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"must be a positive integer: {text!r}")
+    return value
+
+
+def _optional(text: str) -> Optional[str]:
+    return text or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    name: str  # attribute of Config, and twistd option with _ replaced by -
+    env: str
+    default: Optional[str]
+    convert: Callable[[str], Any]
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return self.name.replace("_", "-")
+
+
+OPTIONS = (
+    Option("listen", "REALTIME_LISTEN", "tcp:8080", _list,
+           "Twisted endpoint string(s) for the web site, comma-separated"),
+    Option("couchdb_url", "COUCHDB_URL", "http://127.0.0.1:5984", str,
+           "CouchDB base URL"),
+    Option("couchdb_admin_auth", "COUCHDB_ADMIN_AUTH", None, _optional,
+           "base64 of admin:password, used for _changes and document reads"),
+    Option("couchdb_heartbeat_ms", "COUCHDB_HEARTBEAT_MS", "10000", _positive_int,
+           "heartbeat asked of _changes; the feed reconnects after 3x this with no byte"),
+    Option("watch_databases", "REALTIME_WATCH_DATABASES", "_users", _list,
+           "databases whose _changes feed is followed (comma-separated)"),
+    Option("ws_heartbeat_ms", "WS_HEARTBEAT_MS", "25000", _positive_int,
+           "interval of the server's ping message and WebSocket ping"),
+    Option("jwt_secret", "JWT_SECRET", None, _optional,
+           "HMAC secret for JWTs (enables JWT auth)"),
+    Option("jwt_public_key", "JWT_PUBLIC_KEY", None, _optional,
+           "PEM public key, or a path to one, for RS/ES/EdDSA JWTs"),
+    Option("jwt_jwks_url", "JWT_JWKS_URL", None, _optional,
+           "JWKS URL for RS/ES/EdDSA JWTs"),
+    Option("jwt_algorithms", "JWT_ALGORITHMS", None, lambda t: _list(t) or None,
+           "comma-separated JWT algorithm allow-list "
+           "(default HS256 with a secret, RS256,ES256 with a key or JWKS)"),
+    Option("jwt_audience", "JWT_AUDIENCE", None, _optional, "required JWT aud"),
+    Option("jwt_issuer", "JWT_ISSUER", None, _optional, "required JWT iss"),
+    Option("jwt_user_claim", "JWT_USER_CLAIM", "sub", str, "JWT claim naming the user"),
+    Option("jwt_roles_claim", "JWT_ROLES_CLAIM", "roles", str,
+           "JWT claim holding the roles list"),
+    Option("redis_url", "REDIS_URL", None, _optional,
+           "Redis URL: set, several processes share work through Redis"),
+    Option("redis_prefix", "REDIS_PREFIX", "realtime:", str,
+           "prefix of every Redis key and channel"),
+    Option("admin_key", "REALTIME_ADMIN_KEY", None, _optional,
+           "bearer key for the REST admin API (none: admin API off)"),
+    Option("cors_origins", "CORS_ORIGINS", "", _list,
+           "allowed origins, comma-separated (cookie auth and REST)"),
+    Option("ws_rate_limit_max_messages", "WS_RATE_LIMIT_MAX_MESSAGES", "300", _positive_int,
+           "messages per connection per rate-limit window"),
+    Option("ws_rate_limit_window_ms", "WS_RATE_LIMIT_WINDOW_MS", "60000", _positive_int,
+           "rate-limit window (sliding), milliseconds"),
+    Option("ws_max_connections_per_user", "WS_MAX_CONNECTIONS_PER_USER", "20", _positive_int,
+           "connections per user; the next one is closed 4029"),
+    Option("ws_max_message_bytes", "WS_MAX_MESSAGE_BYTES", str(1024 * 1024), _positive_int,
+           "largest client message; a larger one is closed 1009"),
+    Option("ws_auth_timeout_ms", "WS_AUTH_TIMEOUT_MS", "30000", _positive_int,
+           "time an unauthenticated connection has to send auth (close 4001)"),
+    Option("ws_max_queue_bytes", "WS_MAX_QUEUE_BYTES", str(4 * 1024 * 1024), _positive_int,
+           "outgoing bytes held for a client that does not read; past it, close 4100"),
+    Option("ws_single_session", "WS_SINGLE_SESSION", "false", _bool,
+           "a user's new connection replaces the older ones (closed 4004)"),
+    Option("ws_signed_messages", "WS_SIGNED_MESSAGES", "false", _bool,
+           "every client message after auth must be HMAC-signed"),
+    Option("embedded_couchdb", "REALTIME_EMBEDDED_COUCHDB", "auto", str,
+           "auto: start an in-memory pouchdb-server when COUCHDB_URL is unset; "
+           "yes / no to force"),
+)
+
+_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    listen: tuple
+    couchdb_url: str
+    couchdb_admin_auth: Optional[str]
+    couchdb_heartbeat_ms: int
+    watch_databases: tuple
+    ws_heartbeat_ms: int
+    jwt_secret: Optional[str]
+    jwt_public_key: Optional[str]
+    jwt_jwks_url: Optional[str]
+    jwt_algorithms: Optional[tuple]
+    jwt_audience: Optional[str]
+    jwt_issuer: Optional[str]
+    jwt_user_claim: str
+    jwt_roles_claim: str
+    redis_url: Optional[str]
+    redis_prefix: str
+    admin_key: Optional[str]
+    cors_origins: tuple
+    ws_rate_limit_max_messages: int
+    ws_rate_limit_window_ms: int
+    ws_max_connections_per_user: int
+    ws_max_message_bytes: int
+    ws_auth_timeout_ms: int
+    ws_max_queue_bytes: int
+    ws_single_session: bool
+    ws_signed_messages: bool
+    embedded_couchdb: str
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        # Never print secrets: a Config may end up in a log line or a traceback.
+        hidden = {"couchdb_admin_auth", "jwt_secret", "admin_key"}
+        fields = ", ".join(
+            f"{f.name}={'<hidden>' if f.name in hidden and getattr(self, f.name) else getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+        )
+        return f"Config({fields})"
+
+
+class ConfigError(ValueError):
+    """An option has a value that cannot be used."""
+
+
+def load(given: Mapping[str, Optional[str]] = (),
+         environ: Mapping[str, str] = os.environ) -> Config:
+    """
+    Build a :class:`Config`.
+
+    :param given: option name (``couchdb_url``) -> text given on the command line, or None.
+    :param environ: the environment.
+    """
+    given = dict(given)
+    values = {}
+    for option in OPTIONS:
+        text = given.get(option.name)
+        origin = f"--{option.flag}"
+        if text is None:
+            text = environ.get(option.env)
+            origin = option.env
+        if text is None:
+            text = option.default
+            origin = "default"
+        if text is None:
+            values[option.name] = None
+            continue
+        try:
+            values[option.name] = option.convert(text)
+        except ValueError as e:
+            raise ConfigError(f"{origin}: {e}") from None
+    return Config(**values)
+
+
+def defaults(**overrides: Any) -> Config:
+    """A Config with every default and the given overrides (for tests and tools)."""
+    return load(environ={}).replace(**overrides)
+
+
+def couchdb_url_was_given(given: Mapping[str, Optional[str]] = (),
+                          environ: Mapping[str, str] = os.environ) -> bool:
+    return dict(given).get("couchdb_url") is not None or "COUCHDB_URL" in environ

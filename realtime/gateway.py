@@ -1,0 +1,121 @@
+"""
+The gateway: the shared objects every connection reaches through its factory.
+
+It holds the registry, the broker, the authenticator, the changes followers and the clock,
+turns CouchDB changes into deliveries, and reports status.  It never reads the environment:
+:mod:`realtime.service` builds it from a :class:`realtime.config.Config`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Dict, List, Optional
+
+from twisted.logger import Logger
+
+from realtime import jsonutil
+from realtime.router import router_for, utc_timestamp
+
+
+class Gateway:
+    _log = Logger()
+
+    def __init__(self, config, clock, registry, broker, authenticator, metrics=None):
+        self.config = config
+        self.clock = clock
+        self.registry = registry
+        self.broker = broker
+        self.authenticator = authenticator
+        self.metrics = metrics
+        self.followers: List = []
+        self.started_at = clock.seconds()
+        self.open_connections = 0  # every open WebSocket, authenticated or not
+        self._ids = itertools.count(1)
+        self._process_tag = os.urandom(4).hex()
+
+    # -- connections --------------------------------------------------------------------
+
+    def new_connection_id(self) -> str:
+        return f"{self._process_tag}-{next(self._ids)}"
+
+    def now(self) -> float:
+        return self.clock.seconds()
+
+    def timestamp(self) -> str:
+        return utc_timestamp(self.clock.seconds())
+
+    # -- CouchDB changes ----------------------------------------------------------------
+
+    def on_change(self, db: str, change: dict) -> int:
+        """
+        Route one change and deliver it to this process's connections (every process follows
+        CouchDB itself, so changes never cross the broker).  Returns the deliveries made.
+        """
+        recipients, message = router_for(db)(change, self.clock.seconds())
+        recipients = list(recipients)
+        if message is None or not recipients:
+            return 0
+        event = {"t": "users", "to": recipients, "msg": jsonutil.dumps_text(message)}
+        delivered = self.registry.dispatch(event)
+        if self.metrics is not None:
+            self.metrics.sent(message["type"], delivered)
+        return delivered
+
+    def heartbeat(self) -> int:
+        """Send the server's ``ping`` message to every authenticated connection (framed once)."""
+        message = {"type": "ping", "timestamp": self.timestamp()}
+        return self.registry.dispatch({"t": "all", "msg": jsonutil.dumps_text(message)})
+
+    # -- status -------------------------------------------------------------------------
+
+    def couchdb_status(self) -> dict:
+        states = [f.state for f in self.followers]
+        if not states:
+            state = "off"
+        elif all(s == "connected" for s in states):
+            state = "connected"
+        else:
+            state = next(s for s in states if s != "connected")
+        return {
+            "state": state,
+            "lastSeq": {f.db: f.last_seq for f in self.followers},
+            "feeds": {f.db: f.status() for f in self.followers},
+        }
+
+    def status(self, include_users: bool = False) -> dict:
+        uptime = self.clock.seconds() - self.started_at
+        body = {
+            "status": "healthy" if self.couchdb_status()["state"] in ("connected", "off")
+            and getattr(self.broker, "state", "up") == "up" else "degraded",
+            "connections": {
+                "total": self.open_connections,
+                "authenticated": len(self.registry),
+            },
+            "uptime": _uptime_text(uptime),
+            "uptimeSeconds": round(uptime, 3),
+            "couchdb": self.couchdb_status(),
+            "redis": {"state": getattr(self.broker, "redis_state", "off")},
+        }
+        if include_users:
+            body["connections"]["perUser"] = [
+                {"userId": user, "deviceCount": count}
+                for user, count in sorted(self.registry.users().items())
+            ]
+        return body
+
+
+def _uptime_text(seconds: float) -> str:
+    seconds = int(seconds)
+    days, seconds = divmod(seconds, 86400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    parts = []
+    if days:
+        parts.append(f"{days}d")
+    if days or hours:
+        parts.append(f"{hours}h")
+    if days or hours or minutes:
+        parts.append(f"{minutes}m")
+    parts.append(f"{seconds}s")
+    return " ".join(parts)

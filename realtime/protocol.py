@@ -1,0 +1,348 @@
+"""
+The WebSocket endpoint ``/ws``: a thin Autobahn adapter over the gateway.
+
+Wire protocol (v1; the contract is ``DESIGN.md``).  Every message is a JSON object with a
+``type``, both ways; timestamps are ISO 8601 UTC strings.
+
+Connecting:
+  credentials are taken from the handshake (see :mod:`realtime.auth`).  Success:
+  ``{"type":"connected","user":{"id","name","roles"},"connectionId","timestamp"}``.
+  Failure: ``{"type":"auth_failed","reason":…}`` then close 4001 (4101 when CouchDB or
+  Redis could not answer).  No credentials: ``{"type":"connection_established",
+  "message":"Please authenticate to continue"}``; the client then sends
+  ``{"type":"auth","token":JWT}`` within the auth timeout, or is closed 4001 (reason
+  ``timeout``).  Before it is authenticated a client may send ``auth`` and ``ping`` only;
+  anything else gets ``error`` ``not_authenticated`` and close 4001.
+
+Client -> server: ``auth``, ``ping``, ``subscribe``, ``unsubscribe``, ``publish``.
+Server -> client: ``connected``, ``user-change``, ``ping`` (every heartbeat interval, to
+every connection), ``pong`` (answer to ``ping``), ``error`` ``{code, message}`` for a
+refused request (the connection stays open), plus what the REST API and topics send.
+
+Delivery: a message bound for many connections is framed once (:mod:`realtime.registry`)
+and written to each as bytes.  Every connection registers a push producer on its transport:
+when Twisted's write buffer fills, frames wait in a bounded per-connection queue; a client
+that lets that queue pass ``WS_MAX_QUEUE_BYTES`` is closed 4100 and its queue freed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Optional
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
+from zope.interface import implementer
+from twisted.internet.interfaces import IPushProducer
+
+from realtime import jsonutil
+from realtime.auth import AuthFailure, Identity, OriginRefused
+from realtime.registry import frame_text
+
+CLOSE_NORMAL = 1000
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_FORBIDDEN = 4003
+CLOSE_REPLACED = 4004
+CLOSE_POLICY = 4008
+CLOSE_TOO_MANY_CONNECTIONS = 4029
+CLOSE_TOO_SLOW = 4100
+CLOSE_AUTH_UNAVAILABLE = 4101
+CLOSE_SHUTDOWN = 4200
+
+
+@implementer(IPushProducer)
+class _Throttle:
+    """Told by the transport when its buffer is full (pause) and drained (resume)."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol):
+        self._protocol = protocol
+
+    def pauseProducing(self):
+        self._protocol._paused = True
+
+    def resumeProducing(self):
+        self._protocol._resume()
+
+    def stopProducing(self):
+        self._protocol._paused = True
+
+
+class RealtimeServerProtocol(WebSocketServerProtocol):
+    """One WebSocket connection.  All per-connection state lives here."""
+
+    _log = Logger()
+
+    def __init__(self):
+        super().__init__()
+        self.connection_id: Optional[str] = None
+        self.identity: Optional[Identity] = None
+        self.topics: set = set()
+        self._auth_outcome = None
+        self._auth_timer = None
+        self._authenticating = False
+        self._registered = False
+        self._counted = False
+        self._paused = False
+        self._queue: deque = deque()
+        self._queued_bytes = 0
+
+    # -- identity -----------------------------------------------------------------------
+
+    @property
+    def user_id(self) -> Optional[str]:
+        return self.identity.user_id if self.identity is not None else None
+
+    @property
+    def gateway(self):
+        return self.factory.gateway
+
+    # -- Autobahn callbacks -------------------------------------------------------------
+
+    def onConnect(self, request):
+        gateway = self.gateway
+        self.connection_id = gateway.new_connection_id()
+        d = gateway.authenticator.authenticate(request.headers, request.params, request.origin)
+
+        def authenticated(identity):
+            self._auth_outcome = identity
+            return None  # no subprotocol, no extra headers
+
+        def refused(failure):
+            if failure.check(OriginRefused):
+                raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
+            if failure.check(AuthFailure):
+                self._auth_outcome = failure.value
+            else:
+                self._log.failure("authenticating a handshake failed", failure)
+                self._auth_outcome = AuthFailure("unavailable", "internal error")
+            return None
+
+        return d.addCallbacks(authenticated, refused)
+
+    def onOpen(self):
+        try:
+            self.transport.unregisterProducer()
+            self.transport.registerProducer(_Throttle(self), True)
+            self.gateway.open_connections += 1
+            self._counted = True
+            outcome, self._auth_outcome = self._auth_outcome, None
+            if isinstance(outcome, Identity):
+                self._accept(outcome)
+            elif isinstance(outcome, AuthFailure):
+                self._refuse(outcome)
+            else:
+                self.send_json({"type": "connection_established",
+                                "message": "Please authenticate to continue"})
+                self._auth_timer = self.gateway.clock.callLater(
+                    self.gateway.config.ws_auth_timeout_ms / 1000.0, self._auth_timed_out)
+        except Exception:
+            self._log.failure("onOpen failed")
+            self.close_with(1011, "internal error")
+
+    def onMessage(self, payload, isBinary):
+        try:
+            self._on_message(payload, isBinary)
+        except Exception:
+            self._log.failure("handling a client message failed")
+            self.send_error("internal", "the server failed to handle that message")
+
+    def onClose(self, wasClean, code, reason):
+        try:
+            if self._auth_timer is not None and self._auth_timer.active():
+                self._auth_timer.cancel()
+            self._auth_timer = None
+            if self._counted:
+                self._counted = False
+                self.gateway.open_connections -= 1
+            if self._registered:
+                self._registered = False
+                self.gateway.registry.remove(self)
+            self._queue.clear()
+            self._queued_bytes = 0
+        except Exception:
+            self._log.failure("onClose failed")
+
+    # -- authentication -----------------------------------------------------------------
+
+    def _accept(self, identity: Identity) -> None:
+        gateway = self.gateway
+        config = gateway.config
+        registry = gateway.registry
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        if config.ws_single_session:
+            for older in registry.connections_of(identity.user_id):
+                older.close_with(CLOSE_REPLACED, "replaced by a newer session")
+        elif registry.count_of(identity.user_id) >= config.ws_max_connections_per_user:
+            self.send_error("too_many_connections",
+                            f"at most {config.ws_max_connections_per_user} connections per user")
+            self.close_with(CLOSE_TOO_MANY_CONNECTIONS, "too many connections")
+            return
+        self.identity = identity
+        registry.add(self)
+        self._registered = True
+        self.send_json({
+            "type": "connected",
+            "user": identity.public(),
+            "connectionId": self.connection_id,
+            "timestamp": gateway.timestamp(),
+        })
+
+    def _refuse(self, failure: AuthFailure) -> None:
+        self.send_json({"type": "auth_failed", "reason": failure.reason})
+        self.close_with(failure.close_code, failure.reason)
+
+    def _auth_timed_out(self) -> None:
+        self._auth_timer = None
+        if self.identity is None:
+            self._refuse(AuthFailure("timeout"))
+
+    @inlineCallbacks
+    def _on_auth(self, message: dict):
+        token = message.get("token")
+        if not isinstance(token, str) or not token:
+            self.send_error("bad_request", "auth needs a token")
+            return
+        if self._authenticating:
+            self.send_error("bad_request", "authentication already in progress")
+            return
+        self._authenticating = True
+        try:
+            identity = yield self.gateway.authenticator.verify_token(token)
+        except AuthFailure as failure:
+            if self.state == self.STATE_OPEN:
+                self._refuse(failure)
+            return
+        except Exception:
+            self._log.failure("verifying an auth token failed")
+            if self.state == self.STATE_OPEN:
+                self._refuse(AuthFailure("unavailable"))
+            return
+        finally:
+            self._authenticating = False
+        if self.state != self.STATE_OPEN:
+            return
+        if self.identity is None:
+            self._accept(identity)
+        elif identity.user_id != self.identity.user_id:
+            self.send_error("forbidden", "a refreshed token must name the same user")
+        else:
+            self.identity = identity
+            self.send_json({"type": "connected", "user": identity.public(),
+                            "connectionId": self.connection_id,
+                            "timestamp": self.gateway.timestamp()})
+
+    # -- messages -----------------------------------------------------------------------
+
+    def _on_message(self, payload: bytes, is_binary: bool) -> None:
+        if is_binary:
+            self.send_error("bad_request", "binary messages are not supported")
+            return
+        try:
+            message = jsonutil.loads(payload)
+        except ValueError:
+            self.send_error("invalid_json", "the message is not JSON")
+            return
+        if not isinstance(message, dict):
+            self.send_error("bad_request", "a message must be a JSON object")
+            return
+        kind = message.get("type")
+        if not isinstance(kind, str):
+            self.send_error("bad_request", "a message needs a string type")
+            return
+        if kind == "auth":
+            self._on_auth(message)
+            return
+        if kind == "ping":
+            self.send_json({"type": "pong", "timestamp": self.gateway.timestamp()})
+            return
+        if self.identity is None:
+            self.send_error("not_authenticated", "authenticate first")
+            self.close_with(CLOSE_UNAUTHORIZED, "not authenticated")
+            return
+        handler_name = _HANDLERS.get(kind)
+        if handler_name is None:
+            self.send_error("unknown_type", f"unknown message type {kind[:64]!r}")
+            return
+        getattr(self, handler_name)(message)
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send_json(self, message: dict) -> bool:
+        return self.deliver_frame(frame_text(jsonutil.dumps(message)))
+
+    def send_error(self, code: str, text: str) -> bool:
+        return self.send_json({"type": "error", "code": code, "message": text})
+
+    def deliver_frame(self, frame: bytes) -> bool:
+        """Write a pre-framed message, or queue it while the transport is full."""
+        if self.state != self.STATE_OPEN:
+            return False
+        if not self._paused and not self._queue:
+            self.transport.write(frame)
+            return True
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
+        if self._queued_bytes > self.gateway.config.ws_max_queue_bytes:
+            self._too_slow()
+            return False
+        return True
+
+    def _resume(self) -> None:
+        self._paused = False
+        queue = self._queue
+        while queue and not self._paused and self.state == self.STATE_OPEN:
+            frame = queue.popleft()
+            self._queued_bytes -= len(frame)
+            self.transport.write(frame)
+
+    def _too_slow(self) -> None:
+        self._log.info("closing connection {id}: outgoing queue full", id=self.connection_id)
+        self._queue.clear()
+        self._queued_bytes = 0
+        self.close_with(CLOSE_TOO_SLOW, "too slow: outgoing queue full")
+        # The client is not reading: it will not answer the close handshake either.
+        self.dropConnection(abort=True)
+
+    def close_with(self, code: int, reason: str) -> None:
+        if self.state in (self.STATE_OPEN, self.STATE_CONNECTING):
+            self.sendClose(code, reason[:120])
+
+
+#: message type -> name of the method handling it once the client is authenticated
+_HANDLERS = {}
+
+
+def make_factory(gateway, url: str = "ws://localhost/ws") -> WebSocketServerFactory:
+    """The Autobahn factory with every protocol option set explicitly (see PITFALLS.md)."""
+    config = gateway.config
+    factory = WebSocketServerFactory(url)
+    factory.protocol = RealtimeServerProtocol
+    factory.gateway = gateway
+    heartbeat = config.ws_heartbeat_ms / 1000.0
+    factory.setProtocolOptions(
+        webStatus=False,
+        maxFramePayloadSize=config.ws_max_message_bytes,
+        maxMessagePayloadSize=config.ws_max_message_bytes,
+        autoFragmentSize=0,
+        failByDrop=False,
+        openHandshakeTimeout=10,
+        closeHandshakeTimeout=5,
+        tcpNoDelay=True,
+        perMessageCompressionAccept=lambda offers: None,
+        autoPingInterval=heartbeat,
+        autoPingTimeout=heartbeat,
+        autoPingSize=12,
+        # Origins are checked by the authenticator (only cookie auth is bound to them).
+        allowedOrigins=["*"],
+        allowNullOrigin=True,
+        trustXForwardedFor=0,
+        requireMaskedClientFrames=True,
+        utf8validateIncoming=True,
+    )
+    return factory

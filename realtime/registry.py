@@ -1,0 +1,182 @@
+"""
+The registry: which open, authenticated connections this process holds, by user and by
+topic, and delivery of an event to the local connections it concerns.
+
+An event's message is encoded to JSON once and framed as a WebSocket text frame once; each
+connection it reaches then gets the same bytes (:meth:`Connection.deliver_frame`), however
+many there are.
+
+Events are plain dicts so that a broker can carry them between processes unchanged:
+
+==================  ==========================================================
+``{"t": "users", "to": [id, ...], "msg": text}``   to every connection of those users
+``{"t": "all", "msg": text}``                      to every authenticated connection
+``{"t": "topic", "topic": name, "msg": text}``     to the topic's subscribers
+``{"t": "disconnect", "user": id, "code": n, "reason": text}``  close that user's connections
+==================  ==========================================================
+
+``msg`` is the JSON text of the message (a str), so it is encoded once by the sender.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Dict, Iterable, Iterator, List, Optional, Protocol as TypingProtocol
+
+from twisted.logger import Logger
+
+
+def frame_text(payload: bytes) -> bytes:
+    """One unmasked, unfragmented WebSocket text frame (server to client, RFC 6455 5.2)."""
+    length = len(payload)
+    if length <= 125:
+        header = bytes((0x81, length))
+    elif length <= 0xFFFF:
+        header = struct.pack("!BBH", 0x81, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, length)
+    return header + payload
+
+
+class Connection(TypingProtocol):
+    """What the registry needs of a connection (the WebSocket protocol provides it)."""
+
+    connection_id: str
+    user_id: Optional[str]
+    topics: set
+
+    def deliver_frame(self, frame: bytes) -> bool:
+        """Queue a pre-framed message; False when the connection could not take it."""
+
+    def close_with(self, code: int, reason: str) -> None:
+        """Close the connection with a WebSocket close code."""
+
+
+class Registry:
+    _log = Logger()
+
+    def __init__(self, max_topics_per_connection: int = 128):
+        self._by_id: Dict[str, Connection] = {}
+        self._by_user: Dict[str, Dict[str, Connection]] = {}
+        self._by_topic: Dict[str, Dict[str, Connection]] = {}
+        self.max_topics_per_connection = max_topics_per_connection
+        self.deliveries = 0
+        self.on_delivered = None  # optional callable(kind, count), for metrics
+
+    # -- membership ---------------------------------------------------------------------
+
+    def add(self, conn: Connection) -> None:
+        assert conn.user_id is not None, "only authenticated connections are registered"
+        self._by_id[conn.connection_id] = conn
+        self._by_user.setdefault(conn.user_id, {})[conn.connection_id] = conn
+
+    def remove(self, conn: Connection) -> None:
+        """Forget a connection and all its subscriptions (idempotent)."""
+        if self._by_id.pop(conn.connection_id, None) is None:
+            return
+        mine = self._by_user.get(conn.user_id)
+        if mine is not None:
+            mine.pop(conn.connection_id, None)
+            if not mine:
+                del self._by_user[conn.user_id]
+        for topic in list(conn.topics):
+            self._drop_subscription(conn, topic)
+        conn.topics.clear()
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, conn) -> bool:
+        return self._by_id.get(conn.connection_id) is conn
+
+    def connections(self) -> Iterator[Connection]:
+        return iter(list(self._by_id.values()))
+
+    def connections_of(self, user_id: str) -> List[Connection]:
+        """The user's connections, oldest first."""
+        return list(self._by_user.get(user_id, {}).values())
+
+    def count_of(self, user_id: str) -> int:
+        return len(self._by_user.get(user_id, ()))
+
+    def users(self) -> Dict[str, int]:
+        """user id -> number of connections."""
+        return {user: len(conns) for user, conns in self._by_user.items()}
+
+    # -- topics -------------------------------------------------------------------------
+
+    def subscribe(self, conn: Connection, topic: str) -> bool:
+        """Subscribe; False when the connection already holds its maximum of topics."""
+        if topic in conn.topics:
+            return True
+        if len(conn.topics) >= self.max_topics_per_connection:
+            return False
+        conn.topics.add(topic)
+        self._by_topic.setdefault(topic, {})[conn.connection_id] = conn
+        return True
+
+    def unsubscribe(self, conn: Connection, topic: str) -> bool:
+        """Unsubscribe; False when the connection was not subscribed."""
+        if topic not in conn.topics:
+            return False
+        conn.topics.discard(topic)
+        self._drop_subscription(conn, topic)
+        return True
+
+    def _drop_subscription(self, conn: Connection, topic: str) -> None:
+        subscribers = self._by_topic.get(topic)
+        if subscribers is not None:
+            subscribers.pop(conn.connection_id, None)
+            if not subscribers:
+                del self._by_topic[topic]
+
+    def subscribers(self, topic: str) -> List[Connection]:
+        return list(self._by_topic.get(topic, {}).values())
+
+    def topic_count(self) -> int:
+        return len(self._by_topic)
+
+    # -- delivery -----------------------------------------------------------------------
+
+    def dispatch(self, event: dict) -> int:
+        """
+        Act on an event for the local connections; return how many connections it reached.
+        Unknown or malformed events are logged and ignored.
+        """
+        kind = event.get("t")
+        try:
+            if kind == "users":
+                return self._send(self._targets_users(event["to"]), event["msg"])
+            if kind == "all":
+                return self._send(list(self._by_id.values()), event["msg"])
+            if kind == "topic":
+                return self._send(self.subscribers(event["topic"]), event["msg"])
+            if kind == "disconnect":
+                conns = self.connections_of(event["user"])
+                for conn in conns:
+                    conn.close_with(int(event.get("code", 4000)), str(event.get("reason", "")))
+                return len(conns)
+        except (KeyError, TypeError, ValueError):
+            self._log.warn("malformed event of kind {kind} ignored", kind=kind)
+            return 0
+        self._log.warn("unknown event kind {kind} ignored", kind=kind)
+        return 0
+
+    def _targets_users(self, user_ids: Iterable[str]) -> List[Connection]:
+        if isinstance(user_ids, str):
+            raise TypeError("to must be a list")
+        targets = []
+        for user_id in user_ids:
+            targets.extend(self._by_user.get(user_id, {}).values())
+        return targets
+
+    def _send(self, targets: List[Connection], message_text: str) -> int:
+        if not targets:
+            return 0
+        frame = frame_text(message_text.encode("utf-8"))
+        sent = 0
+        for conn in targets:
+            if conn.deliver_frame(frame):
+                sent += 1
+        self.deliveries += sent
+        return sent

@@ -1,0 +1,149 @@
+"""
+Wiring: a :class:`realtime.config.Config` becomes a running service tree.
+
+``make_service(config, reactor)`` returns a ``MultiService`` holding, in start order:
+the embedded pouchdb-server (only when asked for), the broker, the changes followers, the
+server heartbeat, and the web site on every listening endpoint.  The core objects get plain
+arguments; only this module knows about the Config and the reactor.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application import internet, service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from realtime import auth, broker as broker_module, protocol, registry as registry_module
+from realtime.changes import ChangesFollower
+from realtime.gateway import Gateway
+from realtime.web import make_site
+
+_log = Logger()
+
+
+def _read_key(value: str) -> bytes:
+    """A PEM given inline, or the path of a file holding one."""
+    if "-----BEGIN" in value:
+        return value.encode("ascii")
+    with open(value, "rb") as f:
+        return f.read()
+
+
+def make_jwt_verifier(config, clock):
+    if config.jwt_secret:
+        algorithms = config.jwt_algorithms or ("HS256",)
+        key = config.jwt_secret
+    elif config.jwt_public_key:
+        algorithms = config.jwt_algorithms or ("RS256", "ES256")
+        key = _read_key(config.jwt_public_key)
+    else:
+        return None
+    return auth.JWTVerifier(
+        key, algorithms, audience=config.jwt_audience, issuer=config.jwt_issuer,
+        user_claim=config.jwt_user_claim, roles_claim=config.jwt_roles_claim, clock=clock)
+
+
+def make_http_client(reactor, persistent: bool = True):
+    import treq.client
+    pool = HTTPConnectionPool(reactor, persistent=persistent)
+    return treq.client.HTTPClient(Agent(reactor, pool=pool)), pool
+
+
+def make_gateway(config, reactor, http=None, broker=None, metrics=None) -> Gateway:
+    """The gateway and its collaborators, without any listening socket or feed."""
+    if http is None:
+        http, _ = make_http_client(reactor)
+    registry = registry_module.Registry()
+    session_checker = auth.CouchSessionChecker(http, config.couchdb_url, clock=reactor)
+    authenticator = auth.Authenticator(
+        jwt_verifier=make_jwt_verifier(config, reactor),
+        session_checker=session_checker,
+        allowed_origins=config.cors_origins,
+    )
+    if broker is None:
+        broker = broker_module.MemoryBroker(registry)
+    return Gateway(config, reactor, registry, broker, authenticator, metrics=metrics)
+
+
+class _FollowersService(service.Service):
+    """Starts the changes followers (after ``ready``, if given) and stops them."""
+
+    def __init__(self, followers, ready=None):
+        self._followers = followers
+        self._ready = ready
+
+    def startService(self):
+        super().startService()
+        if self._ready is None:
+            for follower in self._followers:
+                follower.start()
+        else:
+            self._ready().addCallback(lambda _: [f.start() for f in self._followers if self.running])
+
+    def stopService(self):
+        super().stopService()
+        for follower in self._followers:
+            follower.stop()
+
+
+class _BrokerService(service.Service):
+    def __init__(self, broker):
+        self._broker = broker
+
+    def startService(self):
+        super().startService()
+        self._broker.start()
+
+    def stopService(self):
+        super().stopService()
+        return self._broker.stop()
+
+
+def _safe_heartbeat(gateway):
+    try:
+        gateway.heartbeat()
+    except Exception:
+        _log.failure("server heartbeat failed")
+
+
+def make_followers(config, reactor, gateway, agent):
+    followers = []
+    for db in config.watch_databases:
+        followers.append(ChangesFollower(
+            agent, reactor, config.couchdb_url, db, gateway.on_change,
+            admin_auth=config.couchdb_admin_auth, heartbeat_ms=config.couchdb_heartbeat_ms))
+    return followers
+
+
+def make_service(config, reactor=None, ready=None) -> service.MultiService:
+    """
+    :param ready: optional callable returning a Deferred that fires when CouchDB can be
+        reached (the embedded server's start); the feeds start after it.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    top = service.MultiService()
+    gateway = make_gateway(config, reactor)
+    top.gateway = gateway
+
+    _BrokerService(gateway.broker).setServiceParent(top)
+
+    # The feeds use a plain Agent (no gzip: see realtime.changes) with their own pool.
+    feed_pool = HTTPConnectionPool(reactor, persistent=False)
+    followers = make_followers(config, reactor, gateway, Agent(reactor, pool=feed_pool))
+    gateway.followers = followers
+    _FollowersService(followers, ready).setServiceParent(top)
+
+    heartbeat = internet.TimerService(config.ws_heartbeat_ms / 1000.0, _safe_heartbeat, gateway)
+    heartbeat.clock = reactor
+    heartbeat.setServiceParent(top)
+
+    factory = protocol.make_factory(gateway)
+    site = make_site(gateway, factory)
+    for description in config.listen:
+        endpoint = endpoints.serverFromString(reactor, description)
+        internet.StreamServerEndpointService(endpoint, site).setServiceParent(top)
+    return top

@@ -1,0 +1,332 @@
+"""
+Test harness: real servers and real clients over loopback.
+
+- :func:`pouchdb` starts one in-memory pouchdb-server for the whole trial run (lazily, on
+  first use) and stops it by PID at exit.  Tests share it: each test uses its own user
+  names (:func:`unique`), so they never see each other's documents.
+- :func:`redis` does the same for a redis-server on a free port.
+- :class:`GatewayHarness` runs a real gateway (site on ``127.0.0.1:0``, the feeds) on the
+  reactor trial uses, and tears everything down.
+- :class:`WSClient` is an Autobahn client that queues what it receives, so a test waits on
+  the next message (with a bound) instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import uuid
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer, endpoints, reactor
+from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks, returnValue
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from realtime import config as config_module, jsonutil
+from realtime.embedded import PouchDBServer, free_port
+from realtime.service import make_followers, make_gateway
+from realtime.web import make_site
+from realtime import protocol as protocol_module
+
+TIMEOUT = 10.0
+
+_pouchdb = None
+_redis = None
+_counter = itertools.count(1)
+
+
+def unique(prefix: str = "u") -> str:
+    return f"{prefix}{next(_counter)}-{uuid.uuid4().hex[:8]}"
+
+
+def pouchdb() -> PouchDBServer:
+    """The shared pouchdb-server (started on first use)."""
+    global _pouchdb
+    if _pouchdb is None:
+        server = PouchDBServer().start()
+        atexit.register(server.stop)
+        _pouchdb = server
+    return _pouchdb
+
+
+class RedisServer:
+    """A redis-server child process on a free loopback port, no persistence."""
+
+    def __init__(self, port=None, password=None):
+        self.port = port or free_port()
+        self.password = password
+        self.process = None
+        self._dir = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> "RedisServer":
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise RuntimeError("redis-server is not installed (make test installs it)")
+        self._dir = self._dir or tempfile.mkdtemp(prefix="realtime-redis-")
+        args = [executable, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", self._dir,
+                "--daemonize", "no", "--loglevel", "warning"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        import socket
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64):
+                        break
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def redis() -> RedisServer:
+    """The shared redis-server (started on first use)."""
+    global _redis
+    if _redis is None:
+        server = RedisServer().start()
+        atexit.register(server.cleanup)
+        _redis = server
+    return _redis
+
+
+def with_timeout(d: Deferred, seconds: float = TIMEOUT, what: str = "event") -> Deferred:
+    """Fail ``d`` with a clear error if it has not fired within ``seconds``."""
+    timed_out = []
+
+    def expire():
+        timed_out.append(True)
+        d.cancel()
+
+    call = reactor.callLater(seconds, expire)
+
+    def done(result):
+        if call.active():
+            call.cancel()
+        if timed_out:
+            raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+        return result
+
+    return d.addBoth(done)
+
+
+class WSClientProtocol(WebSocketClientProtocol):
+    def __init__(self):
+        super().__init__()
+        self.messages = DeferredQueue()
+        self.received = []
+        self.closed = Deferred()
+        self.opened = Deferred()
+        self.close_code = None
+        self.close_reason = None
+
+    def onOpen(self):
+        self.opened.callback(self)
+
+    def onMessage(self, payload, isBinary):
+        message = jsonutil.loads(payload)
+        self.received.append(message)
+        self.messages.put(message)
+
+    def onClose(self, wasClean, code, reason):
+        self.close_code = code
+        self.close_reason = reason
+        if not self.opened.called:
+            self.opened.errback(HandshakeFailed(code, reason, self))
+        if not self.closed.called:
+            self.closed.callback((code, reason))
+
+    # -- helpers for tests --------------------------------------------------------------
+
+    def send_json(self, message) -> None:
+        self.sendMessage(jsonutil.dumps(message))
+
+    @inlineCallbacks
+    def next(self, type_=None, seconds: float = TIMEOUT, skip=("ping",)):
+        """The next message (of ``type_``, if given; server pings are skipped)."""
+        while True:
+            message = yield with_timeout(self.messages.get(), seconds,
+                                         f"a {type_ or 'any'} message")
+            if message.get("type") in skip and type_ not in skip:
+                continue
+            if type_ is None or message.get("type") == type_:
+                returnValue(message)
+            raise AssertionError(f"expected {type_}, got {message}")
+
+    def wait_closed(self, seconds: float = TIMEOUT) -> Deferred:
+        d = Deferred()
+        self.closed.addBoth(lambda r: (d.callback(r), r)[1])
+        return with_timeout(d, seconds, "the connection to close")
+
+    def close(self) -> Deferred:
+        """Close (if open) and wait for the connection to end."""
+        if self.state == self.STATE_OPEN:
+            self.sendClose(1000)
+        elif self.state != self.STATE_CLOSED:
+            self.dropConnection(abort=True)
+        return self.wait_closed()
+
+
+class HandshakeFailed(Exception):
+    def __init__(self, code, reason, protocol):
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+        self.protocol = protocol
+
+
+class _ClientFactory(WebSocketClientFactory):
+    protocol = WSClientProtocol
+
+    def clientConnectionFailed(self, connector, reason):
+        pass
+
+
+@inlineCallbacks
+def connect(port: int, path: str = "/ws", headers=None, query=None, origin=None,
+            timeout: float = TIMEOUT):
+    """
+    Open a WebSocket to the gateway on ``port``.  Fires with the open client protocol;
+    fails with :class:`HandshakeFailed` when the handshake is refused (``.code`` is the
+    close code, and ``.reason`` mentions the HTTP status).
+    """
+    if query:
+        path = path + "?" + urllib.parse.urlencode(query)
+    url = f"ws://127.0.0.1:{port}{path}"
+    factory = _ClientFactory(url, headers=headers or {}, origin=origin)
+    factory.setProtocolOptions(autoPingInterval=None, failByDrop=False,
+                               openHandshakeTimeout=timeout, closeHandshakeTimeout=2,
+                               maxFramePayloadSize=64 * 1024 * 1024,
+                               maxMessagePayloadSize=64 * 1024 * 1024)
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=timeout)
+    proto = yield endpoint.connect(factory)
+    result = yield with_timeout(proto.opened, timeout, "the WebSocket handshake")
+    returnValue(result)
+
+
+class GatewayHarness:
+    """
+    A real gateway on the global reactor: ``yield harness.start()``, then use
+    ``harness.port``; ``yield harness.stop()`` in cleanup (or ``addCleanup``).
+
+    :param couchdb: a PouchDBServer (default: the shared one).
+    :param overrides: Config fields.
+    """
+
+    def __init__(self, couchdb=None, feeds=True, **overrides):
+        self.couchdb = couchdb if couchdb is not None else pouchdb()
+        base = dict(
+            listen=("tcp:0:interface=127.0.0.1",),
+            couchdb_url=self.couchdb.url,
+            couchdb_admin_auth=self.couchdb.admin_auth,
+            couchdb_heartbeat_ms=1000,
+            ws_heartbeat_ms=30000,
+        )
+        base.update(overrides)
+        self.config = config_module.defaults(**base)
+        self.feeds = feeds
+        self.clients = []
+        self._pools = []
+
+    @inlineCallbacks
+    def start(self):
+        import treq.client
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self._pools.append(pool)
+        http = treq.client.HTTPClient(Agent(reactor, pool=pool))
+        self.gateway = make_gateway(self.config, reactor, http=http)
+        self.factory = protocol_module.make_factory(self.gateway)
+        self.site = make_site(self.gateway, self.factory, **self.site_arguments())
+        endpoint = endpoints.serverFromString(reactor, self.config.listen[0])
+        self.listening = yield endpoint.listen(self.site)
+        self.port = self.listening.getHost().port
+        self.followers = []
+        if self.feeds:
+            feed_pool = HTTPConnectionPool(reactor, persistent=False)
+            self._pools.append(feed_pool)
+            self.followers = make_followers(self.config, reactor, self.gateway,
+                                            Agent(reactor, pool=feed_pool))
+            self.gateway.followers = self.followers
+            for follower in self.followers:
+                follower.start()
+            # Wait until every feed is live, so that a change made now is seen.
+            yield wait_for(lambda: all(f.state == "connected" for f in self.followers),
+                           what="the changes feeds to connect")
+        returnValue(self)
+
+    def site_arguments(self) -> dict:
+        """Extra keyword arguments for make_site (subclasses add the REST API)."""
+        return {}
+
+    @inlineCallbacks
+    def connect(self, **kwargs):
+        client = yield connect(self.port, **kwargs)
+        self.clients.append(client)
+        returnValue(client)
+
+    @inlineCallbacks
+    def stop(self):
+        for client in self.clients:
+            if client.state != client.STATE_CLOSED:
+                try:
+                    yield client.close()
+                except Exception:
+                    pass
+        for follower in self.followers:
+            follower.stop()
+        # Close server-side connections that are still open.
+        for conn in list(self.gateway.registry.connections()):
+            conn.dropConnection(abort=True)
+        yield self.listening.stopListening()
+        for pool in self._pools:
+            yield pool.closeCachedConnections()
+        # Let aborted connections and Autobahn's timers settle.
+        yield sleep(0)
+
+
+def sleep(seconds: float) -> Deferred:
+    from twisted.internet import task
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+@inlineCallbacks
+def wait_for(predicate, seconds: float = TIMEOUT, what: str = "a condition",
+             interval: float = 0.02):
+    """Poll ``predicate`` on the reactor until true (bounded)."""
+    deadline = reactor.seconds() + seconds
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+        yield sleep(interval)

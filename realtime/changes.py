@@ -178,6 +178,7 @@ class ChangesFollower:
         self._watchdog = None
         self._retry = None
         self._running = False
+        self._stall_abort = False
 
     # -- public -------------------------------------------------------------------------
 
@@ -237,6 +238,7 @@ class ChangesFollower:
         self._log.warn("changes feed of {db} silent for {seconds}s; reconnecting",
                        db=self.db, seconds=self.watchdog_seconds)
         self.last_error = "heartbeat timeout"
+        self._stall_abort = True
         if self._request is not None:
             request, self._request = self._request, None
             request.cancel()  # errback -> _request_failed -> _schedule_reconnect
@@ -246,6 +248,7 @@ class ChangesFollower:
     def _connect(self) -> None:
         if not self._running:
             return
+        self._stall_abort = False
         self._set_state(self.CONNECTING if self.reconnects == 0 else self.RECONNECTING)
         headers = Headers({b"Accept": [b"application/json"]})
         if self._admin_auth:
@@ -272,13 +275,13 @@ class ChangesFollower:
         response.deliverBody(_FeedBody(self))
 
     def _request_failed(self, failure, d) -> None:
-        if self._request is not d and not failure.check(CancelledError):
-            return
         if self._request is d:
             self._request = None
+        elif not failure.check(CancelledError):
+            return  # a stale request (already replaced)
         if not self._running:
             return
-        if not failure.check(CancelledError):
+        if not self._stall_abort:
             self.last_error = failure.getErrorMessage() or failure.type.__name__
             self._log.warn("changes feed of {db} failed to connect: {error}",
                            db=self.db, error=self.last_error)
@@ -304,7 +307,7 @@ class ChangesFollower:
         self._body = None
         if not self._running:
             return
-        if not reason.check(ResponseDone):
+        if not reason.check(ResponseDone) and not self._stall_abort:
             self.last_error = "stream ended: " + (reason.getErrorMessage() or reason.type.__name__)
         self._log.info("changes feed of {db} ended; reconnecting", db=self.db)
         self._schedule_reconnect()

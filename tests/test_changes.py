@@ -1,0 +1,264 @@
+"""
+Deterministic tests of the changes follower: line parsing, backoff, watchdog, resume.
+
+A fake agent stands in for CouchDB (fault injection: feeds cut mid-line, stalled heartbeats,
+500s); time is a ``task.Clock``.
+"""
+
+from urllib.parse import parse_qs, urlsplit
+
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.internet.error import ConnectionRefusedError, ConnectionLost
+
+from realtime.changes import Backoff, ChangesFollower, LineParser
+
+
+class LineParserTests(unittest.TestCase):
+    def parse(self, chunks, **kwargs):
+        lines = []
+        parser = LineParser(lines.append, **kwargs)
+        for chunk in chunks:
+            parser.feed(chunk)
+        return lines, parser
+
+    def test_lines_split_across_chunks(self):
+        """A line split over several chunks comes out whole, once."""
+        lines, parser = self.parse([b'{"a":', b'1}\n{"b"', b":2}\n"])
+        self.assertEqual(lines, [b'{"a":1}', b'{"b":2}'])
+        self.assertEqual(parser.pending, b"")
+
+    def test_heartbeats_are_skipped(self):
+        """Bare newlines (heartbeats) produce no line."""
+        lines, _ = self.parse([b"\n", b"\n\n", b'{"x":1}\n', b"\r\n"])
+        self.assertEqual(lines, [b'{"x":1}'])
+
+    def test_partial_line_is_held(self):
+        """An incomplete line is held back until its newline arrives."""
+        lines, parser = self.parse([b'{"id":"a"}\n{"id":'])
+        self.assertEqual(lines, [b'{"id":"a"}'])
+        self.assertEqual(parser.pending, b'{"id":')
+
+    def test_byte_at_a_time(self):
+        """Feeding one byte at a time gives the same lines."""
+        data = b'{"a":1}\n\n{"b":[1,2,3]}\n'
+        lines, _ = self.parse([data[i:i + 1] for i in range(len(data))])
+        self.assertEqual(lines, [b'{"a":1}', b'{"b":[1,2,3]}'])
+
+    def test_overlong_line_dropped(self):
+        """A line over the limit is dropped whole, reported, and parsing goes on."""
+        sizes = []
+        lines, _ = self.parse([b"x" * 20, b"y" * 20, b'\n{"ok":1}\n'], max_line=30,
+                              on_overflow=sizes.append)
+        self.assertEqual(lines, [b'{"ok":1}'])
+        self.assertEqual(len(sizes), 1)
+
+
+class BackoffTests(unittest.TestCase):
+    def test_bounds(self):
+        """Attempt n waits within [d/2, d], d = min(30, 2**n) seconds."""
+        for value in (0.0, 0.5, 0.999999):
+            backoff = Backoff(random=lambda: value)
+            for attempt in range(12):
+                nominal = min(30.0, 2.0 ** attempt)
+                delay = backoff.next_delay()
+                self.assertGreaterEqual(delay, nominal / 2)
+                self.assertLessEqual(delay, nominal)
+
+    def test_starts_at_one_second_and_caps_at_thirty(self):
+        """The nominal delay is 1 s first and never more than 30 s."""
+        backoff = Backoff(random=lambda: 1.0)
+        delays = [backoff.next_delay() for _ in range(100)]
+        self.assertEqual(delays[0], 1.0)
+        self.assertEqual(delays[1], 2.0)
+        self.assertEqual(max(delays), 30.0)
+
+    def test_jitter_spreads(self):
+        """Different random draws give different delays (clients do not reconnect together)."""
+        low = Backoff(random=lambda: 0.0).next_delay()
+        high = Backoff(random=lambda: 1.0).next_delay()
+        self.assertNotEqual(low, high)
+
+    def test_reset(self):
+        """After reset the next delay is the initial one again."""
+        backoff = Backoff(random=lambda: 1.0)
+        for _ in range(5):
+            backoff.next_delay()
+        backoff.reset()
+        self.assertEqual(backoff.next_delay(), 1.0)
+
+
+class FakeBodyTransport:
+    def __init__(self):
+        self.stopped = False
+
+    def stopProducing(self):
+        self.stopped = True
+
+
+class FakeResponse:
+    def __init__(self, code=200):
+        self.code = code
+        self.protocol = None
+        self.transport = FakeBodyTransport()
+
+    def deliverBody(self, protocol):
+        self.protocol = protocol
+        protocol.makeConnection(self.transport)
+
+    def send(self, data: bytes):
+        self.protocol.dataReceived(data)
+
+    def end(self, reason=None):
+        self.protocol.connectionLost(Failure(reason or ResponseDone()))
+
+
+class FakeAgent:
+    """Records requests; the test answers each one."""
+
+    def __init__(self):
+        self.requests = []
+
+    def request(self, method, uri, headers=None, bodyProducer=None):
+        d = Deferred(lambda d: None)
+        self.requests.append((method, uri, headers, d))
+        return d
+
+    def last_query(self):
+        uri = self.requests[-1][1].decode("ascii")
+        return parse_qs(urlsplit(uri).query)
+
+    def respond(self, code=200) -> FakeResponse:
+        response = FakeResponse(code)
+        self.requests[-1][3].callback(response)
+        return response
+
+
+class FollowerTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.agent = FakeAgent()
+        self.changes = []
+        self.follower = ChangesFollower(
+            self.agent, self.clock, "http://couch.test:5984", "_users",
+            lambda db, change: self.changes.append(change), admin_auth="YWRtaW46cHc=",
+            heartbeat_ms=1000, backoff=Backoff(random=lambda: 1.0))
+        self.follower.start()
+        self.addCleanup(self.follower.stop)
+
+    def test_first_request(self):
+        """The first request is continuous, include_docs, heartbeat, since=now, authorised."""
+        method, uri, headers, _ = self.agent.requests[0]
+        self.assertEqual(method, b"GET")
+        self.assertTrue(uri.startswith(b"http://couch.test:5984/_users/_changes?"))
+        query = self.agent.last_query()
+        self.assertEqual(query["feed"], ["continuous"])
+        self.assertEqual(query["include_docs"], ["true"])
+        self.assertEqual(query["heartbeat"], ["1000"])
+        self.assertEqual(query["since"], ["now"])
+        self.assertEqual(headers.getRawHeaders(b"authorization"), [b"Basic YWRtaW46cHc="])
+
+    def test_changes_delivered_and_resume_from_last_seq(self):
+        """Changes go to the callback; after the stream ends the feed resumes at the last seq."""
+        response = self.agent.respond()
+        self.assertEqual(self.follower.state, "connecting")
+        response.send(b'\n{"seq":"7-abc","id":"org.couchdb.user:a","changes":[]')
+        self.assertEqual(self.follower.state, "connected")
+        response.send(b',"doc":{"_id":"org.couchdb.user:a"}}\n{"seq":"8-def","id":"org.cou')
+        self.assertEqual([c["seq"] for c in self.changes], ["7-abc"])
+        # Cut mid-line: the partial change 8 is not counted as processed.
+        response.end(ResponseFailed([ConnectionLost()]))
+        self.assertEqual(self.follower.state, "reconnecting")
+        self.assertEqual(len(self.agent.requests), 1)
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.agent.requests), 2)
+        self.assertEqual(self.agent.last_query()["since"], ["7-abc"])
+
+    def test_seq_is_opaque(self):
+        """An integer seq (pouchdb-server) is sent back as is."""
+        response = self.agent.respond()
+        response.send(b'{"seq":42,"id":"x","changes":[]}\n')
+        response.end()
+        self.clock.advance(1.0)
+        self.assertEqual(self.agent.last_query()["since"], ["42"])
+        self.assertEqual(self.follower.last_seq, 42)
+
+    def test_watchdog_aborts_silent_stream(self):
+        """No byte for 3 heartbeats: the stream is aborted and the feed reconnects."""
+        response = self.agent.respond()
+        response.send(b"\n")
+        self.clock.advance(2.9)
+        response.send(b"\n")  # a heartbeat re-arms the watchdog
+        self.clock.advance(2.9)
+        self.assertFalse(response.transport.stopped)
+        self.clock.advance(0.2)
+        self.assertTrue(response.transport.stopped)
+        response.end(ResponseFailed([ConnectionLost()]))
+        self.assertEqual(self.follower.last_error, "heartbeat timeout")
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.agent.requests), 2)
+
+    def test_watchdog_covers_waiting_for_headers(self):
+        """A server that never answers the request is given up on after 3 heartbeats."""
+        self.clock.advance(3.0)
+        self.assertEqual(self.follower.state, "reconnecting")
+        self.assertEqual(self.follower.last_error, "heartbeat timeout")
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.agent.requests), 2)
+
+    def test_backoff_grows_and_resets(self):
+        """Failures back off 1, 2, 4 s...; a delivering connection resets the backoff."""
+        self.agent.requests[-1][3].errback(ConnectionRefusedError())
+        self.clock.advance(0.99)
+        self.assertEqual(len(self.agent.requests), 1)
+        self.clock.advance(0.01)
+        self.assertEqual(len(self.agent.requests), 2)
+        self.agent.respond(500).end()
+        self.clock.advance(1.99)
+        self.assertEqual(len(self.agent.requests), 2)
+        self.clock.advance(0.01)
+        self.assertEqual(len(self.agent.requests), 3)
+        self.assertEqual(self.follower.last_error, "HTTP 500")
+        response = self.agent.respond()
+        response.send(b"\n")
+        response.end()
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.agent.requests), 4)
+
+    def test_bad_lines_do_not_stall_the_feed(self):
+        """Unparsable lines are dropped; a failing callback still advances the seq."""
+        failures = []
+
+        def explode(db, change):
+            failures.append(change)
+            raise ValueError("boom")
+
+        self.follower._on_change = explode
+        response = self.agent.respond()
+        response.send(b'garbage\n[1,2]\n{"seq":5,"id":"a","changes":[]}\n')
+        self.assertEqual(len(failures), 1)
+        self.assertEqual(self.follower.last_seq, 5)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_last_seq_line(self):
+        """A final last_seq line moves the resume point."""
+        response = self.agent.respond()
+        response.send(b'{"last_seq":"99-x"}\n')
+        response.end()
+        self.clock.advance(1.0)
+        self.assertEqual(self.agent.last_query()["since"], ["99-x"])
+
+    def test_stop_cancels_everything(self):
+        """stop() aborts the stream and schedules nothing more."""
+        response = self.agent.respond()
+        response.send(b"\n")
+        self.follower.stop()
+        self.assertTrue(response.transport.stopped)
+        response.end(ResponseFailed([ConnectionLost()]))
+        self.clock.advance(100)
+        self.assertEqual(len(self.agent.requests), 1)
+        self.assertEqual(self.follower.state, "stopped")
+        self.assertEqual(self.clock.getDelayedCalls(), [])

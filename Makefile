@@ -15,7 +15,9 @@ test: deps redis-server
 deps: python-deps node-deps
 
 # A plain (non-editable) install: an editable one hides twisted/plugins from twistd.
+# setuptools and wheel in the environment: the packaging test builds a wheel offline.
 python-deps:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check 'setuptools>=68' wheel
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check '.[test]'
 	$(PYTHON) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 

@@ -1,0 +1,123 @@
+"""
+End to end under faults: the CouchDB feed cut by a proxy while documents change, and
+CouchDB unreachable during a cookie check.
+"""
+
+import json
+
+from twisted.internet import endpoints, reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.protocols import portforward
+from twisted.trial import unittest
+
+from tests import harness
+from tests.harness import GatewayHarness, unique
+from tests.test_e2e_users import make_token, next_user_change, SECRET
+
+
+class _CuttableServer(portforward.ProxyServer):
+    def connectionMade(self):
+        if self.factory.blocked:
+            self.transport.abortConnection()
+            return
+        self.factory.live.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason):
+        self.factory.live.discard(self)
+        super().connectionLost(reason)
+
+
+class CuttableProxy(portforward.ProxyFactory):
+    """A TCP proxy to CouchDB whose connections a test can cut and block."""
+
+    protocol = _CuttableServer
+    noisy = False
+
+    def __init__(self, host, port):
+        super().__init__(host, port)
+        self.live = set()
+        self.blocked = False
+
+    def cut(self):
+        """Abort every proxied connection, and refuse new ones until unblocked."""
+        self.blocked = True
+        for server in list(self.live):
+            server.transport.abortConnection()
+            if server.peer is not None and server.peer.transport is not None:
+                server.peer.transport.abortConnection()
+
+
+class _Target:
+    def __init__(self, url, admin_auth):
+        self.url = url
+        self.admin_auth = admin_auth
+
+
+class FeedCutTests(unittest.TestCase):
+    timeout = 90
+
+    @inlineCallbacks
+    def test_feed_cut_while_documents_change(self):
+        """
+        The feed is cut, users' documents change while it is down, then the feed comes back:
+        every changed user gets their latest document, and nobody gets another's.
+        """
+        couch = harness.pouchdb()
+        proxy = CuttableProxy("127.0.0.1", couch.port)
+        listening = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(proxy)
+        self.addCleanup(listening.stopListening)
+        target = _Target(f"http://127.0.0.1:{listening.getHost().port}", couch.admin_auth)
+        gw = GatewayHarness(couchdb=target, jwt_secret=SECRET)
+        yield gw.start()
+        self.addCleanup(gw.stop)
+
+        names = [unique("cut") for _ in range(3)]
+        clients = {}
+        for name in names:
+            couch.create_user(name, "pw")
+            clients[name] = yield gw.connect(query={"token": make_token(name)})
+            yield clients[name].next("connected")
+
+        follower = gw.followers[0]
+        reconnects = follower.reconnects
+        proxy.cut()
+        yield harness.wait_for(lambda: follower.state != "connected", what="the feed to notice")
+
+        latest = {}
+        for name in names:
+            for round_ in range(2):  # two updates each: only the latest matters
+                status, body = couch.request("GET", "/_users/org.couchdb.user:" + name)
+                doc = json.loads(body)
+                doc["round"] = round_
+                status, body = couch.request("PUT", "/_users/org.couchdb.user:" + name,
+                                             json.dumps(doc))
+                self.assertIn(status, (201, 202))
+                latest[name] = json.loads(body)["rev"]
+
+        proxy.blocked = False
+        for name in names:
+            message = yield next_user_change(
+                clients[name], lambda m, name=name: m.get("doc", {}).get("_rev") == latest[name])
+            self.assertEqual(message["doc"]["round"], 1)
+        self.assertGreater(follower.reconnects, reconnects)
+        for name, client in clients.items():
+            ids = {m["id"] for m in client.received if m["type"] == "user-change"}
+            self.assertEqual(ids, {"org.couchdb.user:" + name})
+
+
+class CouchUnavailableTests(unittest.TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_cookie_check_with_couchdb_down_closes_4101(self):
+        """CouchDB unreachable during a cookie check: auth_failed unavailable, close 4101."""
+        dead = _Target(f"http://127.0.0.1:{harness.free_port()}", "YWRtaW46cHc=")
+        gw = GatewayHarness(couchdb=dead, feeds=False)
+        yield gw.start()
+        self.addCleanup(gw.stop)
+        client = yield gw.connect(headers={"Cookie": "AuthSession=YWxpY2U6MTIzNDphYmNk"})
+        message = yield client.next("auth_failed")
+        self.assertEqual(message["reason"], "unavailable")
+        code, _ = yield client.wait_closed()
+        self.assertEqual(code, 4101)

@@ -1,0 +1,78 @@
+"""
+Packaging: a real (non-editable) install makes the twistd plugin discoverable, and
+``twistd realtime --help`` documents every option.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+from twisted.trial import unittest
+
+from realtime import config as config_module
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class PackagingTests(unittest.TestCase):
+    timeout = 300
+
+    def test_non_editable_install_lists_plugin(self):
+        """
+        A wheel built from the repository holds the plugin (and no twisted/__init__.py);
+        installed into a fresh directory, twistd's plugin discovery finds `realtime` there.
+        """
+        work = tempfile.mkdtemp(prefix="realtime-pkg-")
+        self.addCleanup(shutil.rmtree, work, True)
+        source = os.path.join(work, "src")
+        # Build from a copy, so that no build/ or egg-info lands in the repository.
+        shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+            "node_modules", ".git", "_trial_temp*", "build", "*.egg-info", "benchmarks"))
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+             "--no-build-isolation", "--disable-pip-version-check", "-w",
+             os.path.join(work, "dist"), source],
+            check=True, cwd=work)
+        wheels = [f for f in os.listdir(os.path.join(work, "dist")) if f.endswith(".whl")]
+        self.assertEqual(len(wheels), 1)
+        names = zipfile.ZipFile(os.path.join(work, "dist", wheels[0])).namelist()
+        self.assertIn("twisted/plugins/realtime_plugin.py", names)
+        self.assertNotIn("twisted/__init__.py", names)
+        self.assertNotIn("twisted/plugins/__init__.py", names)
+        self.assertIn("realtime/tap.py", names)
+
+        target = os.path.join(work, "site")
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+             "--disable-pip-version-check", "--target", target,
+             os.path.join(work, "dist", wheels[0])],
+            check=True, cwd=work)
+        probe = (
+            "import sys\n"
+            "from twisted.plugin import getPlugins\n"
+            "from twisted.application.service import IServiceMaker\n"
+            "makers = {p.tapname: p for p in getPlugins(IServiceMaker)}\n"
+            "maker = makers['realtime']\n"
+            "import realtime, twisted.plugins.realtime_plugin as plugin\n"
+            "print(realtime.__file__)\n"
+            "print(plugin.__file__)\n"
+            "print(maker.module)\n"
+        )
+        env = dict(os.environ, PYTHONPATH=target)
+        out = subprocess.run([sys.executable, "-c", probe], check=True, cwd=work, env=env,
+                             capture_output=True, text=True).stdout.split()
+        self.assertTrue(out[0].startswith(target), out)
+        self.assertTrue(out[1].startswith(target), out)
+        self.assertEqual(out[2], "realtime.tap")
+
+    def test_help_documents_every_option(self):
+        """`twistd realtime --help` lists every option with its environment name."""
+        out = subprocess.run([sys.executable, "-m", "realtime", "--help"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+        text = out.stdout + out.stderr
+        for option in config_module.OPTIONS:
+            self.assertIn("--" + option.flag, text)
+            self.assertIn(option.env, text)

@@ -336,7 +336,8 @@ def make_factory(gateway, url: str = "ws://localhost/ws") -> WebSocketServerFact
         tcpNoDelay=True,
         perMessageCompressionAccept=lambda offers: None,
         autoPingInterval=heartbeat,
-        autoPingTimeout=heartbeat,
+        # Autobahn batches its timers in 0.2 s buckets: never ask for a tighter pong deadline.
+        autoPingTimeout=max(heartbeat, 2.0),
         autoPingSize=12,
         # Origins are checked by the authenticator (only cookie auth is bound to them).
         allowedOrigins=["*"],

@@ -109,6 +109,14 @@ def _safe_heartbeat(gateway):
         _log.failure("server heartbeat failed")
 
 
+def make_heartbeat_service(gateway, clock) -> internet.TimerService:
+    """The server's ``ping`` message to every authenticated connection, each heartbeat."""
+    heartbeat = internet.TimerService(gateway.config.ws_heartbeat_ms / 1000.0,
+                                      _safe_heartbeat, gateway)
+    heartbeat.clock = clock
+    return heartbeat
+
+
 def make_followers(config, reactor, gateway, agent):
     followers = []
     for db in config.watch_databases:
@@ -137,9 +145,7 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
     gateway.followers = followers
     _FollowersService(followers, ready).setServiceParent(top)
 
-    heartbeat = internet.TimerService(config.ws_heartbeat_ms / 1000.0, _safe_heartbeat, gateway)
-    heartbeat.clock = reactor
-    heartbeat.setServiceParent(top)
+    make_heartbeat_service(gateway, reactor).setServiceParent(top)
 
     factory = protocol.make_factory(gateway)
     site = make_site(gateway, factory)

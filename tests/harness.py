@@ -30,7 +30,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from realtime import config as config_module, jsonutil
 from realtime.embedded import PouchDBServer, free_port
-from realtime.service import make_followers, make_gateway
+from realtime.service import make_followers, make_gateway, make_heartbeat_service
 from realtime.web import make_site
 from realtime import protocol as protocol_module
 
@@ -272,6 +272,8 @@ class GatewayHarness:
         endpoint = endpoints.serverFromString(reactor, self.config.listen[0])
         self.listening = yield endpoint.listen(self.site)
         self.port = self.listening.getHost().port
+        self.heartbeat = make_heartbeat_service(self.gateway, reactor)
+        self.heartbeat.startService()
         self.followers = []
         if self.feeds:
             feed_pool = HTTPConnectionPool(reactor, persistent=False)
@@ -306,6 +308,7 @@ class GatewayHarness:
                     pass
         for follower in self.followers:
             follower.stop()
+        yield self.heartbeat.stopService()
         # Close server-side connections that are still open.
         for conn in list(self.gateway.registry.connections()):
             conn.dropConnection(abort=True)

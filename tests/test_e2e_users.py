@@ -176,3 +176,33 @@ class UsersFeedTests(unittest.TestCase):
         self.assertEqual(body["connections"]["authenticated"], 1)
         self.assertEqual(body["connections"]["total"], 1)
         self.assertNotIn("perUser", body["connections"])
+
+
+class ConnectionLifecycleTests(unittest.TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_server_ping_and_bookkeeping_on_close(self):
+        """
+        The server's `ping` message reaches every connection each heartbeat; a closed
+        connection leaves the registry and the status counts.
+        """
+        gw = GatewayHarness(jwt_secret=SECRET, ws_heartbeat_ms=200, feeds=False)
+        yield gw.start()
+        self.addCleanup(gw.stop)
+        name = unique("life")
+        c1 = yield gw.connect(query={"token": make_token(name)})
+        c2 = yield gw.connect(query={"token": make_token(name)})
+        for client in (c1, c2):
+            yield client.next("connected")
+            ping = yield client.next("ping")
+            self.assertTrue(ping["timestamp"].endswith("Z"))
+        self.assertEqual(gw.gateway.registry.users(), {name: 2})
+        yield c1.close()
+        yield harness.wait_for(lambda: gw.gateway.registry.users() == {name: 1},
+                               what="the registry to forget the closed connection")
+        yield c2.close()
+        yield harness.wait_for(lambda: len(gw.gateway.registry) == 0 and
+                               gw.gateway.open_connections == 0,
+                               what="the registry to be empty")
+        self.assertEqual(gw.gateway.status()["connections"], {"total": 0, "authenticated": 0})

@@ -50,8 +50,15 @@ class PackagingTests(unittest.TestCase):
              "--disable-pip-version-check", "--target", target,
              os.path.join(work, "dist", wheels[0])],
             check=True, cwd=work)
+        # twistd scans every twisted/plugins directory on sys.path; the probe checks that the
+        # installed one is among them, then scans it alone (an earlier install of realtime in
+        # site-packages must not answer for this one).
         probe = (
-            "import sys\n"
+            "import os, sys\n"
+            "import twisted.plugins\n"
+            f"installed = os.path.join({target!r}, 'twisted', 'plugins')\n"
+            "assert installed in twisted.plugins.__path__, twisted.plugins.__path__\n"
+            "twisted.plugins.__path__[:] = [installed]\n"
             "from twisted.plugin import getPlugins\n"
             "from twisted.application.service import IServiceMaker\n"
             "makers = {p.tapname: p for p in getPlugins(IServiceMaker)}\n"

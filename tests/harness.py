@@ -267,6 +267,16 @@ class GatewayHarness:
         self._pools.append(pool)
         http = treq.client.HTTPClient(Agent(reactor, pool=pool))
         self.gateway = make_gateway(self.config, reactor, http=http)
+        self.seen_ids = set()
+        on_change = self.gateway.on_change
+
+        def record(db, change):
+            try:
+                return on_change(db, change)
+            finally:
+                self.seen_ids.add(change.get("id"))
+
+        self.gateway.on_change = record
         self.factory = protocol_module.make_factory(self.gateway)
         self.site = make_site(self.gateway, self.factory, **self.site_arguments())
         endpoint = endpoints.serverFromString(reactor, self.config.listen[0])
@@ -287,6 +297,10 @@ class GatewayHarness:
             yield wait_for(lambda: all(f.state == "connected" for f in self.followers),
                            what="the changes feeds to connect")
         returnValue(self)
+
+    def wait_for_change(self, doc_id: str):
+        """Wait until the feeds have processed a change of ``doc_id``."""
+        return wait_for(lambda: doc_id in self.seen_ids, what=f"the feed to see {doc_id}")
 
     def site_arguments(self) -> dict:
         """Extra keyword arguments for make_site (subclasses add the REST API)."""

@@ -40,10 +40,13 @@ class UsersFeedTests(unittest.TestCase):
         yield self.gw.start()
         self.addCleanup(self.gw.stop)
 
+    @inlineCallbacks
     def new_user(self, **fields):
+        """Create a user and wait until its creation has gone through the feed."""
         name = unique("user")
         password = unique("pw")
         self.couch.create_user(name, password, **fields)
+        yield self.gw.wait_for_change("org.couchdb.user:" + name)
         return name, password
 
     def update_user(self, name, **fields):
@@ -59,7 +62,7 @@ class UsersFeedTests(unittest.TestCase):
     @inlineCallbacks
     def test_cookie_login_connected(self):
         """A valid AuthSession cookie gets `connected` with the CouchDB user and roles."""
-        name, password = self.new_user(roles=["member"])
+        name, password = yield self.new_user(roles=["member"])
         cookie = self.couch.login(name, password)
         client = yield self.gw.connect(headers={"Cookie": f"AuthSession={cookie}"})
         message = yield client.next("connected")
@@ -73,8 +76,8 @@ class UsersFeedTests(unittest.TestCase):
         A `_users` update reaches both of the user's connections, sanitised, and no other
         user's connection.
         """
-        alice, alice_pw = self.new_user()
-        bob, bob_pw = self.new_user()
+        alice, alice_pw = yield self.new_user()
+        bob, bob_pw = yield self.new_user()
         a1 = yield self.gw.connect(headers={"Cookie": "AuthSession=" + self.couch.login(alice, alice_pw)})
         a2 = yield self.gw.connect(query={"token": make_token(alice)})
         b1 = yield self.gw.connect(headers={"Authorization": "Bearer " + make_token(bob)})
@@ -101,7 +104,7 @@ class UsersFeedTests(unittest.TestCase):
     @inlineCallbacks
     def test_deletion_is_sent_as_deleted(self):
         """Deleting the user's document sends `deleted: true` and no document."""
-        name, password = self.new_user()
+        name, password = yield self.new_user()
         client = yield self.gw.connect(query={"token": make_token(name)})
         yield client.next("connected")
         status, body = self.couch.request("GET", "/_users/org.couchdb.user:" + name)
@@ -124,7 +127,7 @@ class UsersFeedTests(unittest.TestCase):
     @inlineCallbacks
     def test_foreign_origin_with_cookie_refused_403(self):
         """Cookie auth from an Origin not in CORS_ORIGINS is refused at the handshake (403)."""
-        name, password = self.new_user()
+        name, password = yield self.new_user()
         cookie = self.couch.login(name, password)
         with self.assertRaises(HandshakeFailed) as caught:
             yield harness.connect(self.gw.port, headers={"Cookie": "AuthSession=" + cookie},
@@ -134,7 +137,7 @@ class UsersFeedTests(unittest.TestCase):
     @inlineCallbacks
     def test_allowed_origin_with_cookie_accepted(self):
         """Cookie auth from an allowed Origin is accepted."""
-        name, password = self.new_user()
+        name, password = yield self.new_user()
         cookie = self.couch.login(name, password)
         client = yield self.gw.connect(headers={"Cookie": "AuthSession=" + cookie},
                                        origin="https://app.example")
@@ -144,7 +147,7 @@ class UsersFeedTests(unittest.TestCase):
     @inlineCallbacks
     def test_bad_messages_get_errors_and_connection_stays_open(self):
         """Non-JSON, non-object, missing and unknown types get `error`; ping gets pong."""
-        name, _ = self.new_user()
+        name, _ = yield self.new_user()
         client = yield self.gw.connect(query={"token": make_token(name)})
         yield client.next("connected")
         client.sendMessage(b"not json")
@@ -164,7 +167,7 @@ class UsersFeedTests(unittest.TestCase):
     def test_status_reports_feed_and_connections(self):
         """GET /websocket/status shows the feed state, last seq and connection counts."""
         import treq
-        name, _ = self.new_user()
+        name, _ = yield self.new_user()
         client = yield self.gw.connect(query={"token": make_token(name)})
         yield client.next("connected")
         response = yield treq.get(f"http://127.0.0.1:{self.gw.port}/websocket/status",

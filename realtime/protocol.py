@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-from realtime import jsonutil
+from realtime import jsonutil, topics
 from realtime.auth import AuthFailure, Identity, OriginRefused
 from realtime.registry import frame_text
 
@@ -255,6 +255,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         if not isinstance(kind, str):
             self.send_error("bad_request", "a message needs a string type")
             return
+        self.gateway.metrics.received(kind)
         if kind == "auth":
             self._on_auth(message)
             return
@@ -274,10 +275,25 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
     # -- sending ------------------------------------------------------------------------
 
     def send_json(self, message: dict) -> bool:
-        return self.deliver_frame(frame_text(jsonutil.dumps(message)))
+        sent = self.deliver_frame(frame_text(jsonutil.dumps(message)))
+        if sent:
+            self.gateway.metrics.sent(message.get("type"))
+        return sent
 
     def send_error(self, code: str, text: str) -> bool:
+        self.gateway.metrics.error(code)
         return self.send_json({"type": "error", "code": code, "message": text})
+
+    # -- topics (the logic is in realtime.topics) ---------------------------------------
+
+    def _on_subscribe(self, message: dict) -> None:
+        topics.handle_subscribe(self, message)
+
+    def _on_unsubscribe(self, message: dict) -> None:
+        topics.handle_unsubscribe(self, message)
+
+    def _on_publish(self, message: dict) -> None:
+        topics.handle_publish(self, message)
 
     def deliver_frame(self, frame: bytes) -> bool:
         """Write a pre-framed message, or queue it while the transport is full."""
@@ -315,7 +331,11 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
 
 
 #: message type -> name of the method handling it once the client is authenticated
-_HANDLERS = {}
+_HANDLERS = {
+    "subscribe": "_on_subscribe",
+    "unsubscribe": "_on_unsubscribe",
+    "publish": "_on_publish",
+}
 
 
 def make_factory(gateway, url: str = "ws://localhost/ws") -> WebSocketServerFactory:

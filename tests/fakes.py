@@ -26,12 +26,12 @@ def make_token(sub, secret=SECRET, **claims):
 
 
 def make_gateway(session_checker=None, allowed_origins=(), roles_claim="roles", broker=None,
-                 **overrides):
+                 registry=None, **overrides):
     config = config_module.defaults(**{"admin_key": ADMIN_KEY, "jwt_secret": SECRET,
                                        "jwt_roles_claim": roles_claim, **overrides})
     clock = Clock()
     clock.advance(1_700_000_000)
-    registry = Registry()
+    registry = registry if registry is not None else Registry()
     verifier = JWTVerifier(SECRET, ["HS256"], roles_claim=roles_claim)
     authenticator = Authenticator(jwt_verifier=verifier, session_checker=session_checker,
                                   allowed_origins=allowed_origins)

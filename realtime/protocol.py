@@ -14,7 +14,8 @@ Connecting:
   ``timeout``).  Before it is authenticated a client may send ``auth`` and ``ping`` only;
   anything else gets ``error`` ``not_authenticated`` and close 4001.
 
-Client -> server: ``auth``, ``ping``, ``subscribe``, ``unsubscribe``, ``publish``.
+Client -> server: ``auth``, ``ping``, ``subscribe``, ``unsubscribe``, ``publish`` (topics:
+see :mod:`realtime.topics` for names, permissions and answers).
 Server -> client: ``connected``, ``user-change``, ``ping`` (every heartbeat interval, to
 every connection), ``pong`` (answer to ``ping``), ``error`` ``{code, message}`` for a
 refused request (the connection stays open), plus what the REST API and topics send.
@@ -236,6 +237,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             self.send_json({"type": "connected", "user": identity.public(),
                             "connectionId": self.connection_id,
                             "timestamp": self.gateway.timestamp()})
+            topics.recheck_subscriptions(self)
 
     # -- messages -----------------------------------------------------------------------
 

@@ -29,6 +29,10 @@ Client messages and answers:
   "timestamp":…}``.  There is no acknowledgement; a refusal is an ``error``
   (``forbidden``, ``bad_request``, or ``unavailable`` when the broker refused the event).
 
+A client that re-authenticates (``auth`` with a fresh token for the same user) keeps only
+the subscriptions its new identity allows: each one dropped is answered
+``{"type":"unsubscribed","topic":T,"reason":"forbidden"}``.
+
 Refusals carry the ``topic`` (when it was a string) besides ``code`` and ``message``.
 """
 
@@ -133,6 +137,15 @@ def handle_unsubscribe(conn, message: dict) -> None:
         return
     conn.gateway.registry.unsubscribe(conn, topic)
     conn.send_json({"type": "unsubscribed", "topic": topic})
+
+
+def recheck_subscriptions(conn) -> None:
+    """After the identity changed: leave the topics it no longer allows."""
+    registry = conn.gateway.registry
+    for topic in sorted(conn.topics):
+        if not may_subscribe(conn.identity, topic):
+            registry.unsubscribe(conn, topic)
+            conn.send_json({"type": "unsubscribed", "topic": topic, "reason": "forbidden"})
 
 
 def handle_publish(conn, message: dict) -> None:

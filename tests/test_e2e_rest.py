@@ -185,3 +185,19 @@ class RESTEndToEndTests(unittest.TestCase):
         self.assertEqual(values[("realtime_messages_sent_total", (("type", "connected"),))], 1)
         self.assertEqual(values[("realtime_errors_total", (("code", "forbidden"),))], 1)
         self.assertEqual(values[("realtime_topics", ())], 1)
+
+    @inlineCallbacks
+    def test_reauth_with_fewer_grants_leaves_those_topics(self):
+        """A fresh token without a grant makes the connection leave that granted topic."""
+        alice = yield self.user(topics=["room:*"])
+        alice.send_json({"type": "subscribe", "topic": "room:1"})
+        yield alice.next("subscribed")
+        alice.send_json({"type": "auth", "token": make_token(alice.user_id)})
+        yield alice.next("connected")
+        message = yield alice.next("unsubscribed")
+        self.assertEqual(message, {"type": "unsubscribed", "topic": "room:1",
+                                   "reason": "forbidden"})
+        status, _ = yield self.admin("POST", "/websocket/publish",
+                                     {"topic": "room:1", "data": "late"})
+        self.assertEqual(status, 200)
+        yield self.assert_next_is_marker(alice)

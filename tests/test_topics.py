@@ -169,3 +169,16 @@ class ClientTopicTests(unittest.TestCase):
         topics.handle_publish(bob, {"type": "publish", "topic": "public:x", "data": 1})
         self.assertEqual(alice.of_type("publication"), [])
         self.assertEqual(self.gateway.registry.topic_count(), 0)
+
+    def test_recheck_after_new_identity_drops_what_is_no_longer_granted(self):
+        """With a new identity, topics no longer granted are left and announced as such."""
+        alice = self.conn("alice", grants=("room:*",))
+        for name in ("room:1", "public:x", "user:alice"):
+            topics.handle_subscribe(alice, {"type": "subscribe", "topic": name})
+        alice.received.clear()
+        alice.identity = Identity(user_id="alice", name="alice", topics=())
+        topics.recheck_subscriptions(alice)
+        self.assertEqual(alice.received, [{"type": "unsubscribed", "topic": "room:1",
+                                           "reason": "forbidden"}])
+        self.assertEqual(alice.topics, {"public:x", "user:alice"})
+        self.assertEqual(self.gateway.registry.subscribers("room:1"), [])

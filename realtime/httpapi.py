@@ -18,6 +18,12 @@ Credentials (:class:`Credentials`):
   ``CORS_ORIGINS`` gets 403).  Not the admin key: it names no user.
 - When the token store or CouchDB cannot answer, the answer is 503, not a guess.
 
+CORS: a request whose ``Origin`` is in ``CORS_ORIGINS`` gets
+``Access-Control-Allow-Origin`` (that origin) and ``-Allow-Credentials: true``; ``OPTIONS``
+(a preflight) is answered 204 with the endpoint's methods and the ``Authorization`` and
+``Content-Type`` headers allowed.  Other origins get no CORS headers (the browser then keeps
+the answer from the page).
+
 Bodies (:func:`read_json_body`): ``Content-Type: application/json`` only (415 otherwise;
 a ``charset`` other than UTF-8 too), at most ``max_bytes`` (413).  The size is enforced
 twice: :class:`realtime.web.CappedRequest` refuses a request whose ``Content-Length``
@@ -36,7 +42,7 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
 from realtime import jsonutil
-from realtime.auth import AuthFailure, OriginRefused, cookie_value
+from realtime.auth import AuthFailure, OriginRefused, cookie_value, origin_allowed
 from realtime.web import JSONResource, json_error, json_response
 
 
@@ -107,12 +113,36 @@ class Endpoint(JSONResource):
         d.addErrback(lambda f: self._log.failure("writing a REST answer failed", f))
         return NOT_DONE_YET
 
+    def _allowed(self) -> str:
+        return ", ".join(sorted(n[len("handle_"):] for n in dir(self) if n.startswith("handle_")))
+
+    def _cors(self, request) -> bool:
+        """CORS headers for an Origin in ``CORS_ORIGINS``; True when it is allowed."""
+        request.setHeader(b"Vary", b"Origin")
+        origin = request.getHeader(b"origin")
+        if not origin:
+            return False
+        if not origin_allowed(origin.decode("latin-1"),
+                              self.api.gateway.authenticator.allowed_origins):
+            return False
+        request.setHeader(b"Access-Control-Allow-Origin", origin)
+        request.setHeader(b"Access-Control-Allow-Credentials", b"true")
+        return True
+
     def render(self, request):
         method = request.method.decode("ascii", "replace")
+        cors = self._cors(request)
+        if method == "OPTIONS":
+            request.setHeader(b"Allow", self._allowed().encode("ascii"))
+            if cors:
+                request.setHeader(b"Access-Control-Allow-Methods", self._allowed().encode("ascii"))
+                request.setHeader(b"Access-Control-Allow-Headers", b"Authorization, Content-Type")
+                request.setHeader(b"Access-Control-Max-Age", b"600")
+            request.setResponseCode(204)
+            return b""
         handler = getattr(self, "handle_" + method, None) if method.isupper() else None
         if handler is None:
-            allowed = sorted(n[len("handle_"):] for n in dir(self) if n.startswith("handle_"))
-            request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
+            request.setHeader(b"Allow", self._allowed().encode("ascii"))
             self.api.gateway.metrics.http_response(405)
             return json_error(request, 405, "method_not_allowed", f"{method[:16]} not allowed")
         return self._render_with(handler, request)

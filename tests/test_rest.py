@@ -348,6 +348,30 @@ class RoutingTests(RESTTestCase):
             self.assertError(self.admin("GET", path), 404, "not_found")
 
 
+class CORSTests(RESTTestCase):
+    def test_preflight_and_answers_for_allowed_origin(self):
+        """An allowed Origin gets CORS headers on answers and a 204 preflight."""
+        status, _, headers = self.call("OPTIONS", "/websocket/me/status",
+                                       headers={"Origin": "https://app.example"})
+        self.assertEqual(status, 204)
+        self.assertEqual(headers.getRawHeaders(b"access-control-allow-origin"),
+                         [b"https://app.example"])
+        self.assertEqual(headers.getRawHeaders(b"access-control-allow-methods"), [b"GET"])
+        self.assertIn(b"Authorization",
+                      headers.getRawHeaders(b"access-control-allow-headers")[0])
+        _, _, headers = self.call("GET", "/websocket/me/status",
+                                  headers={"Origin": "https://app.example",
+                                           "Cookie": "AuthSession=good-cookie"})
+        self.assertEqual(headers.getRawHeaders(b"access-control-allow-credentials"), [b"true"])
+
+    def test_other_origins_get_no_cors_headers(self):
+        """A foreign Origin gets no CORS headers, on a preflight or an answer."""
+        for method in ("OPTIONS", "GET"):
+            _, _, headers = self.call(method, "/websocket/status",
+                                      headers={"Origin": "https://evil.example"})
+            self.assertIsNone(headers.getRawHeaders(b"access-control-allow-origin"))
+
+
 class UsersTests(RESTTestCase):
     def test_connected_users_and_status(self):
         """users/connected lists users and counts; users/{id}/status answers per user."""

@@ -71,8 +71,8 @@ def bad_field(field: str, message: str) -> HTTPError:
 
 class Endpoint(JSONResource):
     """
-    A JSON endpoint: ``handle_GET(request)`` (etc.; other methods get 405) returns ``(status, body)`` or a Deferred
-    of it, or raises :class:`HTTPError`.  Unexpected failures are logged and answered 500.
+    A JSON endpoint: ``handle_GET(request)`` (etc.; other methods get 405) returns
+    ``(status, body)`` or a Deferred of it, or raises :class:`HTTPError`.  Unexpected failures are logged and answered 500.
     An answer is not written to a client that has gone away.
     """
 
@@ -108,7 +108,8 @@ class Endpoint(JSONResource):
             request.write(json_response(request, status, body))
             request.finish()
 
-        d.addCallbacks(answered, failed)
+        d.addCallback(answered)
+        d.addErrback(failed)
         d.addCallback(write)
         d.addErrback(lambda f: self._log.failure("writing a REST answer failed", f))
         return NOT_DONE_YET

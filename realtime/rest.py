@@ -3,21 +3,32 @@ The REST API under ``/websocket``: applications push messages and notifications 
 and topics, and inspect and manage connections.  :func:`make_api` builds the resource tree
 (the service and the test harness both use it).
 
-Admin endpoints (credentials: :mod:`realtime.httpapi`)::
+Admin endpoints (credentials: :mod:`realtime.httpapi`), body -> answer::
 
-  POST   /websocket/message/user        {userId, type, data}   -> 200 {userId, delivered, connections}
-  POST   /websocket/message/users       {userIds, type, data}  -> 200 {delivered: [...], notConnected: [...]}
-  POST   /websocket/message/broadcast   {type, data}           -> 200 {sent, users, connections}
-  POST   /websocket/notification        {userId, title, body, ...} -> 200 {userId, delivered, connections}
-  POST   /websocket/publish             {topic, data}          -> 200 {topic, published}
-  GET    /websocket/users/connected                            -> 200 {users: [{userId, connections}], totalUsers, totalConnections}
-  GET    /websocket/users/{userId}/status                      -> 200 {userId, connected, connections}
-  DELETE /websocket/users/{userId}/disconnect                  -> 200 {userId, disconnected}
+  POST   /websocket/message/user       {userId, type, data}
+         -> 200 {userId, delivered: true, connections}
+  POST   /websocket/message/users      {userIds, type, data}
+         -> 200 {delivered: [ids], notConnected: [ids]}
+  POST   /websocket/message/broadcast  {type, data}
+         -> 200 {sent: true, users, connections}
+  POST   /websocket/notification       {userId, title, body, ...}
+         -> 200 {userId, delivered: true, connections}
+  POST   /websocket/publish            {topic, data}
+         -> 200 {topic, published: true}
+  GET    /websocket/users/connected
+         -> 200 {users: [{userId, connections}], totalUsers, totalConnections}
+  GET    /websocket/users/{userId}/status
+         -> 200 {userId, connected, connections}
+  DELETE /websocket/users/{userId}/disconnect
+         -> 200 {userId, disconnected: <connections closed>}
 
 Other endpoints::
 
-  GET    /websocket/me/status    (the user's own JWT or AuthSession cookie) -> {userId, connected, connections}
-  GET    /websocket/status       public; with admin credentials adds connections.perUser
+  GET    /websocket/me/status   the caller's own {userId, connected, connections}
+                                (their JWT as Bearer, or the AuthSession cookie)
+  GET    /websocket/status      public; with admin credentials adds connections.perUser
+
+Counts (``connections``, ``users``) are what presence said just before the event was sent.
 
 What a client receives:
 
@@ -47,7 +58,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from twisted.internet.defer import gatherResults, inlineCallbacks, returnValue
+from twisted.internet.defer import FirstError, gatherResults, inlineCallbacks, returnValue
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
@@ -97,9 +108,32 @@ class API:
         returnValue(reached)
 
     @inlineCallbacks
+    def connection_count(self, user_id: str):
+        """The user's connections (all processes); 503 when presence cannot answer."""
+        try:
+            count = yield self.gateway.presence.connection_count(user_id)
+        except Exception as e:
+            raise _presence_unavailable(e) from None
+        returnValue(count)
+
+    @inlineCallbacks
+    def users(self):
+        """user id -> connections (all processes); 503 when presence cannot answer."""
+        try:
+            users = yield self.gateway.presence.users()
+        except Exception as e:
+            raise _presence_unavailable(e) from None
+        returnValue(users)
+
+    @inlineCallbacks
     def user_status(self, user_id: str):
-        count = yield self.gateway.presence.connection_count(user_id)
+        count = yield self.connection_count(user_id)
         returnValue({"userId": user_id, "connected": count > 0, "connections": count})
+
+
+def _presence_unavailable(error) -> HTTPError:
+    _log.warn("presence could not answer: {error}", error=type(error).__name__)
+    return HTTPError(503, "unavailable", "who is connected cannot be told now; try again")
 
 
 def message_type(body: dict) -> str:
@@ -124,7 +158,7 @@ class MessageUser(Endpoint):
         user_id = user_id_field(body.get("userId"))
         kind = message_type(body)
         data = present_field(body, "data")
-        count = yield api.gateway.presence.connection_count(user_id)
+        count = yield api.connection_count(user_id)
         if not count:
             raise HTTPError(404, "not_connected", "the user is not connected")
         yield api.publish({"t": "users", "to": [user_id], "type": kind,
@@ -146,8 +180,11 @@ class MessageUsers(Endpoint):
         user_ids = list(dict.fromkeys(user_id_field(u, "userIds") for u in user_ids))
         kind = message_type(body)
         data = present_field(body, "data")
-        counts = yield gatherResults(
-            [api.gateway.presence.connection_count(u) for u in user_ids], consumeErrors=True)
+        try:
+            counts = yield gatherResults(
+                [api.connection_count(u) for u in user_ids], consumeErrors=True)
+        except FirstError as e:
+            e.subFailure.raiseException()
         delivered = [u for u, n in zip(user_ids, counts) if n]
         not_connected = [u for u, n in zip(user_ids, counts) if not n]
         if delivered:
@@ -164,7 +201,7 @@ class Broadcast(Endpoint):
         body = api.body(request)
         kind = message_type(body)
         data = present_field(body, "data")
-        users = yield api.gateway.presence.users()
+        users = yield api.users()
         yield api.publish({"t": "all", "type": kind, "msg": api.message_text(kind, data)})
         returnValue((200, {"sent": True, "users": len(users),
                            "connections": sum(users.values())}))
@@ -180,7 +217,7 @@ class Notification(Endpoint):
         string_field(body, "title")
         string_field(body, "body")
         data = {key: value for key, value in body.items() if key != "userId"}
-        count = yield api.gateway.presence.connection_count(user_id)
+        count = yield api.connection_count(user_id)
         if not count:
             raise HTTPError(404, "not_connected", "the user is not connected")
         yield api.publish({"t": "users", "to": [user_id], "type": "notification",
@@ -211,7 +248,7 @@ class ConnectedUsers(Endpoint):
     def handle_GET(self, request):
         api = self.api
         yield api.credentials.require_admin(request)
-        users = yield api.gateway.presence.users()
+        users = yield api.users()
         returnValue((200, {
             "users": [{"userId": u, "connections": n} for u, n in sorted(users.items())],
             "totalUsers": len(users),
@@ -251,7 +288,7 @@ class Disconnect(Endpoint):
         api = self.api
         yield api.credentials.require_admin(request)
         user_id = _path_user_id(self._segment)
-        count = yield api.gateway.presence.connection_count(user_id)
+        count = yield api.connection_count(user_id)
         if not count:
             raise HTTPError(404, "not_connected", "the user is not connected")
         yield api.publish({"t": "disconnect", "user": user_id,
@@ -299,7 +336,7 @@ class Status(Endpoint):
         admin = yield api.credentials.is_admin(request)
         body = api.gateway.status()
         if admin:
-            users = yield api.gateway.presence.users()
+            users = yield api.users()
             body["connections"]["perUser"] = [
                 {"userId": u, "deviceCount": n} for u, n in sorted(users.items())]
         returnValue((200, body))

@@ -258,6 +258,25 @@ class MessageTests(RESTTestCase):
             self.assertError(self.admin(method, path, body), 503, "unavailable")
 
 
+    def test_presence_failure_is_503(self):
+        """When presence cannot say who is connected, the answer is 503 and nothing is sent."""
+
+        class DownPresence:
+            def connection_count(self, user_id):
+                return fail(ConnectionError("redis is away"))
+
+            def users(self):
+                return fail(ConnectionError("redis is away"))
+
+        alice = FakeConnection(self.gateway, "alice")
+        self.gateway.presence = DownPresence()
+        for method, path, body in ADMIN_CALLS:
+            if path != "/websocket/publish":
+                self.assertError(self.admin(method, path, body), 503, "unavailable")
+        self.assertEqual(alice.received, [])
+        self.assertIsNone(alice.closed)
+
+
 class BodyTests(RESTTestCase):
     def test_not_json_is_415(self):
         """A body that is not declared application/json is 415."""

@@ -72,8 +72,9 @@ def bad_field(field: str, message: str) -> HTTPError:
 class Endpoint(JSONResource):
     """
     A JSON endpoint: ``handle_GET(request)`` (etc.; other methods get 405) returns
-    ``(status, body)`` or a Deferred of it, or raises :class:`HTTPError`.  Unexpected failures are logged and answered 500.
-    An answer is not written to a client that has gone away.
+    ``(status, body)`` or a Deferred of it, or raises :class:`HTTPError`.  Unexpected
+    failures are logged and answered 500.  An answer is not written to a client that has
+    gone away.  ``OPTIONS`` is answered 204 (see CORS above).
     """
 
     _log = Logger()

@@ -19,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from realtime import jsonutil
+from realtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 
 def json_response(request, status: int, body) -> bytes:
@@ -81,8 +82,7 @@ class MetricsResource(JSONResource):
         self._gateway = gateway
 
     def render_GET(self, request):
-        from realtime.metrics import CONTENT_TYPE
-        request.setHeader(b"Content-Type", CONTENT_TYPE.encode("ascii"))
+        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE.encode("ascii"))
         request.setHeader(b"Cache-Control", b"no-store")
         return self._gateway.metrics.render()
 

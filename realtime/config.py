@@ -86,6 +86,8 @@ OPTIONS = (
            "prefix of every Redis key and channel"),
     Option("admin_key", "REALTIME_ADMIN_KEY", None, _optional,
            "bearer key for the REST admin API (none: admin API off)"),
+    Option("rest_max_body_bytes", "REALTIME_REST_MAX_BODY_BYTES", str(1024 * 1024),
+           _positive_int, "largest REST request body; a larger one is answered 413"),
     Option("cors_origins", "CORS_ORIGINS", "", _list,
            "allowed origins, comma-separated (cookie auth and REST)"),
     Option("ws_rate_limit_max_messages", "WS_RATE_LIMIT_MAX_MESSAGES", "300", _positive_int,
@@ -131,6 +133,7 @@ class Config:
     redis_url: Optional[str]
     redis_prefix: str
     admin_key: Optional[str]
+    rest_max_body_bytes: int
     cors_origins: tuple
     ws_rate_limit_max_messages: int
     ws_rate_limit_window_ms: int

@@ -15,19 +15,28 @@ from typing import Dict, List, Optional
 from twisted.logger import Logger
 
 from realtime import jsonutil
+from realtime.metrics import Metrics
+from realtime.presence import LocalPresence
 from realtime.router import router_for, utc_timestamp
 
 
 class Gateway:
     _log = Logger()
 
-    def __init__(self, config, clock, registry, broker, authenticator, metrics=None):
+    def __init__(self, config, clock, registry, broker, authenticator, metrics=None,
+                 presence=None):
         self.config = config
         self.clock = clock
         self.registry = registry
         self.broker = broker
         self.authenticator = authenticator
-        self.metrics = metrics
+        # Metrics: one per gateway (its own Prometheus registry); deliveries are counted by
+        # type where the registry makes them, whichever path the event took.
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.watch(self)
+        registry.on_delivered = self.metrics.delivered
+        # Who is connected, as the REST API asks it (cluster-wide with a Redis presence).
+        self.presence = presence if presence is not None else LocalPresence(registry)
         self.followers: List = []
         self.started_at = clock.seconds()
         self.open_connections = 0  # every open WebSocket, authenticated or not
@@ -56,16 +65,15 @@ class Gateway:
         recipients = list(recipients)
         if message is None or not recipients:
             return 0
-        event = {"t": "users", "to": recipients, "msg": jsonutil.dumps_text(message)}
-        delivered = self.registry.dispatch(event)
-        if self.metrics is not None:
-            self.metrics.sent(message["type"], delivered)
-        return delivered
+        event = {"t": "users", "to": recipients, "type": message["type"],
+                 "msg": jsonutil.dumps_text(message)}
+        return self.registry.dispatch(event)  # counted in metrics by the registry hook
 
     def heartbeat(self) -> int:
         """Send the server's ``ping`` message to every authenticated connection (framed once)."""
         message = {"type": "ping", "timestamp": self.timestamp()}
-        return self.registry.dispatch({"t": "all", "msg": jsonutil.dumps_text(message)})
+        return self.registry.dispatch({"t": "all", "type": "ping",
+                                       "msg": jsonutil.dumps_text(message)})
 
     # -- status -------------------------------------------------------------------------
 

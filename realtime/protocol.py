@@ -14,7 +14,8 @@ Connecting:
   ``timeout``).  Before it is authenticated a client may send ``auth`` and ``ping`` only;
   anything else gets ``error`` ``not_authenticated`` and close 4001.
 
-Client -> server: ``auth``, ``ping``, ``subscribe``, ``unsubscribe``, ``publish``.
+Client -> server: ``auth``, ``ping``, ``subscribe``, ``unsubscribe``, ``publish`` (topics:
+see :mod:`realtime.topics` for names, permissions and answers).
 Server -> client: ``connected``, ``user-change``, ``ping`` (every heartbeat interval, to
 every connection), ``pong`` (answer to ``ping``), ``error`` ``{code, message}`` for a
 refused request (the connection stays open), plus what the REST API and topics send.
@@ -37,7 +38,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-from realtime import jsonutil
+from realtime import jsonutil, topics
 from realtime.auth import AuthFailure, Identity, OriginRefused
 from realtime.registry import frame_text
 
@@ -236,6 +237,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             self.send_json({"type": "connected", "user": identity.public(),
                             "connectionId": self.connection_id,
                             "timestamp": self.gateway.timestamp()})
+            topics.recheck_subscriptions(self)
 
     # -- messages -----------------------------------------------------------------------
 
@@ -255,6 +257,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         if not isinstance(kind, str):
             self.send_error("bad_request", "a message needs a string type")
             return
+        self.gateway.metrics.received(kind)
         if kind == "auth":
             self._on_auth(message)
             return
@@ -274,10 +277,25 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
     # -- sending ------------------------------------------------------------------------
 
     def send_json(self, message: dict) -> bool:
-        return self.deliver_frame(frame_text(jsonutil.dumps(message)))
+        sent = self.deliver_frame(frame_text(jsonutil.dumps(message)))
+        if sent:
+            self.gateway.metrics.sent(message.get("type"))
+        return sent
 
     def send_error(self, code: str, text: str) -> bool:
+        self.gateway.metrics.error(code)
         return self.send_json({"type": "error", "code": code, "message": text})
+
+    # -- topics (the logic is in realtime.topics) ---------------------------------------
+
+    def _on_subscribe(self, message: dict) -> None:
+        topics.handle_subscribe(self, message)
+
+    def _on_unsubscribe(self, message: dict) -> None:
+        topics.handle_unsubscribe(self, message)
+
+    def _on_publish(self, message: dict) -> None:
+        topics.handle_publish(self, message)
 
     def deliver_frame(self, frame: bytes) -> bool:
         """Write a pre-framed message, or queue it while the transport is full."""
@@ -315,7 +333,11 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
 
 
 #: message type -> name of the method handling it once the client is authenticated
-_HANDLERS = {}
+_HANDLERS = {
+    "subscribe": "_on_subscribe",
+    "unsubscribe": "_on_unsubscribe",
+    "publish": "_on_publish",
+}
 
 
 def make_factory(gateway, url: str = "ws://localhost/ws") -> WebSocketServerFactory:

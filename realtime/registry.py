@@ -16,6 +16,7 @@ Events are plain dicts so that a broker can carry them between processes unchang
 ==================  ==========================================================
 
 ``msg`` is the JSON text of the message (a str), so it is encoded once by the sender.
+An event may also carry ``"type"``: the message's type, for metrics only.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class Registry:
         self._by_topic: Dict[str, Dict[str, Connection]] = {}
         self.max_topics_per_connection = max_topics_per_connection
         self.deliveries = 0
-        self.on_delivered = None  # optional callable(kind, count), for metrics
+        self.on_delivered = None  # optional callable(event, count), for metrics
 
     # -- membership ---------------------------------------------------------------------
 
@@ -146,11 +147,14 @@ class Registry:
         kind = event.get("t")
         try:
             if kind == "users":
-                return self._send(self._targets_users(event["to"]), event["msg"])
+                return self._delivered(event, self._send(self._targets_users(event["to"]),
+                                                         event["msg"]))
             if kind == "all":
-                return self._send(list(self._by_id.values()), event["msg"])
+                return self._delivered(event, self._send(list(self._by_id.values()),
+                                                         event["msg"]))
             if kind == "topic":
-                return self._send(self.subscribers(event["topic"]), event["msg"])
+                return self._delivered(event, self._send(self.subscribers(event["topic"]),
+                                                         event["msg"]))
             if kind == "disconnect":
                 conns = self.connections_of(event["user"])
                 for conn in conns:
@@ -161,6 +165,14 @@ class Registry:
             return 0
         self._log.warn("unknown event kind {kind} ignored", kind=kind)
         return 0
+
+    def _delivered(self, event: dict, count: int) -> int:
+        if self.on_delivered is not None and count:
+            try:
+                self.on_delivered(event, count)
+            except Exception:
+                self._log.failure("the delivery hook failed")
+        return count
 
     def _targets_users(self, user_ids: Iterable[str]) -> List[Connection]:
         if isinstance(user_ids, str):

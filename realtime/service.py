@@ -19,6 +19,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from realtime import auth, broker as broker_module, protocol, registry as registry_module
 from realtime.changes import ChangesFollower
 from realtime.gateway import Gateway
+from realtime.rest import make_api
 from realtime.web import make_site
 
 _log = Logger()
@@ -148,7 +149,7 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
     make_heartbeat_service(gateway, reactor).setServiceParent(top)
 
     factory = protocol.make_factory(gateway)
-    site = make_site(gateway, factory)
+    site = make_site(gateway, factory, api_resource=make_api(gateway))
     for description in config.listen:
         endpoint = endpoints.serverFromString(reactor, description)
         internet.StreamServerEndpointService(endpoint, site).setServiceParent(top)

@@ -1,17 +1,25 @@
 """
-The web site: the WebSocket resource at ``/ws`` and the HTTP API under ``/websocket/``.
+The web site: the WebSocket resource at ``/ws``, the HTTP API under ``/websocket/``
+(:mod:`realtime.rest`) and Prometheus metrics at ``/metrics``.
 
-Every HTTP answer is JSON, errors included (``{"error": code, "message": text}``).
+Every HTTP answer is JSON, errors included (``{"error": code, "message": text}``), except
+``/metrics`` (Prometheus text).
+
+Request bodies are capped (``REALTIME_REST_MAX_BODY_BYTES``) by :class:`CappedRequest`
+before they are buffered: see its docstring.
 """
 
 from __future__ import annotations
 
+import io
+
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.http import _escape
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from realtime import jsonutil
+from realtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 
 def json_response(request, status: int, body) -> bytes:
@@ -64,6 +72,86 @@ class StatusResource(JSONResource):
             include_users=self._is_admin(request)))
 
 
+class MetricsResource(JSONResource):
+    """``GET /metrics``: Prometheus text.  Public, like status: counts only, no user ids."""
+
+    isLeaf = True
+
+    def __init__(self, gateway):
+        super().__init__()
+        self._gateway = gateway
+
+    def render_GET(self, request):
+        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE.encode("ascii"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self._gateway.metrics.render()
+
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+class CappedRequest(Request):
+    """
+    A request whose body may not exceed the site's ``max_body_bytes``.
+
+    Twisted buffers a whole body into ``request.content`` before any resource sees it, so
+    the cap is enforced here, as the body arrives:
+
+    - a ``Content-Length`` above the cap is answered at once, when the headers are read:
+      413 with a JSON body and ``Connection: close``; the body is never read (and an
+      ``Expect: 100-continue`` client is not told to send it);
+    - a body without a length (chunked) is buffered up to the cap; past it, what was
+      buffered is dropped, the rest is discarded as it comes, and the resource answers
+      413 (it sees ``body_too_large``).
+    """
+
+    body_too_large = False
+    _answered_early = False
+    _body_bytes = 0
+
+    def _cap(self):
+        site = getattr(self.channel, "site", None)
+        return getattr(site, "max_body_bytes", None)
+
+    def gotLength(self, length):
+        cap = self._cap()
+        if cap is not None and length is not None and length > cap:
+            self.body_too_large = True
+            self.content = io.BytesIO()
+            self.requestHeaders.removeHeader(b"expect")
+            self._answer_too_large_now(cap)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self.body_too_large:
+            return
+        self._body_bytes += len(data)
+        cap = self._cap()
+        if cap is not None and self._body_bytes > cap:
+            self.body_too_large = True
+            self.content.close()
+            self.content = io.BytesIO()
+            return
+        super().handleContentChunk(data)
+
+    def _answer_too_large_now(self, cap):
+        body = jsonutil.dumps({"error": "too_large",
+                               "message": f"the body is larger than {cap} bytes"})
+        transport = self.channel.transport
+        transport.write(b"HTTP/1.1 413 Payload Too Large\r\n"
+                        b"Content-Type: application/json; charset=utf-8\r\n"
+                        b"Content-Length: %d\r\n"
+                        b"Connection: close\r\n\r\n" % len(body) + body)
+        self._answered_early = True
+        self.channel.loseConnection()
+
+    def process(self):
+        if self._answered_early:
+            return  # already answered; the connection is closing
+        super().process()
+
+
 def redacted_log_formatter(timestamp, request) -> str:
     """
     An access-log line without the query string (it may carry ``token=``) and without
@@ -83,16 +171,19 @@ def redacted_log_formatter(timestamp, request) -> str:
 
 def make_site(gateway, ws_factory, api_resource=None) -> Site:
     """
-    The site.  ``api_resource`` is the ``/websocket`` resource; by default one that only
-    serves ``status``.
+    The site.  ``api_resource`` is the ``/websocket`` resource; by default the REST API
+    (:func:`realtime.rest.make_api`).
     """
     root = JSONResource()
     root.putChild(b"ws", WebSocketResource(ws_factory))
     if api_resource is None:
-        api_resource = JSONResource()
-        api_resource.putChild(b"status", StatusResource(gateway))
+        from realtime.rest import make_api
+        api_resource = make_api(gateway)
     root.putChild(b"websocket", api_resource)
+    root.putChild(b"metrics", MetricsResource(gateway))
     site = Site(root, logFormatter=redacted_log_formatter)
+    site.requestFactory = CappedRequest
+    site.max_body_bytes = getattr(gateway.config, "rest_max_body_bytes", DEFAULT_MAX_BODY_BYTES)
     site.displayTracebacks = False
     site.noisy = False
     return site

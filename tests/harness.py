@@ -30,6 +30,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from realtime import config as config_module, jsonutil
 from realtime.embedded import PouchDBServer, free_port
+from realtime.rest import make_api
 from realtime.service import make_followers, make_gateway, make_heartbeat_service
 from realtime.web import make_site
 from realtime import protocol as protocol_module
@@ -303,8 +304,8 @@ class GatewayHarness:
         return wait_for(lambda: doc_id in self.seen_ids, what=f"the feed to see {doc_id}")
 
     def site_arguments(self) -> dict:
-        """Extra keyword arguments for make_site (subclasses add the REST API)."""
-        return {}
+        """Keyword arguments for make_site: the REST API, built as the service builds it."""
+        return {"api_resource": make_api(self.gateway)}
 
     @inlineCallbacks
     def connect(self, **kwargs):

@@ -1,0 +1,131 @@
+"""
+Prometheus metrics, one :class:`Metrics` (and one ``CollectorRegistry``) per gateway, so that
+tests can build many gateways in one process.  Served as text at ``GET /metrics``.
+
+Counters kept as things happen:
+
+- ``realtime_messages_received_total{type}``: client messages, by type;
+- ``realtime_messages_sent_total{type}``: messages written to connections, by type (one
+  per connection reached: a broadcast to 10 connections counts 10);
+- ``realtime_errors_total{code}``: ``error`` messages sent to clients, by code;
+- ``realtime_http_responses_total{status}``: REST answers, by status.
+
+Read from the gateway at each scrape: open connections, authenticated connections and
+users, topics, deliveries, uptime, broker state, and per watched database the feed state
+(``realtime_feed_up{db}``), its reconnects and the changes seen.
+
+No label ever holds a user id, topic or other client-chosen text: message types outside
+the protocol's own are counted as ``other``, so the number of series stays bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+#: Message types that keep their own label; anything else is "other".
+KNOWN_TYPES = frozenset({
+    "connected", "connection_established", "auth", "auth_failed", "user-change",
+    "doc-change", "error", "ping", "pong", "subscribed", "unsubscribed", "publication",
+    "notification", "subscribe", "unsubscribe", "publish", "resume",
+})
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def type_label(kind) -> str:
+    return kind if kind in KNOWN_TYPES else "other"
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._received = Counter("realtime_messages_received", "Client messages, by type",
+                                 ["type"], registry=self.registry)
+        self._sent = Counter("realtime_messages_sent",
+                             "Messages written to connections, by type (one per connection)",
+                             ["type"], registry=self.registry)
+        self._errors = Counter("realtime_errors", "error messages sent to clients, by code",
+                               ["code"], registry=self.registry)
+        self._http = Counter("realtime_http_responses", "REST API answers, by status",
+                             ["status"], registry=self.registry)
+        self._gateway = None
+        self.registry.register(_GatewayCollector(self))
+
+    def watch(self, gateway) -> None:
+        """Report the state of ``gateway`` at each scrape."""
+        self._gateway = gateway
+
+    # -- events -------------------------------------------------------------------------
+
+    def sent(self, kind, count: int = 1) -> None:
+        if count > 0:
+            self._sent.labels(type=type_label(kind)).inc(count)
+
+    def received(self, kind) -> None:
+        self._received.labels(type=type_label(kind)).inc()
+
+    def error(self, code: str) -> None:
+        self._errors.labels(code=str(code)[:40]).inc()
+
+    def http_response(self, status: int) -> None:
+        self._http.labels(status=str(int(status))).inc()
+
+    def delivered(self, event: dict, count: int) -> None:
+        """Registry hook: an event reached ``count`` local connections."""
+        self.sent(event.get("type"), count)
+
+    # -- exposition ---------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _GatewayCollector:
+    """Gauges and counters read from the gateway when scraped."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        gateway = self._metrics._gateway
+        if gateway is None:
+            return
+        registry = gateway.registry
+        yield _gauge("realtime_connections", "Open WebSocket connections",
+                     gateway.open_connections)
+        yield _gauge("realtime_authenticated_connections", "Authenticated connections",
+                     len(registry))
+        yield _gauge("realtime_authenticated_users", "Users with a connection",
+                     len(registry.users()))
+        yield _gauge("realtime_topics", "Topics with a subscriber", registry.topic_count())
+        yield _gauge("realtime_uptime_seconds", "Seconds since the gateway started",
+                     gateway.clock.seconds() - gateway.started_at)
+        yield _gauge("realtime_broker_up", "1 when the broker accepts events",
+                     1 if getattr(gateway.broker, "state", "up") == "up" else 0)
+        deliveries = CounterMetricFamily(
+            "realtime_deliveries", "Frames written to connections by event delivery")
+        deliveries.add_metric([], registry.deliveries)
+        yield deliveries
+
+        up = GaugeMetricFamily("realtime_feed_up", "1 when the _changes feed is connected",
+                               labels=["db"])
+        reconnects = CounterMetricFamily("realtime_feed_reconnects",
+                                         "Reconnections of the _changes feed", labels=["db"])
+        changes = CounterMetricFamily("realtime_feed_changes",
+                                      "Changes read from the _changes feed", labels=["db"])
+        for follower in gateway.followers:
+            up.add_metric([follower.db], 1 if follower.state == "connected" else 0)
+            reconnects.add_metric([follower.db], getattr(follower, "reconnects", 0))
+            changes.add_metric([follower.db], getattr(follower, "changes_seen", 0))
+        yield up
+        yield reconnects
+        yield changes
+
+
+def _gauge(name: str, documentation: str, value) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)

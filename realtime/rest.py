@@ -1,0 +1,363 @@
+"""
+The REST API under ``/websocket``: applications push messages and notifications to users
+and topics, and inspect and manage connections.  :func:`make_api` builds the resource tree
+(the service and the test harness both use it).
+
+Admin endpoints (credentials: :mod:`realtime.httpapi`), body -> answer::
+
+  POST   /websocket/message/user       {userId, type, data}
+         -> 200 {userId, delivered: true, connections}
+  POST   /websocket/message/users      {userIds, type, data}
+         -> 200 {delivered: [ids], notConnected: [ids]}
+  POST   /websocket/message/broadcast  {type, data}
+         -> 200 {sent: true, users, connections}
+  POST   /websocket/notification       {userId, title, body, ...}
+         -> 200 {userId, delivered: true, connections}
+  POST   /websocket/publish            {topic, data}
+         -> 200 {topic, published: true}
+  GET    /websocket/users/connected
+         -> 200 {users: [{userId, connections}], totalUsers, totalConnections}
+  GET    /websocket/users/{userId}/status
+         -> 200 {userId, connected, connections}
+  DELETE /websocket/users/{userId}/disconnect
+         -> 200 {userId, disconnected: <connections closed>}
+
+Other endpoints::
+
+  GET    /websocket/me/status   the caller's own {userId, connected, connections}
+                                (their JWT as Bearer, or the AuthSession cookie)
+  GET    /websocket/status      public; with admin credentials adds connections.perUser
+
+Counts (``connections``, ``users``) are what presence said just before the event was sent.
+
+What a client receives:
+
+- ``message/*``: ``{"type": <type>, "data": <data>, "timestamp": ISO}``; ``type`` is the
+  sender's, but not one the protocol uses itself (``connected``, ``ping``, ``error`` ...:
+  :data:`RESERVED_TYPES`), which is refused with 400.
+- ``notification``: ``{"type": "notification", "data": {"title", "body", ...every other
+  field of the body but userId}, "timestamp"}``.
+- ``publish``: ``{"type": "publication", "topic", "data", "from": "server", "timestamp"}``
+  to the topic's subscribers (any valid topic name: an admin may publish anywhere).
+- ``disconnect``: the user's connections, on every process, are closed with 4003
+  ("disconnected by admin"; 4003 is in the do-not-reconnect range: the client should not
+  come straight back with the same credentials).
+
+"Connected" is asked of the gateway's presence (cluster-wide with a Redis presence): a
+message to a user with no connection anywhere is 404 ``not_connected`` and nothing is sent;
+``message/users`` sends to those connected and names the others.  A message is encoded
+once, handed to the broker as one event, and the answer is 2xx only once the broker has
+accepted it (503 ``unavailable`` when it refuses).
+
+User ids taken from the path are percent-decoded once (by Twisted, per segment, so ``%2F``
+is a ``/`` inside the id), decoded as UTF-8, and used only as dictionary keys: an odd id
+(``..%2F``, ``%00``, any Unicode) is just a user who is not connected.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from twisted.internet.defer import FirstError, gatherResults, inlineCallbacks, returnValue
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+from realtime import jsonutil, topics
+from realtime.httpapi import (
+    MAX_TYPE_LENGTH, MAX_USER_IDS, Credentials, Endpoint, HTTPError, bad_field,
+    present_field, read_json_body, string_field, user_id_field,
+)
+from realtime.web import DEFAULT_MAX_BODY_BYTES, JSONResource
+
+#: Message types the protocol itself uses: REST messages may not take them.
+RESERVED_TYPES = frozenset({
+    "connected", "connection_established", "auth", "auth_failed", "user-change",
+    "doc-change", "error", "ping", "pong", "subscribed", "unsubscribed", "publication",
+    "notification", "subscribe", "unsubscribe", "publish", "resume",
+})
+
+CLOSE_DISCONNECTED_BY_ADMIN = 4003
+
+_log = Logger()
+
+
+class API:
+    """What the endpoints share: the gateway, credentials, limits and delivery."""
+
+    def __init__(self, gateway, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+        self.gateway = gateway
+        self.credentials = Credentials(gateway)
+        self.max_body_bytes = max_body_bytes
+
+    def body(self, request) -> dict:
+        return read_json_body(request, self.max_body_bytes)
+
+    def message_text(self, kind: str, data) -> str:
+        return jsonutil.dumps_text({"type": kind, "data": data,
+                                    "timestamp": self.gateway.timestamp()})
+
+    @inlineCallbacks
+    def publish(self, event: dict):
+        """Hand an event to the broker; 503 when it is refused."""
+        try:
+            reached = yield self.gateway.broker.publish(event)
+        except Exception as e:
+            _log.warn("the broker refused a REST event: {error}", error=type(e).__name__)
+            raise HTTPError(503, "unavailable",
+                            "the message could not be handed to the broker; try again") from None
+        returnValue(reached)
+
+    @inlineCallbacks
+    def connection_count(self, user_id: str):
+        """The user's connections (all processes); 503 when presence cannot answer."""
+        try:
+            count = yield self.gateway.presence.connection_count(user_id)
+        except Exception as e:
+            raise _presence_unavailable(e) from None
+        returnValue(count)
+
+    @inlineCallbacks
+    def users(self):
+        """user id -> connections (all processes); 503 when presence cannot answer."""
+        try:
+            users = yield self.gateway.presence.users()
+        except Exception as e:
+            raise _presence_unavailable(e) from None
+        returnValue(users)
+
+    @inlineCallbacks
+    def user_status(self, user_id: str):
+        count = yield self.connection_count(user_id)
+        returnValue({"userId": user_id, "connected": count > 0, "connections": count})
+
+
+def _presence_unavailable(error) -> HTTPError:
+    _log.warn("presence could not answer: {error}", error=type(error).__name__)
+    return HTTPError(503, "unavailable", "who is connected cannot be told now; try again")
+
+
+def message_type(body: dict) -> str:
+    kind = string_field(body, "type")
+    if not kind or len(kind) > MAX_TYPE_LENGTH:
+        raise bad_field("type", f"type must be 1 to {MAX_TYPE_LENGTH} characters")
+    if any(unicodedata.category(c)[0] == "C" for c in kind):
+        raise bad_field("type", "type contains control characters")
+    if kind in RESERVED_TYPES:
+        raise bad_field("type", f"type {kind!r} is reserved by the protocol")
+    return kind
+
+
+# -- messages ------------------------------------------------------------------------------
+
+class MessageUser(Endpoint):
+    @inlineCallbacks
+    def handle_POST(self, request):
+        api = self.api
+        yield api.credentials.require_admin(request)
+        body = api.body(request)
+        user_id = user_id_field(body.get("userId"))
+        kind = message_type(body)
+        data = present_field(body, "data")
+        count = yield api.connection_count(user_id)
+        if not count:
+            raise HTTPError(404, "not_connected", "the user is not connected")
+        yield api.publish({"t": "users", "to": [user_id], "type": kind,
+                           "msg": api.message_text(kind, data)})
+        returnValue((200, {"userId": user_id, "delivered": True, "connections": count}))
+
+
+class MessageUsers(Endpoint):
+    @inlineCallbacks
+    def handle_POST(self, request):
+        api = self.api
+        yield api.credentials.require_admin(request)
+        body = api.body(request)
+        user_ids = body.get("userIds")
+        if not isinstance(user_ids, list) or not user_ids:
+            raise bad_field("userIds", "userIds must be a non-empty list of user ids")
+        if len(user_ids) > MAX_USER_IDS:
+            raise bad_field("userIds", f"at most {MAX_USER_IDS} userIds per request")
+        user_ids = list(dict.fromkeys(user_id_field(u, "userIds") for u in user_ids))
+        kind = message_type(body)
+        data = present_field(body, "data")
+        try:
+            counts = yield gatherResults(
+                [api.connection_count(u) for u in user_ids], consumeErrors=True)
+        except FirstError as e:
+            e.subFailure.raiseException()
+        delivered = [u for u, n in zip(user_ids, counts) if n]
+        not_connected = [u for u, n in zip(user_ids, counts) if not n]
+        if delivered:
+            yield api.publish({"t": "users", "to": delivered, "type": kind,
+                               "msg": api.message_text(kind, data)})
+        returnValue((200, {"delivered": delivered, "notConnected": not_connected}))
+
+
+class Broadcast(Endpoint):
+    @inlineCallbacks
+    def handle_POST(self, request):
+        api = self.api
+        yield api.credentials.require_admin(request)
+        body = api.body(request)
+        kind = message_type(body)
+        data = present_field(body, "data")
+        users = yield api.users()
+        yield api.publish({"t": "all", "type": kind, "msg": api.message_text(kind, data)})
+        returnValue((200, {"sent": True, "users": len(users),
+                           "connections": sum(users.values())}))
+
+
+class Notification(Endpoint):
+    @inlineCallbacks
+    def handle_POST(self, request):
+        api = self.api
+        yield api.credentials.require_admin(request)
+        body = api.body(request)
+        user_id = user_id_field(body.get("userId"))
+        string_field(body, "title")
+        string_field(body, "body")
+        data = {key: value for key, value in body.items() if key != "userId"}
+        count = yield api.connection_count(user_id)
+        if not count:
+            raise HTTPError(404, "not_connected", "the user is not connected")
+        yield api.publish({"t": "users", "to": [user_id], "type": "notification",
+                           "msg": api.message_text("notification", data)})
+        returnValue((200, {"userId": user_id, "delivered": True, "connections": count}))
+
+
+class Publish(Endpoint):
+    @inlineCallbacks
+    def handle_POST(self, request):
+        api = self.api
+        yield api.credentials.require_admin(request)
+        body = api.body(request)
+        topic = body.get("topic")
+        problem = topics.topic_error(topic)
+        if problem is not None:
+            raise bad_field("topic", problem)
+        data = present_field(body, "data")
+        yield api.publish(topics.publication_event(topic, data, "server",
+                                                   api.gateway.timestamp()))
+        returnValue((200, {"topic": topic, "published": True}))
+
+
+# -- users ---------------------------------------------------------------------------------
+
+class ConnectedUsers(Endpoint):
+    @inlineCallbacks
+    def handle_GET(self, request):
+        api = self.api
+        yield api.credentials.require_admin(request)
+        users = yield api.users()
+        returnValue((200, {
+            "users": [{"userId": u, "connections": n} for u, n in sorted(users.items())],
+            "totalUsers": len(users),
+            "totalConnections": sum(users.values()),
+        }))
+
+
+def _path_user_id(segment: bytes) -> str:
+    """A user id from one path segment (already percent-decoded by Twisted)."""
+    try:
+        text = segment.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_field("userId", "userId is not valid UTF-8") from None
+    return user_id_field(text)
+
+
+class UserStatus(Endpoint):
+    def __init__(self, api, segment: bytes):
+        super().__init__(api)
+        self._segment = segment
+
+    @inlineCallbacks
+    def handle_GET(self, request):
+        api = self.api
+        yield api.credentials.require_admin(request)
+        status = yield api.user_status(_path_user_id(self._segment))
+        returnValue((200, status))
+
+
+class Disconnect(Endpoint):
+    def __init__(self, api, segment: bytes):
+        super().__init__(api)
+        self._segment = segment
+
+    @inlineCallbacks
+    def handle_DELETE(self, request):
+        api = self.api
+        yield api.credentials.require_admin(request)
+        user_id = _path_user_id(self._segment)
+        count = yield api.connection_count(user_id)
+        if not count:
+            raise HTTPError(404, "not_connected", "the user is not connected")
+        yield api.publish({"t": "disconnect", "user": user_id,
+                           "code": CLOSE_DISCONNECTED_BY_ADMIN,
+                           "reason": "disconnected by admin"})
+        returnValue((200, {"userId": user_id, "disconnected": count}))
+
+
+class UserResource(JSONResource):
+    """``/websocket/users/{userId}/``: ``status`` and ``disconnect``."""
+
+    def __init__(self, api, segment: bytes):
+        super().__init__()
+        self.putChild(b"status", UserStatus(api, segment))
+        self.putChild(b"disconnect", Disconnect(api, segment))
+
+
+class UsersResource(JSONResource):
+    """``/websocket/users/``: ``connected``, or a user id (even one named ``connected``)."""
+
+    def __init__(self, api):
+        super().__init__()
+        self._api = api
+
+    def getChild(self, path, request):
+        if path == b"connected" and not request.postpath:
+            return ConnectedUsers(self._api)
+        return UserResource(self._api, path)
+
+
+class MyStatus(Endpoint):
+    @inlineCallbacks
+    def handle_GET(self, request):
+        identity = yield self.api.credentials.require_user(request)
+        status = yield self.api.user_status(identity.user_id)
+        returnValue((200, status))
+
+
+class Status(Endpoint):
+    """Public health; with admin credentials, ``connections.perUser`` (all processes)."""
+
+    @inlineCallbacks
+    def handle_GET(self, request):
+        api = self.api
+        admin = yield api.credentials.is_admin(request)
+        body = api.gateway.status()
+        if admin:
+            users = yield api.users()
+            body["connections"]["perUser"] = [
+                {"userId": u, "deviceCount": n} for u, n in sorted(users.items())]
+        returnValue((200, body))
+
+
+def make_api(gateway, max_body_bytes: int = None) -> Resource:
+    """The ``/websocket`` resource tree."""
+    if max_body_bytes is None:
+        max_body_bytes = getattr(gateway.config, "rest_max_body_bytes", DEFAULT_MAX_BODY_BYTES)
+    api = API(gateway, max_body_bytes)
+    root = JSONResource()
+    message = JSONResource()
+    message.putChild(b"user", MessageUser(api))
+    message.putChild(b"users", MessageUsers(api))
+    message.putChild(b"broadcast", Broadcast(api))
+    root.putChild(b"message", message)
+    root.putChild(b"notification", Notification(api))
+    root.putChild(b"publish", Publish(api))
+    root.putChild(b"users", UsersResource(api))
+    me = JSONResource()
+    me.putChild(b"status", MyStatus(api))
+    root.putChild(b"me", me)
+    root.putChild(b"status", Status(api))
+    return root

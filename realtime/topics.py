@@ -1,0 +1,173 @@
+"""
+Topics: names, permissions, and the client's ``subscribe`` / ``unsubscribe`` / ``publish``.
+
+Names (:func:`topic_error`): 1 to :data:`MAX_TOPIC_LENGTH` characters, none of them a
+control character, whitespace or ``*`` (``*`` only ever appears in grants).  Any other
+Unicode is allowed, since ``user:<id>`` carries CouchDB user names.
+
+Who may subscribe (:func:`may_subscribe`), and so publish (a client may publish only where
+it may subscribe):
+
+- ``user:<id>``: that user only;
+- ``public:<name>``: any authenticated user;
+- a topic granted by the JWT ``topics`` claim (:attr:`Identity.topics`): an exact name, or
+  ``prefix*`` for every topic starting with ``prefix`` (``*`` alone grants every topic);
+- anything else, ``doc:<db>/<docid>`` included, is refused with ``error`` ``forbidden``.
+  ``doc:`` topics will later be checked against CouchDB at subscribe time; until then
+  only a grant opens them.
+
+Client messages and answers:
+
+- ``{"type":"subscribe","topic":T}`` -> ``{"type":"subscribed","topic":T}``; subscribing
+  again to a topic already held answers ``subscribed`` again.  Past the per-connection
+  limit (128 by default): ``error`` ``too_many_topics``.
+- ``{"type":"unsubscribe","topic":T}`` -> ``{"type":"unsubscribed","topic":T}``, also
+  when the connection was not subscribed (the state the client asked for holds).  From the
+  moment the answer is queued, no publication of T reaches that connection.
+- ``{"type":"publish","topic":T,"data":D}`` -> every subscriber of T (the publisher too,
+  when subscribed) gets ``{"type":"publication","topic":T,"data":D,"from":<user id>,
+  "timestamp":…}``.  There is no acknowledgement; a refusal is an ``error``
+  (``forbidden``, ``bad_request``, or ``unavailable`` when the broker refused the event).
+
+A client that re-authenticates (``auth`` with a fresh token for the same user) keeps only
+the subscriptions its new identity allows: each one dropped is answered
+``{"type":"unsubscribed","topic":T,"reason":"forbidden"}``.
+
+Refusals carry the ``topic`` (when it was a string) besides ``code`` and ``message``.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Optional
+
+from twisted.logger import Logger
+
+from realtime import jsonutil
+
+MAX_TOPIC_LENGTH = 200
+
+USER_PREFIX = "user:"
+PUBLIC_PREFIX = "public:"
+DOC_PREFIX = "doc:"
+
+_log = Logger()
+
+
+def topic_error(topic) -> Optional[str]:
+    """Why ``topic`` is not a valid topic name, or None when it is."""
+    if not isinstance(topic, str):
+        return "topic must be a string"
+    if not topic:
+        return "topic must not be empty"
+    if len(topic) > MAX_TOPIC_LENGTH:
+        return f"topic is longer than {MAX_TOPIC_LENGTH} characters"
+    for char in topic:
+        if char == "*" or char.isspace() or unicodedata.category(char)[0] == "C":
+            return "topic contains a character that is not allowed (control, space or *)"
+    return None
+
+
+def grant_matches(grant: str, topic: str) -> bool:
+    """A ``topics`` claim entry: an exact name, or ``prefix*``."""
+    if grant.endswith("*"):
+        return topic.startswith(grant[:-1])
+    return grant == topic
+
+
+def may_subscribe(identity, topic: str) -> bool:
+    """May this authenticated identity subscribe to (and publish on) a valid ``topic``?"""
+    if identity is None:
+        return False
+    if topic.startswith(USER_PREFIX) and topic[len(USER_PREFIX):] == identity.user_id:
+        return True
+    if topic.startswith(PUBLIC_PREFIX) and len(topic) > len(PUBLIC_PREFIX):
+        return True
+    return any(grant_matches(grant, topic) for grant in identity.topics)
+
+
+may_publish = may_subscribe
+
+
+def publication(topic: str, data, sender: str, timestamp: str) -> dict:
+    return {"type": "publication", "topic": topic, "data": data, "from": sender,
+            "timestamp": timestamp}
+
+
+def publication_event(topic: str, data, sender: str, timestamp: str) -> dict:
+    """The broker event for a publication, its message encoded once."""
+    return {"t": "topic", "topic": topic, "type": "publication",
+            "msg": jsonutil.dumps_text(publication(topic, data, sender, timestamp))}
+
+
+# -- client requests (called by the protocol with itself as ``conn``) ---------------------
+
+def _refuse(conn, code: str, text: str, topic) -> None:
+    message = {"type": "error", "code": code, "message": text}
+    if isinstance(topic, str) and len(topic) <= MAX_TOPIC_LENGTH:
+        message["topic"] = topic
+    conn.send_json(message)
+    metrics = getattr(conn.gateway, "metrics", None)
+    if metrics is not None:
+        metrics.error(code)
+
+
+def handle_subscribe(conn, message: dict) -> None:
+    topic = message.get("topic")
+    problem = topic_error(topic)
+    if problem is not None:
+        _refuse(conn, "bad_request", problem, topic)
+        return
+    if not may_subscribe(conn.identity, topic):
+        _refuse(conn, "forbidden", "you may not subscribe to this topic", topic)
+        return
+    registry = conn.gateway.registry
+    if not registry.subscribe(conn, topic):
+        _refuse(conn, "too_many_topics",
+                f"at most {registry.max_topics_per_connection} topics per connection", topic)
+        return
+    conn.send_json({"type": "subscribed", "topic": topic})
+
+
+def handle_unsubscribe(conn, message: dict) -> None:
+    topic = message.get("topic")
+    problem = topic_error(topic)
+    if problem is not None:
+        _refuse(conn, "bad_request", problem, topic)
+        return
+    conn.gateway.registry.unsubscribe(conn, topic)
+    conn.send_json({"type": "unsubscribed", "topic": topic})
+
+
+def recheck_subscriptions(conn) -> None:
+    """After the identity changed: leave the topics it no longer allows."""
+    registry = conn.gateway.registry
+    for topic in sorted(conn.topics):
+        if not may_subscribe(conn.identity, topic):
+            registry.unsubscribe(conn, topic)
+            conn.send_json({"type": "unsubscribed", "topic": topic, "reason": "forbidden"})
+
+
+def handle_publish(conn, message: dict) -> None:
+    topic = message.get("topic")
+    problem = topic_error(topic)
+    if problem is not None:
+        _refuse(conn, "bad_request", problem, topic)
+        return
+    if "data" not in message:
+        _refuse(conn, "bad_request", "publish needs data", topic)
+        return
+    if not may_publish(conn.identity, topic):
+        _refuse(conn, "forbidden", "you may not publish to this topic", topic)
+        return
+    gateway = conn.gateway
+    event = publication_event(topic, message["data"], conn.user_id, gateway.timestamp())
+    d = gateway.broker.publish(event)
+
+    def failed(failure):
+        _log.warn("a client publication was refused by the broker: {error}",
+                  error=failure.getErrorMessage())
+        _refuse(conn, "unavailable", "the publication could not be delivered; try again",
+                topic)
+
+    d.addErrback(failed)

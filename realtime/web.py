@@ -57,21 +57,6 @@ class JSONResource(Resource):
         return handler(request)
 
 
-class StatusResource(JSONResource):
-    """``GET /websocket/status``: public health (see :meth:`Gateway.status`)."""
-
-    isLeaf = True
-
-    def __init__(self, gateway, is_admin=lambda request: False):
-        super().__init__()
-        self._gateway = gateway
-        self._is_admin = is_admin
-
-    def render_GET(self, request):
-        return json_response(request, 200, self._gateway.status(
-            include_users=self._is_admin(request)))
-
-
 class MetricsResource(JSONResource):
     """``GET /metrics``: Prometheus text.  Public, like status: counts only, no user ids."""
 

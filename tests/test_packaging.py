@@ -83,3 +83,12 @@ class PackagingTests(unittest.TestCase):
         for option in config_module.OPTIONS:
             self.assertIn("--" + option.flag, text)
             self.assertIn(option.env, text)
+
+
+class ReadmeTests(unittest.TestCase):
+    def test_readme_documents_every_option(self):
+        """The README's configuration table names every option's environment variable."""
+        with open(os.path.join(REPO, "README.rst"), encoding="utf-8") as f:
+            readme = f.read()
+        missing = [o.env for o in config_module.OPTIONS if f"   * - ``{o.env}``" not in readme]
+        self.assertEqual(missing, [])

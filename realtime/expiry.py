@@ -1,0 +1,129 @@
+"""
+Keeping a live connection's credentials valid: JWT expiry and cookie revalidation.
+
+One :class:`SessionWatch` per authenticated connection, on an injected clock.
+
+- A JWT identity: at the token's ``exp`` the connection is told ``auth_failed`` reason
+  ``token-expired`` and closed 4001, unless the client has sent ``auth`` with a fresh token
+  for the same user first — :meth:`watch` with the new identity moves the timer.
+- A cookie identity: the CouchDB session is checked again every ``revalidate_interval``
+  (5 minutes) with ``GET /_session`` (adopting the refreshed cookie CouchDB may set, so an
+  active session stays alive as it would in a browser).  CouchDB answering "no session"
+  (or another user) closes 4001 with reason ``token-expired``: the session this connection
+  was opened with has ended, and the client should log in again.
+- CouchDB unreachable during a revalidation: the connection is kept and the check retried
+  every ``retry_interval`` (30 s); when CouchDB has not answered for ``grace`` (5 minutes)
+  after the check became due, the connection is closed with ``unavailable`` (4101, reconnect
+  with backoff).  Decision: a short CouchDB outage must not disconnect every cookie client
+  at once (they would all reconnect together, and fail, while it is down), but a session
+  is never trusted unchecked for much longer than one revalidation period.
+
+``on_failure(AuthFailure)`` is called at most once; after it the watch is stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from twisted.logger import Logger
+
+from realtime.auth import AuthFailure, Identity
+
+REVALIDATE_SECONDS = 300.0
+RETRY_SECONDS = 30.0
+GRACE_SECONDS = 300.0
+
+
+class SessionWatch:
+    _log = Logger()
+
+    def __init__(self, clock, on_failure: Callable[[AuthFailure], None],
+                 session_checker=None, revalidate_interval: float = REVALIDATE_SECONDS,
+                 retry_interval: float = RETRY_SECONDS, grace: float = GRACE_SECONDS):
+        self._clock = clock
+        self._on_failure = on_failure
+        self._session_checker = session_checker
+        self.revalidate_interval = revalidate_interval
+        self.retry_interval = retry_interval
+        self.grace = grace
+        self.identity: Optional[Identity] = None
+        self._timer = None
+        self._due_since: Optional[float] = None
+        self._generation = 0  # invalidates checks in flight when the identity changes
+        self.stopped = False
+
+    def watch(self, identity: Identity) -> None:
+        """Start, or restart with a refreshed identity."""
+        if self.stopped:
+            return
+        self._cancel()
+        self._generation += 1
+        self.identity = identity
+        self._due_since = None
+        if identity.method == "cookie" and identity.cookie and self._session_checker is not None:
+            self._schedule(self.revalidate_interval, self._revalidate)
+        elif identity.expires_at is not None:
+            delay = identity.expires_at - self._clock.seconds()
+            self._schedule(max(0.0, delay), self._expired)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._cancel()
+        self._generation += 1
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _schedule(self, delay: float, fn) -> None:
+        self._timer = self._clock.callLater(delay, fn)
+
+    def _cancel(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _fail(self, failure: AuthFailure) -> None:
+        if self.stopped:
+            return
+        self.stop()
+        try:
+            self._on_failure(failure)
+        except Exception:
+            self._log.failure("closing a connection whose credentials ended failed")
+
+    def _expired(self) -> None:
+        self._timer = None
+        self._fail(AuthFailure("token-expired", "token expired"))
+
+    def _revalidate(self) -> None:
+        self._timer = None
+        if self._due_since is None:
+            self._due_since = self._clock.seconds()
+        generation = self._generation
+        identity = self.identity
+        d = self._session_checker.check(identity.cookie)
+        d.addCallbacks(lambda fresh: self._checked(generation, identity, fresh),
+                       lambda f: self._check_failed(generation, f))
+        d.addErrback(lambda f: self._log.failure("revalidating a session failed", f))
+
+    def _checked(self, generation: int, identity: Identity, fresh: Identity) -> None:
+        if generation != self._generation or self.stopped:
+            return
+        if fresh.user_id != identity.user_id:
+            self._fail(AuthFailure("auth-failed", "the session names another user"))
+            return
+        self.identity = fresh
+        self._due_since = None
+        self._schedule(self.revalidate_interval, self._revalidate)
+
+    def _check_failed(self, generation: int, failure) -> None:
+        if generation != self._generation or self.stopped:
+            return
+        reason = failure.value.reason if failure.check(AuthFailure) else "unavailable"
+        if reason != "unavailable":
+            self._fail(AuthFailure("token-expired", "the CouchDB session has ended"))
+            return
+        if self._clock.seconds() - self._due_since >= self.grace:
+            self._fail(AuthFailure("unavailable", "CouchDB cannot confirm the session"))
+            return
+        self._log.info("CouchDB session check unavailable; retrying")
+        self._schedule(self.retry_interval, self._revalidate)

@@ -1,0 +1,260 @@
+"""
+Token revocation: a revoked JWT is refused until its own expiry, and the live connections
+that authenticated with it are closed (``auth_failed`` reason ``revoked``, 4001).
+
+A token is known by its *token id* (:func:`realtime.auth.token_id`): ``jti:<jti>`` when the
+token has a ``jti``, else ``sha256:<hex digest of the token>``; the token itself is never
+stored or logged.
+
+- :class:`MemoryRevocationStore` (one process) and :class:`RedisRevocationStore` (many:
+  key ``<prefix>revoked:<token_id>``, ``SET … EX`` with the token's remaining lifetime) share
+  one interface: ``revoke(token_id, expires_at) -> Deferred`` and
+  ``is_revoked(token_id) -> Deferred[bool]``.  Every Redis command has a timeout (txredisapi
+  waits silently while Redis is down); a check that cannot be answered fails, and the
+  authenticator then refuses with ``unavailable`` (4101): fail closed.
+- :class:`Revoker` stores the revocation, then publishes ``{"t": "revoke", "token_id": …}``
+  on the broker so that every process closes the connections using the token
+  (:meth:`realtime.registry.Registry.dispatch`).
+- :class:`RevokeResource` is ``POST /websocket/tokens/revoke`` with ``{"token": …}`` or
+  ``{"jti": …, "exp": <seconds since the epoch>}``, admin only.  The token is not verified
+  (the caller is an admin; a token that does not verify is refused anyway): only its
+  ``jti`` and ``exp`` are read.  Answers ``200 {"revoked": true, "tokenId", "expiresAt"}``,
+  400 bad body, 401 not admin, 413 body over 16 KiB, 415 not JSON, 503 store unreachable.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Callable, Dict, Optional
+
+import jwt
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, returnValue, succeed
+from twisted.logger import Logger
+from twisted.web.server import NOT_DONE_YET
+
+from realtime import jsonutil
+from realtime.auth import MAX_TOKEN_LENGTH, token_id as token_id_of
+from realtime.router import utc_timestamp
+from realtime.web import JSONResource, json_error, json_response
+
+MAX_BODY_BYTES = 16 * 1024
+MAX_JTI_LENGTH = 256
+
+
+class StoreUnavailable(Exception):
+    """The revocation (or nonce) store did not answer in time."""
+
+
+def with_timeout(d: Deferred, seconds: float, clock, what: str = "store") -> Deferred:
+    """``d``, failed with :class:`StoreUnavailable` if it has not fired in ``seconds``."""
+    expired = []
+
+    def expire():
+        expired.append(True)
+        d.cancel()
+
+    call = clock.callLater(seconds, expire)
+
+    def done(result):
+        if call.active():
+            call.cancel()
+        if expired:
+            raise StoreUnavailable(f"{what} did not answer within {seconds}s")
+        return result
+
+    return d.addBoth(done)
+
+
+class MemoryRevocationStore:
+    """Revocations of one process, forgotten at each token's expiry."""
+
+    def __init__(self, clock):
+        self._clock = clock
+        self._revoked: Dict[str, float] = {}
+
+    def revoke(self, token_id: str, expires_at: float) -> Deferred:
+        self._prune()
+        if expires_at > self._clock.seconds():
+            self._revoked[token_id] = max(expires_at, self._revoked.get(token_id, 0.0))
+        return succeed(None)
+
+    def is_revoked(self, token_id: str) -> Deferred:
+        expires_at = self._revoked.get(token_id)
+        if expires_at is not None and expires_at <= self._clock.seconds():
+            del self._revoked[token_id]
+            expires_at = None
+        return succeed(expires_at is not None)
+
+    def _prune(self) -> None:
+        now = self._clock.seconds()
+        for key in [k for k, exp in self._revoked.items() if exp <= now]:
+            del self._revoked[key]
+
+    def __len__(self) -> int:
+        self._prune()
+        return len(self._revoked)
+
+
+class RedisRevocationStore:
+    """
+    Revocations shared by every process through Redis.
+
+    :param redis: a txredisapi connection (or handler) with ``set`` and ``exists``; create it
+        with ``convertNumbers=False``.
+    """
+
+    def __init__(self, redis, clock, prefix: str = "realtime:", timeout: float = 2.0):
+        self._redis = redis
+        self._clock = clock
+        self._prefix = prefix
+        self.timeout = timeout
+
+    def key(self, token_id: str) -> str:
+        return f"{self._prefix}revoked:{token_id}"
+
+    def revoke(self, token_id: str, expires_at: float) -> Deferred:
+        ttl = int(expires_at - self._clock.seconds()) + 1
+        if ttl <= 1:
+            return succeed(None)  # already expired: refused anyway
+        d = self._redis.set(self.key(token_id), "1", expire=ttl)
+        return with_timeout(d, self.timeout, self._clock, "Redis")
+
+    def is_revoked(self, token_id: str) -> Deferred:
+        d = with_timeout(self._redis.exists(self.key(token_id)), self.timeout, self._clock,
+                         "Redis")
+        return d.addCallback(lambda n: bool(n))
+
+
+class Revoker:
+    """Revoke a token everywhere: remember it, then close its live connections."""
+
+    _log = Logger()
+
+    def __init__(self, store, broker, clock):
+        self.store = store
+        self._broker = broker
+        self._clock = clock
+
+    @inlineCallbacks
+    def revoke(self, token_id: str, expires_at: float):
+        """Fires with the number of local connections closed; fails if not stored."""
+        yield self.store.revoke(token_id, expires_at)
+        self._log.info("token {token_id} revoked", token_id=_short(token_id))
+        try:
+            closed = yield self._broker.publish({"t": "revoke", "token_id": token_id})
+        except Exception:
+            # Stored: the token is refused from now on; its live connections elsewhere
+            # are closed when they next authenticate or expire.
+            self._log.failure("publishing a revocation failed")
+            closed = 0
+        returnValue(closed)
+
+
+def _short(token_id: str) -> str:
+    """A token id for logs: a jti as is (not a secret), a hash prefix otherwise."""
+    return token_id if token_id.startswith("jti:") else token_id[:23]
+
+
+def revocation_target(body) -> tuple:
+    """
+    ``(token_id, expires_at)`` from a request body, or ValueError with a message for the
+    client.  ``{"token": JWT}`` (its ``jti``/hash and ``exp`` are read, unverified), or
+    ``{"jti": str, "exp": number}``.
+    """
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    if "token" in body:
+        token = body["token"]
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+            raise ValueError("token must be a JWT")
+        try:
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except Exception:
+            raise ValueError("token is not a JWT") from None
+        exp = claims.get("exp") if isinstance(claims, dict) else None
+        if not _is_number(exp):
+            raise ValueError("the token has no exp")
+        return token_id_of(claims, token), float(exp)
+    jti, exp = body.get("jti"), body.get("exp")
+    if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH:
+        raise ValueError("give token, or jti (a string) and exp")
+    if not _is_number(exp):
+        raise ValueError("exp must be a number (seconds since the epoch)")
+    return "jti:" + jti, float(exp)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+        and abs(value) < 1e11  # a datetime can show it (year < 9999)
+
+
+def admin_key_checker(admin_key: Optional[str]) -> Callable:
+    """
+    ``is_admin(request)``: ``Authorization: Bearer <admin_key>``, compared in constant time.
+    With no key configured nobody is admin.
+    """
+    def is_admin(request) -> bool:
+        if not admin_key:
+            return False
+        header = request.getHeader(b"authorization") or ""
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(value.strip().encode("utf-8"), admin_key.encode("utf-8"))
+    return is_admin
+
+
+class RevokeResource(JSONResource):
+    """
+    ``POST /websocket/tokens/revoke`` (mounted by the REST API).
+
+    :param gateway: anything with a ``revoker`` (:class:`Revoker`) and a ``clock``.
+    :param is_admin: ``is_admin(request) -> bool``.
+    """
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, gateway, is_admin):
+        super().__init__()
+        self._gateway = gateway
+        self._is_admin = is_admin
+
+    def render_POST(self, request):
+        if not self._is_admin(request):
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="realtime"')
+            return json_error(request, 401, "unauthorized", "admin credentials required")
+        content_type = (request.getHeader(b"content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return json_error(request, 415, "unsupported_media_type", "send application/json")
+        data = request.content.read(MAX_BODY_BYTES + 1)
+        if len(data) > MAX_BODY_BYTES:
+            return json_error(request, 413, "too_large", "the body is too large")
+        try:
+            target = revocation_target(jsonutil.loads(data))
+        except ValueError as e:
+            message = str(e) if "JSON" not in str(e) else "the body is not JSON"
+            return json_error(request, 400, "bad_request", message[:200])
+        token_id, expires_at = target
+        d = self._gateway.revoker.revoke(token_id, expires_at)
+
+        def done(closed):
+            _finish(request, json_response(request, 200, {
+                "revoked": True, "tokenId": token_id,
+                "expiresAt": utc_timestamp(expires_at), "closedConnections": closed}))
+
+        def failed(failure):
+            if not failure.check(StoreUnavailable, CancelledError, ConnectionError):
+                self._log.failure("revoking a token failed", failure)
+            _finish(request, json_error(request, 503, "unavailable",
+                                        "the revocation store cannot be reached"))
+
+        d.addCallbacks(done, failed)
+        return NOT_DONE_YET
+
+
+def _finish(request, body: bytes) -> None:
+    if getattr(request, "_disconnected", False) or request.finished:
+        return
+    request.write(body)
+    request.finish()

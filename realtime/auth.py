@@ -35,6 +35,8 @@ from realtime import jsonutil
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_AUTH_UNAVAILABLE = 4101
 MAX_TOKEN_LENGTH = 16384
+#: clock skew tolerated on exp, nbf and iat (and so on a live connection's expiry)
+JWT_LEEWAY_SECONDS = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +100,7 @@ class JWTVerifier:
 
     def __init__(self, key, algorithms: Sequence[str], audience: Optional[str] = None,
                  issuer: Optional[str] = None, user_claim: str = "sub",
-                 roles_claim: str = "roles", leeway: float = 5.0, clock=None,
+                 roles_claim: str = "roles", leeway: float = JWT_LEEWAY_SECONDS, clock=None,
                  key_source=None):
         if not algorithms:
             raise ValueError("an explicit algorithm allow-list is required")

@@ -3,7 +3,9 @@ Keeping a live connection's credentials valid: JWT expiry and cookie revalidatio
 
 One :class:`SessionWatch` per authenticated connection, on an injected clock.
 
-- A JWT identity: at the token's ``exp`` the connection is told ``auth_failed`` reason
+- A JWT identity: at the token's ``exp`` (plus the same 5 s leeway for clock skew that was
+  allowed when the token was accepted, so that an accepted token is never closed at once)
+  the connection is told ``auth_failed`` reason
   ``token-expired`` and closed 4001, unless the client has sent ``auth`` with a fresh token
   for the same user first — :meth:`watch` with the new identity moves the timer.
 - A cookie identity: the CouchDB session is checked again every ``revalidate_interval``
@@ -27,7 +29,7 @@ from typing import Callable, Optional
 
 from twisted.logger import Logger
 
-from realtime.auth import AuthFailure, Identity
+from realtime.auth import JWT_LEEWAY_SECONDS, AuthFailure, Identity
 
 REVALIDATE_SECONDS = 300.0
 RETRY_SECONDS = 30.0
@@ -39,13 +41,15 @@ class SessionWatch:
 
     def __init__(self, clock, on_failure: Callable[[AuthFailure], None],
                  session_checker=None, revalidate_interval: float = REVALIDATE_SECONDS,
-                 retry_interval: float = RETRY_SECONDS, grace: float = GRACE_SECONDS):
+                 retry_interval: float = RETRY_SECONDS, grace: float = GRACE_SECONDS,
+                 leeway: float = JWT_LEEWAY_SECONDS):
         self._clock = clock
         self._on_failure = on_failure
         self._session_checker = session_checker
         self.revalidate_interval = revalidate_interval
         self.retry_interval = retry_interval
         self.grace = grace
+        self.leeway = leeway
         self.identity: Optional[Identity] = None
         self._timer = None
         self._due_since: Optional[float] = None
@@ -63,7 +67,7 @@ class SessionWatch:
         if identity.method == "cookie" and identity.cookie and self._session_checker is not None:
             self._schedule(self.revalidate_interval, self._revalidate)
         elif identity.expires_at is not None:
-            delay = identity.expires_at - self._clock.seconds()
+            delay = identity.expires_at + self.leeway - self._clock.seconds()
             self._schedule(max(0.0, delay), self._expired)
 
     def stop(self) -> None:

@@ -84,7 +84,7 @@ class JWKSKeySource:
         self._fetched_at: Optional[float] = None  # last successful fetch
         self._attempted_at: Optional[float] = None  # last fetch attempt
         self._last_fetch_failed = False
-        self._inflight: Optional[Deferred] = None
+        self._waiters = []  # callers waiting for the fetch in flight
         self.fetches = 0  # attempts, for tests and metrics
 
     # -- lookup -------------------------------------------------------------------------
@@ -120,7 +120,7 @@ class JWKSKeySource:
             self._clock.seconds() - self._fetched_at >= self.max_age
 
     def _may_fetch(self) -> bool:
-        if self._inflight is not None:
+        if self._waiters:
             return True
         return self._attempted_at is None or \
             self._clock.seconds() - self._attempted_at >= self.min_refetch_interval
@@ -129,18 +129,18 @@ class JWKSKeySource:
 
     def _fetch(self) -> Deferred:
         """One fetch at a time; every caller waits for the same one.  Never fails."""
-        if self._inflight is None:
+        d = Deferred()
+        self._waiters.append(d)
+        if len(self._waiters) == 1:
             self._attempted_at = self._clock.seconds()
             self.fetches += 1
-            self._inflight = self._do_fetch()
-            self._inflight.addBoth(self._fetched)
-        d = Deferred()
-        self._inflight.addBoth(lambda result: (d.callback(None), result)[1])
+            self._do_fetch().addBoth(self._fetched)
         return d
 
     def _fetched(self, result):
-        self._inflight = None
-        return None
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     @inlineCallbacks
     def _do_fetch(self):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from array import array
 
+_EPSILON = 1e-6
 ALLOW = "allow"
 REFUSE = "refuse"
 CLOSE = "close"
@@ -43,7 +44,7 @@ class SlidingWindow:
         if self._count < self.limit:
             return 0.0
         wait = self._times[self._next] + self.window - self._clock.seconds()
-        return wait if wait > 0 else 0.0
+        return wait if wait > _EPSILON else 0.0  # float noise: waiting the advice suffices
 
     def hit(self) -> float:
         """Record an event if allowed and return 0; else return the seconds to wait."""

@@ -196,11 +196,12 @@ def admin_key_checker(admin_key: Optional[str]) -> Callable:
     def is_admin(request) -> bool:
         if not admin_key:
             return False
-        header = request.getHeader(b"authorization") or ""
+        header = _header(request, b"authorization")
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() != "bearer":
             return False
-        return hmac.compare_digest(value.strip().encode("utf-8"), admin_key.encode("utf-8"))
+        return hmac.compare_digest(value.strip().encode("latin-1", "replace"),
+                                   admin_key.encode("utf-8"))
     return is_admin
 
 
@@ -224,7 +225,7 @@ class RevokeResource(JSONResource):
         if not self._is_admin(request):
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="realtime"')
             return json_error(request, 401, "unauthorized", "admin credentials required")
-        content_type = (request.getHeader(b"content-type") or "").split(";")[0].strip().lower()
+        content_type = _header(request, b"content-type").split(";")[0].strip().lower()
         if content_type != "application/json":
             return json_error(request, 415, "unsupported_media_type", "send application/json")
         data = request.content.read(MAX_BODY_BYTES + 1)
@@ -251,6 +252,13 @@ class RevokeResource(JSONResource):
 
         d.addCallbacks(done, failed)
         return NOT_DONE_YET
+
+
+def _header(request, name: bytes) -> str:
+    value = request.getHeader(name)
+    if value is None:
+        return ""
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 def _finish(request, body: bytes) -> None:

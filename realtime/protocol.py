@@ -430,7 +430,10 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
 
     def close_with(self, code: int, reason: str) -> None:
         if self.state in (self.STATE_OPEN, self.STATE_CONNECTING):
-            self.sendClose(code, reason[:120])
+            if code == CLOSE_NORMAL or 3000 <= code <= 4999:
+                self.sendClose(code, reason[:120])
+            else:  # 1011 and the like: Autobahn's public sendClose refuses them
+                self._fail_connection(code, reason[:120])
 
 
 #: message type -> name of the method handling it once the client is authenticated

@@ -453,3 +453,52 @@ class SlowReaderTests(AuthCase):
         yield wait_for(lambda: not any("_BatchedTimer" in repr(call)
                                        for call in reactor.getDelayedCalls()),
                        what="Autobahn's timer bucket to drain")
+
+
+class CookieSessionTests(AuthCase):
+    overrides = {"ws_session_revalidate_ms": 500}
+
+    def new_user(self):
+        couch = harness.pouchdb()
+        name, password = unique("cookie"), unique("pw")
+        couch.create_user(name, password)
+        return couch, name, password
+
+    @inlineCallbacks
+    def test_session_revalidated_and_closed_when_it_ends(self):
+        """
+        A cookie connection is revalidated with CouchDB periodically; when CouchDB no longer
+        knows the session (here: the user was deleted) it closes with token-expired, 4001.
+        """
+        couch, name, password = self.new_user()
+        cookie = couch.login(name, password)
+        client = yield self.gw.connect(headers={"Cookie": "AuthSession=" + cookie})
+        yield client.next("connected")
+        conn = self.server_side(name)
+        yield wait_for(lambda: conn._watch._timer is not None and conn._watch._timer.active())
+        status, body = couch.request("GET", "/_users/org.couchdb.user:" + name)
+        rev = json.loads(body)["_rev"]
+        status, _ = couch.request("DELETE", f"/_users/org.couchdb.user:{name}?rev={rev}")
+        self.assertIn(status, (200, 202))
+        self.assertEqual((yield client.next("auth_failed"))["reason"], "token-expired")
+        yield self.assertClosed(client, 4001)
+
+    @inlineCallbacks
+    def test_stale_forged_cookie_for_real_user(self):
+        """A cookie naming a real user with an old timestamp and a made-up MAC: auth-failed."""
+        couch, name, _ = self.new_user()
+        forged = base64.urlsafe_b64encode(f"{name}:5F5E1000:".encode() + b"\x01" * 20)
+        client = yield self.gw.connect(
+            headers={"Cookie": "AuthSession=" + forged.decode().rstrip("=")})
+        self.assertEqual((yield client.next("auth_failed"))["reason"], "auth-failed")
+        yield self.assertClosed(client, 4001)
+
+    @inlineCallbacks
+    def test_cookie_from_foreign_origin_refused_403(self):
+        """A valid cookie from an Origin not in CORS_ORIGINS: HTTP 403 at the handshake."""
+        couch, name, password = self.new_user()
+        cookie = couch.login(name, password)
+        with self.assertRaises(HandshakeFailed) as caught:
+            yield harness.connect(self.gw.port, headers={"Cookie": "AuthSession=" + cookie},
+                                  origin="https://app.example.evil")
+        self.assertIn("403", str(caught.exception.reason))

@@ -16,6 +16,13 @@ Every failure is an :class:`AuthFailure` with the reason the client is told
 (``auth-failed``, ``token-expired``, ``revoked``, ``timeout``, ``unavailable``) and the close
 code (4001; 4101 when CouchDB or Redis cannot answer: the answer is then no).
 
+JWT keys: ``JWT_SECRET`` (HS256/384/512), ``JWT_PUBLIC_KEY`` (a PEM: RS/PS/ES/EdDSA) or
+``JWT_JWKS_URL`` (:mod:`realtime.jwks`), always with an explicit algorithm allow-list.
+Revocation (:mod:`realtime.revocation`) is checked after the signature, for every way a
+token arrives (handshake, ``auth`` message, refresh); a revocation store that cannot answer
+refuses (``unavailable``, 4101).  Credentials that end on a live connection:
+:mod:`realtime.expiry`.
+
 Nothing here logs a token or cookie.
 """
 

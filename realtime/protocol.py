@@ -164,8 +164,8 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             elif isinstance(outcome, AuthFailure):
                 self._refuse(outcome)
             else:
-                self.maxMessagePayloadSize = min(PREAUTH_MAX_MESSAGE_BYTES,
-                                                 self.factory.maxMessagePayloadSize or PREAUTH_MAX_MESSAGE_BYTES)
+                limit = self.factory.maxMessagePayloadSize or PREAUTH_MAX_MESSAGE_BYTES
+                self.maxMessagePayloadSize = min(PREAUTH_MAX_MESSAGE_BYTES, limit)
                 self.maxFramePayloadSize = self.maxMessagePayloadSize
                 self.send_json({"type": "connection_established",
                                 "message": "Please authenticate to continue"})
@@ -371,9 +371,13 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             if self.state == self.STATE_OPEN:
                 self._handle(message)
 
+        def failed(failure):
+            self._log.failure("handling a signed message failed", failure)
+            self.send_error("internal", "the server failed to handle that message")
+
         d = self._inbox.addCallback(verify)
         d.addCallbacks(handle, refused)
-        d.addErrback(lambda f: self._log.failure("handling a signed message failed", f))
+        d.addErrback(failed)
 
     def _admitted(self, tell: bool = True) -> bool:
         """Count one message (or ping) against the rate limit; False when refused."""

@@ -86,6 +86,8 @@ class JWKSKeySource:
         self._last_fetch_failed = False
         self._waiters = []  # callers waiting for the fetch in flight
         self.fetches = 0  # attempts, for tests and metrics
+        if url.startswith("http://") and not url.startswith(("http://127.", "http://localhost")):
+            self._log.warn("JWT_JWKS_URL is plain HTTP: the keys can be tampered with in transit")
 
     # -- lookup -------------------------------------------------------------------------
 

@@ -216,6 +216,20 @@ class RevocationTests(AuthCase):
         self.assertEqual(other.state, other.STATE_OPEN)
 
 
+    @inlineCallbacks
+    def test_revocation_store_down_refuses_4101(self):
+        """Redis (the revocation store) not answering: auth_failed unavailable, close 4101."""
+        from realtime import redisconn
+        from realtime.revocation import RedisRevocationStore
+        dead = redisconn.lazy_connection(harness.RedisServer().url, connect_timeout=0.5)
+        self.addCleanup(dead.disconnect)
+        self.gw.gateway.authenticator.revocations = RedisRevocationStore(
+            dead, reactor, timeout=0.5)
+        client = yield self.gw.connect(query={"token": token(unique("user"))})
+        self.assertEqual((yield client.next("auth_failed"))["reason"], "unavailable")
+        yield self.assertClosed(client, 4101)
+
+
 class SizeAndFragmentTests(AuthCase):
     overrides = {"ws_max_message_bytes": 64 * 1024}
 

@@ -28,7 +28,7 @@ def parse_redis_url(url: str) -> dict:
     return {
         "host": parts.hostname or "localhost",
         "port": parts.port or 6379,
-        "dbid": int(path) if path else None,
+        "dbid": int(path) if path and int(path) != 0 else None,  # 0: no SELECT needed
         "password": urllib.parse.unquote(parts.password) if parts.password else None,
         "username": urllib.parse.unquote(parts.username) if parts.username else None,
         "tls": parts.scheme == "rediss",

@@ -30,6 +30,7 @@ from typing import Callable, Dict, Optional
 import jwt
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, returnValue, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
 from realtime import jsonutil
@@ -46,7 +47,10 @@ class StoreUnavailable(Exception):
 
 
 def with_timeout(d: Deferred, seconds: float, clock, what: str = "store") -> Deferred:
-    """``d``, failed with :class:`StoreUnavailable` if it has not fired in ``seconds``."""
+    """
+    ``d``, failed with :class:`StoreUnavailable` if it has not fired in ``seconds`` or if it
+    fails in any way.
+    """
     expired = []
 
     def expire():
@@ -60,6 +64,9 @@ def with_timeout(d: Deferred, seconds: float, clock, what: str = "store") -> Def
             call.cancel()
         if expired:
             raise StoreUnavailable(f"{what} did not answer within {seconds}s")
+        if isinstance(result, Failure) and not result.check(StoreUnavailable):
+            # Lost connection, refused TLS, a Redis error reply: all mean "cannot answer".
+            raise StoreUnavailable(f"{what} failed: {result.type.__name__}")
         return result
 
     return d.addBoth(done)

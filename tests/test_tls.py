@@ -212,7 +212,7 @@ class RedisTLSTests(unittest.TestCase):
     def test_rediss_untrusted_certificate_fails_closed(self):
         """An untrusted server certificate: no command goes through; the check fails closed."""
         from realtime.revocation import RedisRevocationStore, StoreUnavailable
-        redis = redisconn.lazy_connection(f"rediss://localhost:{self.port}/0", connect_timeout=1)
+        redis = redisconn.lazy_connection(f"rediss://localhost:{self.port}", connect_timeout=1)
         self.addCleanup(redis.disconnect)
         store = RedisRevocationStore(redis, reactor, "tls-test:", timeout=1)
         with self.assertRaises(StoreUnavailable):

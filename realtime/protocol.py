@@ -244,7 +244,8 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self.maxFramePayloadSize = self.factory.maxFramePayloadSize
         self._watch = SessionWatch(
             gateway.clock, self.fail_auth, gateway.authenticator.session_checker,
-            revalidate_interval=config.ws_session_revalidate_ms / 1000.0)
+            revalidate_interval=config.ws_session_revalidate_ms / 1000.0,
+            revocations=gateway.authenticator.revocations)
         self._watch.watch(identity)
         connected = {
             "type": "connected",

@@ -489,7 +489,8 @@ class CookieSessionTests(AuthCase):
         client = yield self.gw.connect(headers={"Cookie": "AuthSession=" + cookie})
         yield client.next("connected")
         conn = self.server_side(name)
-        yield wait_for(lambda: conn._watch._timer is not None and conn._watch._timer.active())
+        yield wait_for(lambda: conn._watch._check_timer is not None
+                       and conn._watch._check_timer.active())
         status, body = couch.request("GET", "/_users/org.couchdb.user:" + name)
         rev = json.loads(body)["_rev"]
         status, _ = couch.request("DELETE", f"/_users/org.couchdb.user:{name}?rev={rev}")

@@ -135,3 +135,65 @@ class SessionWatchTests(unittest.TestCase):
         self.watch.stop()
         pending.errback(AuthFailure("auth-failed"))
         self.assertEqual(self.failures, [])
+
+
+class FakeRevocations:
+    def __init__(self):
+        self.revoked = set()
+        self.down = False
+        self.asked = []
+
+    def is_revoked(self, token_id):
+        self.asked.append(token_id)
+        if self.down:
+            from realtime.revocation import StoreUnavailable
+            return fail(StoreUnavailable("down"))
+        return succeed(token_id in self.revoked)
+
+
+class RevocationRecheckTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.failures = []
+        self.revocations = FakeRevocations()
+        self.watch = SessionWatch(self.clock, self.failures.append,
+                                  revocations=self.revocations)
+
+    def test_revocation_found_by_periodic_check(self):
+        """
+        A revocation whose broker event was lost is still found: the token id is looked up
+        every 5 minutes, and a revoked one closes the connection (`revoked`, 4001).
+        """
+        self.watch.watch(jwt_identity(expires_at=100000, token="t1"))
+        self.clock.advance(300)
+        self.assertEqual((self.revocations.asked, self.failures), (["jti:t1"], []))
+        self.revocations.revoked.add("jti:t1")
+        self.clock.advance(300)
+        self.assertEqual([f.reason for f in self.failures], ["revoked"])
+        self.assertEqual(self.failures[0].close_code, 4001)
+
+    def test_refresh_checks_the_new_token(self):
+        """After a refresh the new token's id is the one checked."""
+        self.watch.watch(jwt_identity(expires_at=100000, token="t1"))
+        self.revocations.revoked.add("jti:t1")
+        self.watch.watch(jwt_identity(expires_at=100000, token="t2"))
+        self.clock.advance(300)
+        self.assertEqual((self.revocations.asked, self.failures), (["jti:t2"], []))
+
+    def test_store_down_retried_then_4101(self):
+        """The store down: retried every 30 s, closed `unavailable` (4101) after 5 minutes."""
+        self.revocations.down = True
+        self.watch.watch(jwt_identity(expires_at=100000))
+        self.clock.pump([300] + [30] * 9)
+        self.assertEqual(self.failures, [])
+        self.clock.advance(30)
+        self.assertEqual([f.reason for f in self.failures], ["unavailable"])
+        self.assertEqual(self.failures[0].close_code, 4101)
+
+    def test_expiry_still_wins(self):
+        """A token that expires before the next check closes at its expiry."""
+        self.watch.watch(jwt_identity(expires_at=1100))
+        self.clock.pump([105, 1])
+        self.assertEqual([f.reason for f in self.failures], ["token-expired"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])

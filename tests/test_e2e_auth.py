@@ -7,7 +7,6 @@ import base64
 import json
 import time
 
-import jwt
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks

@@ -23,7 +23,8 @@ Limits (see :mod:`realtime.ratelimit`): every client message and every WebSocket
 counts against the per-connection rate limit (``error`` ``rate_limited`` with
 ``retryAfterMs``; a client that keeps going is closed 4008).  Before authentication a
 message may be at most 8 KiB (``PREAUTH_MAX_MESSAGE_BYTES``; larger: close 1009, the same
-reaction as any message over ``WS_MAX_MESSAGE_BYTES``).  A message of more than
+reaction as any message over ``WS_MAX_MESSAGE_BYTES``), and all its messages together at
+most 32 KiB (``PREAUTH_MAX_TOTAL_BYTES``; more: close 4008).  A message of more than
 ``MAX_FRAGMENTS`` frames closes 4008.  JWT expiry and cookie revalidation on live
 connections: :mod:`realtime.expiry`; signed messages: :mod:`realtime.signing`; a revoked
 token's connections are told ``auth_failed`` ``revoked`` (4001) through the broker.
@@ -64,6 +65,8 @@ CLOSE_SHUTDOWN = 4200
 
 #: largest message an unauthenticated client may send (the ``auth`` message needs ~2 KB)
 PREAUTH_MAX_MESSAGE_BYTES = 8 * 1024
+#: all an unauthenticated client may send before authenticating; past it, close 4008
+PREAUTH_MAX_TOTAL_BYTES = 32 * 1024
 #: most frames one (fragmented) message may have: a flood of tiny fragments closes 4008
 MAX_FRAGMENTS = 1024
 
@@ -110,6 +113,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self._session_secret: Optional[str] = None
         self._inbox = succeed(None)  # signed messages are handled in arrival order
         self._fragments = 0
+        self._preauth_bytes = 0
 
     # -- identity -----------------------------------------------------------------------
 
@@ -177,6 +181,12 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload, isBinary):
         try:
+            if self.identity is None:
+                self._preauth_bytes += len(payload)
+                if self._preauth_bytes > PREAUTH_MAX_TOTAL_BYTES:
+                    self.send_error("policy", "too much data before authentication")
+                    self.close_with(CLOSE_POLICY, "too much data before authentication")
+                    return
             if self._admitted():
                 self._on_message(payload, isBinary)
         except Exception:

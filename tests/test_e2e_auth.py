@@ -122,6 +122,18 @@ class FirstMessageAuthTests(AuthCase):
         yield self.assertClosed(client, 1009)
 
     @inlineCallbacks
+    def test_preauth_total_over_32k_closes_4008(self):
+        """Before authentication all messages together may hold 32 KiB; more closes 4008."""
+        client = yield self.gw.connect()
+        yield client.next("connection_established")
+        for _ in range(5):
+            client.send_json({"type": "ping", "pad": "p" * 7000})
+        for _ in range(4):
+            yield client.next("pong")
+        self.assertEqual((yield client.next("error"))["code"], "policy")
+        yield self.assertClosed(client, 4008)
+
+    @inlineCallbacks
     def test_preauth_limit_lifted_after_auth(self):
         """After authentication messages up to WS_MAX_MESSAGE_BYTES are read."""
         client = yield self.gw.connect()

@@ -16,6 +16,13 @@ Every failure is an :class:`AuthFailure` with the reason the client is told
 (``auth-failed``, ``token-expired``, ``revoked``, ``timeout``, ``unavailable``) and the close
 code (4001; 4101 when CouchDB or Redis cannot answer: the answer is then no).
 
+JWT keys: ``JWT_SECRET`` (HS256/384/512), ``JWT_PUBLIC_KEY`` (a PEM: RS/PS/ES/EdDSA) or
+``JWT_JWKS_URL`` (:mod:`realtime.jwks`), always with an explicit algorithm allow-list.
+Revocation (:mod:`realtime.revocation`) is checked after the signature, for every way a
+token arrives (handshake, ``auth`` message, refresh); a revocation store that cannot answer
+refuses (``unavailable``, 4101).  Credentials that end on a live connection:
+:mod:`realtime.expiry`.
+
 Nothing here logs a token or cookie.
 """
 
@@ -34,6 +41,9 @@ from realtime import jsonutil
 
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_AUTH_UNAVAILABLE = 4101
+MAX_TOKEN_LENGTH = 16384
+#: clock skew tolerated on exp, nbf and iat (and so on a live connection's expiry)
+JWT_LEEWAY_SECONDS = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,17 +94,32 @@ class JWTVerifier:
     Verify JWTs with PyJWT: explicit algorithm allow-list, ``exp`` required, ``nbf``/``iat``
     checked with a small leeway, ``aud``/``iss`` exact when configured.
 
-    :param key: the HMAC secret or a PEM public key.
+    :param key: the HMAC secret or a PEM public key (None with ``key_source``).
+    :param key_source: instead of ``key``, an object with ``key_for(kid, alg) ->
+        Deferred[key]`` (:class:`realtime.jwks.JWKSKeySource`).
+    :param user_claim: the claim naming the user; with the default ``sub``, a token with
+        no ``sub`` but a ``userId`` (as some seeds issued) is accepted too.
+
+    The header's ``alg`` is checked against the allow-list before any key is looked up, so
+    ``alg: none`` or an HMAC algorithm against public keys never reaches a key (PyJWT also
+    refuses to use a PEM or JWK public key as an HMAC secret).
     """
 
     def __init__(self, key, algorithms: Sequence[str], audience: Optional[str] = None,
                  issuer: Optional[str] = None, user_claim: str = "sub",
-                 roles_claim: str = "roles", leeway: float = 5.0, clock=None):
+                 roles_claim: str = "roles", leeway: float = JWT_LEEWAY_SECONDS, clock=None,
+                 key_source=None):
         if not algorithms:
             raise ValueError("an explicit algorithm allow-list is required")
         if any(a.lower() == "none" for a in algorithms):
             raise ValueError("the 'none' algorithm is never allowed")
+        unknown = [a for a in algorithms if a not in jwt.algorithms.get_default_algorithms()]
+        if unknown:
+            raise ValueError(f"unsupported JWT algorithms: {', '.join(unknown)}")
+        if (key is None) == (key_source is None):
+            raise ValueError("give exactly one of key and key_source")
         self._key = key
+        self._key_source = key_source
         self.algorithms = list(algorithms)
         self.audience = audience
         self.issuer = issuer
@@ -106,10 +131,23 @@ class JWTVerifier:
     def _now(self) -> Optional[float]:
         return self._clock.seconds() if self._clock is not None else None
 
-    def decode(self, token: str) -> dict:
-        """Verified claims, or :class:`AuthFailure`."""
-        if not isinstance(token, str) or not token or len(token) > 16384:
+    def header(self, token) -> dict:
+        """The unverified header, checked: a dict whose ``alg`` is allowed; or AuthFailure."""
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
             raise AuthFailure("auth-failed", "malformed token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except Exception:
+            raise AuthFailure("auth-failed", "malformed token") from None
+        if not isinstance(header, dict) or header.get("alg") not in self.algorithms:
+            raise AuthFailure("auth-failed", "algorithm not allowed")
+        return header
+
+    def decode(self, token: str, key=None) -> dict:
+        """Verified claims, or :class:`AuthFailure`."""
+        self.header(token)
+        if key is None:
+            key = self._key
         options = {"require": ["exp"], "verify_aud": self.audience is not None}
         kwargs = {}
         if self.audience is not None:
@@ -118,7 +156,7 @@ class JWTVerifier:
             kwargs["issuer"] = self.issuer
             options["require"].append("iss")
         try:
-            claims = jwt.decode(token, self._key, algorithms=self.algorithms, options=options,
+            claims = jwt.decode(token, key, algorithms=self.algorithms, options=options,
                                 leeway=self.leeway, **kwargs)
         except jwt.ExpiredSignatureError:
             raise AuthFailure("token-expired", "token expired") from None
@@ -129,6 +167,8 @@ class JWTVerifier:
         now = self._now()
         if now is not None and claims.get("exp") is not None and float(claims["exp"]) + self.leeway <= now:
             raise AuthFailure("token-expired", "token expired")
+        if not isinstance(claims.get("exp"), (int, float)) or isinstance(claims["exp"], bool):
+            raise AuthFailure("auth-failed", "bad exp")
         return claims
 
     def identity(self, token: str, claims: dict) -> Identity:
@@ -160,7 +200,14 @@ class JWTVerifier:
 
     def verify(self, token: str) -> Deferred:
         """A Deferred firing with the :class:`Identity`, or failing with AuthFailure."""
-        return maybeDeferred(lambda: self.identity(token, self.decode(token)))
+        if self._key_source is None:
+            return maybeDeferred(lambda: self.identity(token, self.decode(token)))
+        try:
+            header = self.header(token)
+        except AuthFailure:
+            return fail()
+        d = maybeDeferred(self._key_source.key_for, header.get("kid"), header["alg"])
+        return d.addCallback(lambda key: self.identity(token, self.decode(token, key)))
 
 
 class CouchSessionChecker:
@@ -209,8 +256,25 @@ class CouchSessionChecker:
         if not isinstance(name, str) or not name:
             raise AuthFailure("auth-failed", "no session")
         roles = tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else ()
+        # CouchDB refreshes a session cookie that nears its timeout with a Set-Cookie: keep
+        # the fresh one, so that periodic revalidation keeps an active session alive.
+        refreshed = _refreshed_cookie(response)
         returnValue(Identity(user_id=name, name=name, roles=roles, method="cookie",
-                             cookie=cookie))
+                             cookie=refreshed or cookie))
+
+
+def _refreshed_cookie(response) -> Optional[str]:
+    try:
+        values = response.headers.getRawHeaders(b"set-cookie", [])
+    except Exception:
+        return None
+    for value in values:
+        text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        first = text.split(";", 1)[0]
+        found = cookie_value(first)
+        if found and _COOKIE_VALUE.match(found):
+            return found
+    return None
 
 
 # Cookie values CouchDB issues are base64url-ish; anything else is refused before a request.

@@ -102,6 +102,9 @@ OPTIONS = (
            "time an unauthenticated connection has to send auth (close 4001)"),
     Option("ws_max_queue_bytes", "WS_MAX_QUEUE_BYTES", str(4 * 1024 * 1024), _positive_int,
            "outgoing bytes held for a client that does not read; past it, close 4100"),
+    Option("ws_session_revalidate_ms", "WS_SESSION_REVALIDATE_MS", "300000", _positive_int,
+           "how often a live connection's credentials are checked again (cookie: CouchDB "
+           "session; JWT: revocation store)"),
     Option("ws_single_session", "WS_SINGLE_SESSION", "false", _bool,
            "a user's new connection replaces the older ones (closed 4004)"),
     Option("ws_signed_messages", "WS_SIGNED_MESSAGES", "false", _bool,
@@ -141,6 +144,7 @@ class Config:
     ws_max_message_bytes: int
     ws_auth_timeout_ms: int
     ws_max_queue_bytes: int
+    ws_session_revalidate_ms: int
     ws_single_session: bool
     ws_signed_messages: bool
     embedded_couchdb: str

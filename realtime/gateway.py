@@ -23,6 +23,11 @@ from realtime.router import router_for, utc_timestamp
 class Gateway:
     _log = Logger()
 
+    #: a :class:`realtime.revocation.Revoker` (set by :func:`realtime.service.make_gateway`)
+    revoker = None
+    #: a :class:`realtime.signing.MessageVerifier` when signed messages are on
+    message_verifier = None
+
     def __init__(self, config, clock, registry, broker, authenticator, metrics=None,
                  presence=None):
         self.config = config

@@ -20,6 +20,16 @@ Server -> client: ``connected``, ``user-change``, ``ping`` (every heartbeat inte
 every connection), ``pong`` (answer to ``ping``), ``error`` ``{code, message}`` for a
 refused request (the connection stays open), plus what the REST API and topics send.
 
+Limits (see :mod:`realtime.ratelimit`): every client message and every WebSocket ping
+counts against the per-connection rate limit (``error`` ``rate_limited`` with
+``retryAfterMs``; a client that keeps going is closed 4008).  Before authentication a
+message may be at most 8 KiB (``PREAUTH_MAX_MESSAGE_BYTES``; larger: close 1009, the same
+reaction as any message over ``WS_MAX_MESSAGE_BYTES``), and all its messages together at
+most 32 KiB (``PREAUTH_MAX_TOTAL_BYTES``; more: close 4008).  A message of more than
+``MAX_FRAGMENTS`` frames closes 4008.  JWT expiry and cookie revalidation on live
+connections: :mod:`realtime.expiry`; signed messages: :mod:`realtime.signing`; a revoked
+token's connections are told ``auth_failed`` ``revoked`` (4001) through the broker.
+
 Delivery: a message bound for many connections is framed once (:mod:`realtime.registry`)
 and written to each as bytes.  Every connection registers a push producer on its transport:
 when Twisted's write buffer fills, frames wait in a bounded per-connection queue; a client
@@ -33,13 +43,15 @@ from typing import Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-from realtime import jsonutil, topics
+from realtime import jsonutil, ratelimit, topics
 from realtime.auth import AuthFailure, Identity, OriginRefused
+from realtime.expiry import SessionWatch
+from realtime.signing import SignatureError, new_session_secret
 from realtime.registry import frame_text
 
 CLOSE_NORMAL = 1000
@@ -51,6 +63,13 @@ CLOSE_TOO_MANY_CONNECTIONS = 4029
 CLOSE_TOO_SLOW = 4100
 CLOSE_AUTH_UNAVAILABLE = 4101
 CLOSE_SHUTDOWN = 4200
+
+#: largest message an unauthenticated client may send (the ``auth`` message needs ~2 KB)
+PREAUTH_MAX_MESSAGE_BYTES = 8 * 1024
+#: all an unauthenticated client may send before authenticating; past it, close 4008
+PREAUTH_MAX_TOTAL_BYTES = 32 * 1024
+#: most frames one (fragmented) message may have: a flood of tiny fragments closes 4008
+MAX_FRAGMENTS = 1024
 
 
 @implementer(IPushProducer)
@@ -90,12 +109,22 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self._paused = False
         self._queue: deque = deque()
         self._queued_bytes = 0
+        self._limiter = None
+        self._watch: Optional[SessionWatch] = None
+        self._session_secret: Optional[str] = None
+        self._inbox = succeed(None)  # signed messages are handled in arrival order
+        self._fragments = 0
+        self._preauth_bytes = 0
 
     # -- identity -----------------------------------------------------------------------
 
     @property
     def user_id(self) -> Optional[str]:
         return self.identity.user_id if self.identity is not None else None
+
+    @property
+    def token_id(self) -> Optional[str]:
+        return self.identity.token_id if self.identity is not None else None
 
     @property
     def gateway(self):
@@ -130,12 +159,19 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             self.transport.registerProducer(_Throttle(self), True)
             self.gateway.open_connections += 1
             self._counted = True
+            config = self.gateway.config
+            self._limiter = ratelimit.MessageLimiter(
+                config.ws_rate_limit_max_messages, config.ws_rate_limit_window_ms / 1000.0,
+                self.gateway.clock)
             outcome, self._auth_outcome = self._auth_outcome, None
             if isinstance(outcome, Identity):
                 self._accept(outcome)
             elif isinstance(outcome, AuthFailure):
                 self._refuse(outcome)
             else:
+                limit = self.factory.maxMessagePayloadSize or PREAUTH_MAX_MESSAGE_BYTES
+                self.maxMessagePayloadSize = min(PREAUTH_MAX_MESSAGE_BYTES, limit)
+                self.maxFramePayloadSize = self.maxMessagePayloadSize
                 self.send_json({"type": "connection_established",
                                 "message": "Please authenticate to continue"})
                 self._auth_timer = self.gateway.clock.callLater(
@@ -146,16 +182,44 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload, isBinary):
         try:
-            self._on_message(payload, isBinary)
+            if self.identity is None:
+                self._preauth_bytes += len(payload)
+                if self._preauth_bytes > PREAUTH_MAX_TOTAL_BYTES:
+                    self.send_error("policy", "too much data before authentication")
+                    self.close_with(CLOSE_POLICY, "too much data before authentication")
+                    return
+            if self._admitted():
+                self._on_message(payload, isBinary)
         except Exception:
             self._log.failure("handling a client message failed")
             self.send_error("internal", "the server failed to handle that message")
+
+    def onPing(self, payload):
+        # A ping is answered only within the rate limit: a ping flood cannot make the
+        # server write pongs without end.
+        try:
+            if self._admitted(tell=False):
+                super().onPing(payload)
+        except Exception:
+            self._log.failure("handling a ping failed")
+
+    def onMessageBegin(self, isBinary):
+        self._fragments = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length):
+        self._fragments += 1
+        if self._fragments > MAX_FRAGMENTS and not self.failedByMe:
+            self._fail_connection(CLOSE_POLICY, "too many fragments in one message")
+        super().onMessageFrameBegin(length)
 
     def onClose(self, wasClean, code, reason):
         try:
             if self._auth_timer is not None and self._auth_timer.active():
                 self._auth_timer.cancel()
             self._auth_timer = None
+            if self._watch is not None:
+                self._watch.stop()
             if self._counted:
                 self._counted = False
                 self.gateway.open_connections -= 1
@@ -187,16 +251,36 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self.identity = identity
         registry.add(self)
         self._registered = True
-        self.send_json({
+        self.maxMessagePayloadSize = self.factory.maxMessagePayloadSize
+        self.maxFramePayloadSize = self.factory.maxFramePayloadSize
+        self._watch = SessionWatch(
+            gateway.clock, self.fail_auth, gateway.authenticator.session_checker,
+            revalidate_interval=config.ws_session_revalidate_ms / 1000.0,
+            revocations=gateway.authenticator.revocations)
+        self._watch.watch(identity)
+        connected = {
             "type": "connected",
             "user": identity.public(),
             "connectionId": self.connection_id,
             "timestamp": gateway.timestamp(),
-        })
+        }
+        if config.ws_signed_messages:
+            self._session_secret = new_session_secret()
+            connected["sessionSecret"] = self._session_secret
+        self.send_json(connected)
 
     def _refuse(self, failure: AuthFailure) -> None:
+        if self._watch is not None:
+            self._watch.stop()
         self.send_json({"type": "auth_failed", "reason": failure.reason})
         self.close_with(failure.close_code, failure.reason)
+
+    def fail_auth(self, failure: AuthFailure) -> None:
+        """The credentials ended (expired, revoked, session gone): ``auth_failed``, close."""
+        if self.state == self.STATE_OPEN:
+            self._log.info("closing connection {id}: {reason}", id=self.connection_id,
+                           reason=failure.reason)
+            self._refuse(failure)
 
     def _auth_timed_out(self) -> None:
         self._auth_timer = None
@@ -234,6 +318,8 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             self.send_error("forbidden", "a refreshed token must name the same user")
         else:
             self.identity = identity
+            if self._watch is not None:
+                self._watch.watch(identity)
             self.send_json({"type": "connected", "user": identity.public(),
                             "connectionId": self.connection_id,
                             "timestamp": self.gateway.timestamp()})
@@ -245,11 +331,17 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         if is_binary:
             self.send_error("bad_request", "binary messages are not supported")
             return
+        if self.identity is not None and self._session_secret is not None:
+            self._on_signed(payload)
+            return
         try:
             message = jsonutil.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             self.send_error("invalid_json", "the message is not JSON")
             return
+        self._handle(message)
+
+    def _handle(self, message) -> None:
         if not isinstance(message, dict):
             self.send_error("bad_request", "a message must be a JSON object")
             return
@@ -273,6 +365,48 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             self.send_error("unknown_type", f"unknown message type {kind[:64]!r}")
             return
         getattr(self, handler_name)(message)
+
+    def _on_signed(self, payload: bytes) -> None:
+        """Verify an envelope, then handle its payload (in arrival order)."""
+        secret = self._session_secret
+        text = payload.decode("utf-8")  # Autobahn has validated the UTF-8
+
+        def verify(_):
+            return self.gateway.message_verifier.verify(secret, text)
+
+        def refused(failure):
+            if failure.check(SignatureError):
+                self.send_error(failure.value.code, failure.value.message)
+            else:
+                self._log.failure("verifying a signed message failed", failure)
+                self.send_error("internal", "the server failed to handle that message")
+
+        def handle(message):
+            if self.state == self.STATE_OPEN:
+                self._handle(message)
+
+        def failed(failure):
+            self._log.failure("handling a signed message failed", failure)
+            self.send_error("internal", "the server failed to handle that message")
+
+        d = self._inbox.addCallback(verify)
+        d.addCallbacks(handle, refused)
+        d.addErrback(failed)
+
+    def _admitted(self, tell: bool = True) -> bool:
+        """Count one message (or ping) against the rate limit; False when refused."""
+        if self._limiter is None:
+            return True
+        verdict, wait = self._limiter.check()
+        if verdict == ratelimit.ALLOW:
+            return True
+        if tell or verdict == ratelimit.CLOSE:
+            self.send_json({"type": "error", "code": "rate_limited",
+                            "message": "too many messages; slow down",
+                            "retryAfterMs": int(wait * 1000) + 1})
+        if verdict == ratelimit.CLOSE:
+            self.close_with(CLOSE_POLICY, "rate limit exceeded repeatedly")
+        return False
 
     # -- sending ------------------------------------------------------------------------
 
@@ -329,7 +463,10 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
 
     def close_with(self, code: int, reason: str) -> None:
         if self.state in (self.STATE_OPEN, self.STATE_CONNECTING):
-            self.sendClose(code, reason[:120])
+            if code == CLOSE_NORMAL or 3000 <= code <= 4999:
+                self.sendClose(code, reason[:120])
+            else:  # 1011 and the like: Autobahn's public sendClose refuses them
+                self._fail_connection(code, reason[:120])
 
 
 #: message type -> name of the method handling it once the client is authenticated

@@ -13,6 +13,8 @@ Events are plain dicts so that a broker can carry them between processes unchang
 ``{"t": "all", "msg": text}``                      to every authenticated connection
 ``{"t": "topic", "topic": name, "msg": text}``     to the topic's subscribers
 ``{"t": "disconnect", "user": id, "code": n, "reason": text}``  close that user's connections
+``{"t": "revoke", "token_id": id}``                 ``auth_failed`` ``revoked`` (4001) to the
+                                                   connections authenticated with that token
 ==================  ==========================================================
 
 ``msg`` is the JSON text of the message (a str), so it is encoded once by the sender.
@@ -51,6 +53,9 @@ class Connection(TypingProtocol):
 
     def close_with(self, code: int, reason: str) -> None:
         """Close the connection with a WebSocket close code."""
+
+    def fail_auth(self, failure) -> None:
+        """Tell the client its credentials ended (``auth_failed``) and close."""
 
 
 class Registry:
@@ -160,6 +165,8 @@ class Registry:
                 for conn in conns:
                     conn.close_with(int(event.get("code", 4000)), str(event.get("reason", "")))
                 return len(conns)
+            if kind == "revoke":
+                return self._revoke(event["token_id"])
         except (KeyError, TypeError, ValueError):
             self._log.warn("malformed event of kind {kind} ignored", kind=kind)
             return 0
@@ -173,6 +180,15 @@ class Registry:
             except Exception:
                 self._log.failure("the delivery hook failed")
         return count
+
+    def _revoke(self, token_id: str) -> int:
+        from realtime.auth import AuthFailure
+        if not isinstance(token_id, str):
+            raise TypeError("token_id must be a string")
+        conns = [c for c in self._by_id.values() if getattr(c, "token_id", None) == token_id]
+        for conn in conns:
+            conn.fail_auth(AuthFailure("revoked", "token revoked"))
+        return len(conns)
 
     def _targets_users(self, user_ids: Iterable[str]) -> List[Connection]:
         if isinstance(user_ids, str):

@@ -15,6 +15,8 @@ Admin endpoints (credentials: :mod:`realtime.httpapi`), body -> answer::
          -> 200 {userId, delivered: true, connections}
   POST   /websocket/publish            {topic, data}
          -> 200 {topic, published: true}
+  POST   /websocket/tokens/revoke      {token} or {jti, exp}
+         -> 200 {revoked: true, tokenId, expiresAt, closedConnections}
   GET    /websocket/users/connected
          -> 200 {users: [{userId, connections}], totalUsers, totalConnections}
   GET    /websocket/users/{userId}/status
@@ -58,15 +60,17 @@ from __future__ import annotations
 
 import unicodedata
 
-from twisted.internet.defer import FirstError, gatherResults, inlineCallbacks, returnValue
+from twisted.internet.defer import (CancelledError, FirstError, gatherResults, inlineCallbacks,
+                                    returnValue)
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from realtime import jsonutil, topics
+from realtime import jsonutil, revocation, topics
 from realtime.httpapi import (
     MAX_TYPE_LENGTH, MAX_USER_IDS, Credentials, Endpoint, HTTPError, bad_field,
     present_field, read_json_body, string_field, user_id_field,
 )
+from realtime.router import utc_timestamp
 from realtime.web import DEFAULT_MAX_BODY_BYTES, JSONResource
 
 #: Message types the protocol itself uses: REST messages may not take them.
@@ -241,6 +245,31 @@ class Publish(Endpoint):
         returnValue((200, {"topic": topic, "published": True}))
 
 
+class RevokeToken(Endpoint):
+    """
+    Revoke a token until its own expiry (:mod:`realtime.revocation`); its live connections,
+    on every process, get ``auth_failed`` ``revoked`` and close 4001.  The posted token's
+    ``jti``/``exp`` are read without verifying its signature: the caller is an admin.
+    """
+
+    @inlineCallbacks
+    def handle_POST(self, request):
+        api = self.api
+        yield api.credentials.require_admin(request)
+        try:
+            token_id, expires_at = revocation.revocation_target(api.body(request))
+        except ValueError as e:
+            raise HTTPError(400, "bad_request", str(e)[:200]) from None
+        try:
+            closed = yield api.gateway.revoker.revoke(token_id, expires_at)
+        except Exception as e:
+            if not isinstance(e, (revocation.StoreUnavailable, CancelledError, ConnectionError)):
+                _log.failure("revoking a token failed")
+            raise HTTPError(503, "unavailable", "the revocation store cannot be reached") from None
+        returnValue((200, {"revoked": True, "tokenId": token_id,
+                           "expiresAt": utc_timestamp(expires_at), "closedConnections": closed}))
+
+
 # -- users ---------------------------------------------------------------------------------
 
 class ConnectedUsers(Endpoint):
@@ -360,4 +389,7 @@ def make_api(gateway, max_body_bytes: int = None) -> Resource:
     me.putChild(b"status", MyStatus(api))
     root.putChild(b"me", me)
     root.putChild(b"status", Status(api))
+    tokens = JSONResource()
+    tokens.putChild(b"revoke", RevokeToken(api))
+    root.putChild(b"tokens", tokens)
     return root

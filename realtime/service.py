@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from realtime import auth, broker as broker_module, protocol, registry as registry_module
+from realtime import jwks, revocation, signing
 from realtime.changes import ChangesFollower
 from realtime.gateway import Gateway
 from realtime.rest import make_api
@@ -33,18 +34,29 @@ def _read_key(value: str) -> bytes:
         return f.read()
 
 
-def make_jwt_verifier(config, clock):
+def make_jwt_verifier(config, clock, http=None):
+    """
+    JWT auth from the config: ``JWT_SECRET`` (HMAC), else ``JWT_PUBLIC_KEY`` (PEM), else
+    ``JWT_JWKS_URL`` (fetched with ``http``, a treq client); None when none is set.
+    """
+    key, key_source = None, None
     if config.jwt_secret:
         algorithms = config.jwt_algorithms or ("HS256",)
         key = config.jwt_secret
     elif config.jwt_public_key:
         algorithms = config.jwt_algorithms or ("RS256", "ES256")
         key = _read_key(config.jwt_public_key)
+    elif config.jwt_jwks_url:
+        algorithms = config.jwt_algorithms or ("RS256", "ES256")
+        if http is None:
+            http, _ = make_http_client(clock)
+        key_source = jwks.JWKSKeySource(http, config.jwt_jwks_url, clock)
     else:
         return None
     return auth.JWTVerifier(
         key, algorithms, audience=config.jwt_audience, issuer=config.jwt_issuer,
-        user_claim=config.jwt_user_claim, roles_claim=config.jwt_roles_claim, clock=clock)
+        user_claim=config.jwt_user_claim, roles_claim=config.jwt_roles_claim, clock=clock,
+        key_source=key_source)
 
 
 def make_http_client(reactor, persistent: bool = True):
@@ -53,20 +65,48 @@ def make_http_client(reactor, persistent: bool = True):
     return treq.client.HTTPClient(Agent(reactor, pool=pool)), pool
 
 
-def make_gateway(config, reactor, http=None, broker=None, metrics=None) -> Gateway:
-    """The gateway and its collaborators, without any listening socket or feed."""
+def make_gateway(config, reactor, http=None, broker=None, metrics=None, redis=None) -> Gateway:
+    """
+    The gateway and its collaborators, without any listening socket or feed.
+
+    :param redis: a txredisapi command connection: revocations and signed-message nonces
+        then live in Redis (shared by every process); by default the broker's ``redis``
+        attribute if it has one, else they are kept in memory.
+    """
     if http is None:
         http, _ = make_http_client(reactor)
     registry = registry_module.Registry()
     session_checker = auth.CouchSessionChecker(http, config.couchdb_url, clock=reactor)
+    if redis is None:
+        redis = getattr(broker, "redis", None)
+    revocations = (revocation.RedisRevocationStore(redis, reactor, config.redis_prefix)
+                   if redis is not None else revocation.MemoryRevocationStore(reactor))
     authenticator = auth.Authenticator(
-        jwt_verifier=make_jwt_verifier(config, reactor),
+        jwt_verifier=make_jwt_verifier(config, reactor, http),
         session_checker=session_checker,
         allowed_origins=config.cors_origins,
+        revocations=revocations,
     )
     if broker is None:
         broker = broker_module.MemoryBroker(registry)
-    return Gateway(config, reactor, registry, broker, authenticator, metrics=metrics)
+    gateway = Gateway(config, reactor, registry, broker, authenticator, metrics=metrics)
+    gateway.revoker = revocation.Revoker(revocations, broker, reactor)
+    if config.ws_signed_messages:
+        nonces = (signing.RedisNonceStore(redis, reactor, config.redis_prefix)
+                  if redis is not None else signing.MemoryNonceStore(reactor))
+        gateway.message_verifier = signing.MessageVerifier(nonces, reactor)
+    return gateway
+
+
+class _RedisCommandsService(service.Service):
+    """Disconnects the Redis command connection made for revocations and nonces."""
+
+    def __init__(self, redis):
+        self._redis = redis
+
+    def stopService(self):
+        super().stopService()
+        return self._redis.disconnect()
 
 
 class _FollowersService(service.Service):
@@ -135,7 +175,12 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     top = service.MultiService()
-    gateway = make_gateway(config, reactor)
+    redis = None
+    if config.redis_url:
+        from realtime.redisconn import lazy_connection
+        redis = lazy_connection(config.redis_url)
+        _RedisCommandsService(redis).setServiceParent(top)
+    gateway = make_gateway(config, reactor, redis=redis)
     top.gateway = gateway
 
     _BrokerService(gateway.broker).setServiceParent(top)

@@ -1,0 +1,189 @@
+"""
+Token revocation: a revoked JWT is refused until its own expiry, and the live connections
+that authenticated with it are closed (``auth_failed`` reason ``revoked``, 4001).
+
+A token is known by its *token id* (:func:`realtime.auth.token_id`): ``jti:<jti>`` when the
+token has a ``jti``, else ``sha256:<hex digest of the token>``; the token itself is never
+stored or logged.
+
+- :class:`MemoryRevocationStore` (one process) and :class:`RedisRevocationStore` (many:
+  key ``<prefix>revoked:<token_id>``, ``SET … EX`` with the token's remaining lifetime) share
+  one interface: ``revoke(token_id, expires_at) -> Deferred`` and
+  ``is_revoked(token_id) -> Deferred[bool]``.  Every Redis command has a timeout (txredisapi
+  waits silently while Redis is down); a check that cannot be answered fails, and the
+  authenticator then refuses with ``unavailable`` (4101): fail closed.
+- :class:`Revoker` stores the revocation, then publishes ``{"t": "revoke", "token_id": …}``
+  on the broker so that every process closes the connections using the token
+  (:meth:`realtime.registry.Registry.dispatch`).
+- :func:`revocation_target` reads what ``POST /websocket/tokens/revoke``
+  (:class:`realtime.rest.RevokeToken`) was given: ``{"token": …}`` or
+  ``{"jti": …, "exp": <seconds since the epoch>}``.  The token is not verified (the caller
+  is an admin; a token that does not verify is refused anyway): only its ``jti`` and
+  ``exp`` are read.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import jwt
+from twisted.internet.defer import Deferred, inlineCallbacks, returnValue, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from realtime.auth import MAX_TOKEN_LENGTH, token_id as token_id_of
+
+MAX_JTI_LENGTH = 256
+
+
+class StoreUnavailable(Exception):
+    """The revocation (or nonce) store did not answer in time."""
+
+
+def with_timeout(d: Deferred, seconds: float, clock, what: str = "store") -> Deferred:
+    """
+    ``d``, failed with :class:`StoreUnavailable` if it has not fired in ``seconds`` or if it
+    fails in any way.
+    """
+    expired = []
+
+    def expire():
+        expired.append(True)
+        d.cancel()
+
+    call = clock.callLater(seconds, expire)
+
+    def done(result):
+        if call.active():
+            call.cancel()
+        if expired:
+            raise StoreUnavailable(f"{what} did not answer within {seconds}s")
+        if isinstance(result, Failure) and not result.check(StoreUnavailable):
+            # Lost connection, refused TLS, a Redis error reply: all mean "cannot answer".
+            raise StoreUnavailable(f"{what} failed: {result.type.__name__}")
+        return result
+
+    return d.addBoth(done)
+
+
+class MemoryRevocationStore:
+    """Revocations of one process, forgotten at each token's expiry."""
+
+    def __init__(self, clock):
+        self._clock = clock
+        self._revoked: Dict[str, float] = {}
+
+    def revoke(self, token_id: str, expires_at: float) -> Deferred:
+        self._prune()
+        if expires_at > self._clock.seconds():
+            self._revoked[token_id] = max(expires_at, self._revoked.get(token_id, 0.0))
+        return succeed(None)
+
+    def is_revoked(self, token_id: str) -> Deferred:
+        expires_at = self._revoked.get(token_id)
+        if expires_at is not None and expires_at <= self._clock.seconds():
+            del self._revoked[token_id]
+            expires_at = None
+        return succeed(expires_at is not None)
+
+    def _prune(self) -> None:
+        now = self._clock.seconds()
+        for key in [k for k, exp in self._revoked.items() if exp <= now]:
+            del self._revoked[key]
+
+    def __len__(self) -> int:
+        self._prune()
+        return len(self._revoked)
+
+
+class RedisRevocationStore:
+    """
+    Revocations shared by every process through Redis.
+
+    :param redis: a txredisapi connection (or handler) with ``set`` and ``exists``; create it
+        with ``convertNumbers=False``.
+    """
+
+    def __init__(self, redis, clock, prefix: str = "realtime:", timeout: float = 2.0):
+        self._redis = redis
+        self._clock = clock
+        self._prefix = prefix
+        self.timeout = timeout
+
+    def key(self, token_id: str) -> str:
+        return f"{self._prefix}revoked:{token_id}"
+
+    def revoke(self, token_id: str, expires_at: float) -> Deferred:
+        ttl = int(expires_at - self._clock.seconds()) + 1
+        if ttl <= 1:
+            return succeed(None)  # already expired: refused anyway
+        d = self._redis.set(self.key(token_id), "1", expire=ttl)
+        return with_timeout(d, self.timeout, self._clock, "Redis")
+
+    def is_revoked(self, token_id: str) -> Deferred:
+        d = with_timeout(self._redis.exists(self.key(token_id)), self.timeout, self._clock,
+                         "Redis")
+        return d.addCallback(lambda n: bool(n))
+
+
+class Revoker:
+    """Revoke a token everywhere: remember it, then close its live connections."""
+
+    _log = Logger()
+
+    def __init__(self, store, broker, clock):
+        self.store = store
+        self._broker = broker
+        self._clock = clock
+
+    @inlineCallbacks
+    def revoke(self, token_id: str, expires_at: float):
+        """Fires with the number of local connections closed; fails if not stored."""
+        yield self.store.revoke(token_id, expires_at)
+        self._log.info("token {token_id} revoked", token_id=_short(token_id))
+        try:
+            closed = yield self._broker.publish({"t": "revoke", "token_id": token_id})
+        except Exception:
+            # Stored: the token is refused from now on; its live connections elsewhere
+            # are closed when they next authenticate or expire.
+            self._log.failure("publishing a revocation failed")
+            closed = 0
+        returnValue(closed)
+
+
+def _short(token_id: str) -> str:
+    """A token id for logs: a jti as is (not a secret), a hash prefix otherwise."""
+    return token_id if token_id.startswith("jti:") else token_id[:23]
+
+
+def revocation_target(body) -> tuple:
+    """
+    ``(token_id, expires_at)`` from a request body, or ValueError with a message for the
+    client.  ``{"token": JWT}`` (its ``jti``/hash and ``exp`` are read, unverified), or
+    ``{"jti": str, "exp": number}``.
+    """
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    if "token" in body:
+        token = body["token"]
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+            raise ValueError("token must be a JWT")
+        try:
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except Exception:
+            raise ValueError("token is not a JWT") from None
+        exp = claims.get("exp") if isinstance(claims, dict) else None
+        if not _is_number(exp):
+            raise ValueError("the token has no exp")
+        return token_id_of(claims, token), float(exp)
+    jti, exp = body.get("jti"), body.get("exp")
+    if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH:
+        raise ValueError("give token, or jti (a string) and exp")
+    if not _is_number(exp):
+        raise ValueError("exp must be a number (seconds since the epoch)")
+    return "jti:" + jti, float(exp)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+        and abs(value) < 1e11  # a datetime can show it (year < 9999)

@@ -1,0 +1,295 @@
+"""
+Token revocation: stores (memory, and a real redis-server), the revoker, the registry
+event, the authenticator hook and the REST resource (through StubTreq).
+"""
+
+import json
+import time
+
+import jwt
+from treq.testing import StubTreq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from realtime import redisconn
+from realtime.auth import AuthFailure, Authenticator, JWTVerifier, token_id
+from realtime.broker import MemoryBroker
+from realtime.registry import Registry
+from realtime import config as config_module
+from realtime.rest import make_api
+from realtime.revocation import (MemoryRevocationStore, RedisRevocationStore, Revoker,
+                                 StoreUnavailable, revocation_target)
+from realtime.service import make_gateway
+from realtime.web import JSONResource
+from realtime.signing import RedisNonceStore
+from tests import harness
+from tests.keys import HS_SECRET, hs_token
+
+ADMIN_KEY = "admin-key-for-tests-0123456789"
+
+
+class FakeConnection:
+    def __init__(self, connection_id, user_id, token_id):
+        self.connection_id = connection_id
+        self.user_id = user_id
+        self.token_id = token_id
+        self.topics = set()
+        self.failures = []
+
+    def deliver_frame(self, frame):
+        return True
+
+    def close_with(self, code, reason):
+        pass
+
+    def fail_auth(self, failure):
+        self.failures.append(failure.reason)
+
+
+class MemoryStoreTests(unittest.TestCase):
+    def test_revoked_until_expiry(self):
+        """A revoked token id is revoked until its exp, then forgotten."""
+        clock = Clock()
+        clock.advance(1000)
+        store = MemoryRevocationStore(clock)
+        store.revoke("jti:a", 1100)
+        self.assertTrue(self.successResultOf(store.is_revoked("jti:a")))
+        self.assertFalse(self.successResultOf(store.is_revoked("jti:b")))
+        clock.advance(100)
+        self.assertFalse(self.successResultOf(store.is_revoked("jti:a")))
+        self.assertEqual(len(store), 0)
+
+    def test_already_expired_not_stored(self):
+        """Revoking an expired token stores nothing (it is refused anyway)."""
+        clock = Clock()
+        clock.advance(1000)
+        store = MemoryRevocationStore(clock)
+        store.revoke("jti:old", 999)
+        self.assertEqual(len(store), 0)
+
+
+class RevocationTargetTests(unittest.TestCase):
+    def test_token_body(self):
+        """{token}: its jti (or hash) and exp are read without verifying it."""
+        token = hs_token("alice", jti="j1")
+        token_id_, exp = revocation_target({"token": token})
+        self.assertEqual(token_id_, "jti:j1")
+        self.assertEqual(exp, jwt.decode(token, options={"verify_signature": False})["exp"])
+        plain = hs_token("alice")
+        self.assertEqual(revocation_target({"token": plain})[0], token_id({}, plain))
+
+    def test_jti_body(self):
+        """{jti, exp} works without the token."""
+        self.assertEqual(revocation_target({"jti": "j2", "exp": 2000000000}),
+                         ("jti:j2", 2000000000.0))
+
+    def test_bad_bodies(self):
+        """Bodies that name no token, or no usable exp: ValueError (answered 400)."""
+        no_exp = jwt.encode({"sub": "a"}, HS_SECRET)
+        for body in ([], "x", {}, {"token": ""}, {"token": "garbage"}, {"token": 5},
+                     {"token": no_exp}, {"jti": "a"}, {"jti": "", "exp": 1},
+                     {"jti": "a", "exp": "soon"}, {"jti": "a", "exp": True},
+                     {"jti": "a", "exp": 1e300}, {"jti": "a" * 300, "exp": 1}):
+            self.assertRaises(ValueError, revocation_target, body)
+
+
+class RevokerTests(unittest.TestCase):
+    def test_revoke_closes_live_connections_using_the_token(self):
+        """Revoking stores the id and closes (auth_failed revoked) only the connections using it."""
+        clock = Clock()
+        clock.advance(time.time())
+        registry = Registry()
+        a1 = FakeConnection("c1", "alice", "jti:t1")
+        a2 = FakeConnection("c2", "alice", "jti:t2")
+        b1 = FakeConnection("c3", "bob", "jti:t1x")
+        for conn in (a1, a2, b1):
+            registry.add(conn)
+        store = MemoryRevocationStore(clock)
+        revoker = Revoker(store, MemoryBroker(registry), clock)
+        closed = self.successResultOf(revoker.revoke("jti:t1", clock.seconds() + 60))
+        self.assertEqual(closed, 1)
+        self.assertEqual((a1.failures, a2.failures, b1.failures), (["revoked"], [], []))
+        self.assertTrue(self.successResultOf(store.is_revoked("jti:t1")))
+
+    def test_malformed_revoke_event_ignored(self):
+        """A revoke event without a string token id is ignored."""
+        registry = Registry()
+        self.assertEqual(registry.dispatch({"t": "revoke"}), 0)
+        self.assertEqual(registry.dispatch({"t": "revoke", "token_id": 5}), 0)
+
+
+class AuthenticatorRevocationTests(unittest.TestCase):
+    def authenticator(self, store):
+        return Authenticator(jwt_verifier=JWTVerifier(HS_SECRET, ["HS256"]), revocations=store)
+
+    def test_revoked_token_refused(self):
+        """A revoked token: reason `revoked` (4001); another token of the user still works."""
+        clock = Clock()
+        clock.advance(time.time())
+        store = MemoryRevocationStore(clock)
+        token = hs_token("alice", jti="gone")
+        store.revoke("jti:gone", time.time() + 600)
+        failure = self.failureResultOf(self.authenticator(store).verify_token(token), AuthFailure)
+        self.assertEqual((failure.value.reason, failure.value.close_code), ("revoked", 4001))
+        self.successResultOf(self.authenticator(store).verify_token(hs_token("alice", jti="ok")))
+
+    def test_store_unreachable_fails_closed(self):
+        """A store that cannot answer: `unavailable` (4101), never accepted."""
+        class Down:
+            def is_revoked(self, token_id):
+                d = Deferred()
+                d.errback(StoreUnavailable("down"))
+                return d
+
+        failure = self.failureResultOf(
+            self.authenticator(Down()).verify_token(hs_token("alice")), AuthFailure)
+        self.assertEqual((failure.value.reason, failure.value.close_code), ("unavailable", 4101))
+
+
+class RevokeEndpointTests(unittest.TestCase):
+    """POST /websocket/tokens/revoke, through the REST API in memory."""
+
+    def make_api(self, **overrides):
+        settings = dict(admin_key=ADMIN_KEY, jwt_secret=HS_SECRET, rest_max_body_bytes=16 * 1024)
+        settings.update(overrides)
+        config = config_module.defaults(**settings)
+        self.gateway = make_gateway(config, self.clock, http=object())
+        self.registry = self.gateway.registry
+        self.registry.add(self.conn)
+        self.store = self.gateway.revoker.store
+        root = JSONResource()
+        root.putChild(b"websocket", make_api(self.gateway))
+        self.treq = StubTreq(root)
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(time.time())
+        self.conn = FakeConnection("c1", "alice", "jti:live")
+        self.make_api()
+
+    def post(self, body, key=ADMIN_KEY, content_type=b"application/json"):
+        headers = {b"Content-Type": [content_type]}
+        if key is not None:
+            headers[b"Authorization"] = [b"Bearer " + key.encode()]
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        d = self.treq.post("http://gw/websocket/tokens/revoke", data=data, headers=headers)
+        self.treq.flush()
+        response = self.successResultOf(d)
+        content = self.successResultOf(response.content())
+        return response.code, json.loads(content)
+
+    def test_revoke_by_jti(self):
+        """{jti, exp}: 200, stored, and the live connection using it gets `revoked`."""
+        code, body = self.post({"jti": "live", "exp": int(time.time()) + 600})
+        self.assertEqual(code, 200)
+        self.assertEqual((body["revoked"], body["tokenId"], body["closedConnections"]),
+                         (True, "jti:live", 1))
+        self.assertTrue(body["expiresAt"].endswith("Z"))
+        self.assertEqual(self.conn.failures, ["revoked"])
+        self.assertTrue(self.successResultOf(self.store.is_revoked("jti:live")))
+
+    def test_revoke_by_token(self):
+        """{token}: 200, and the token's id is stored; the token is not echoed."""
+        token = hs_token("alice")
+        code, body = self.post({"token": token})
+        self.assertEqual(code, 200)
+        self.assertNotIn(token, json.dumps(body))
+        self.assertTrue(self.successResultOf(self.store.is_revoked(token_id({}, token))))
+
+    def test_admin_required(self):
+        """No key or a wrong key: 401 and nothing revoked."""
+        for key in (None, "wrong", ADMIN_KEY + "x", ""):
+            code, body = self.post({"jti": "live", "exp": int(time.time()) + 60}, key=key)
+            self.assertEqual((code, body["error"]), (401, "unauthorized"))
+        self.assertEqual(self.conn.failures, [])
+
+    def test_no_admin_key_configured_means_admin_api_off(self):
+        """With REALTIME_ADMIN_KEY unset the endpoint is off (403), even for an empty bearer."""
+        self.make_api(admin_key=None)
+        code, body = self.post({"jti": "live", "exp": int(time.time()) + 60}, key="")
+        self.assertEqual((code, body["error"]), (403, "admin_disabled"))
+        self.assertEqual(self.conn.failures, [])
+
+    def test_bad_requests(self):
+        """Not JSON 400, wrong content type 415, too large 413, no exp 400; GET 405."""
+        self.assertEqual(self.post(b"{nope")[0], 400)
+        self.assertEqual(self.post({"jti": "x"})[0], 400)
+        self.assertEqual(self.post({"jti": "x", "exp": 1}, content_type=b"text/plain")[0], 415)
+        self.assertEqual(self.post(b'{"jti":"' + b"x" * 20000 + b'","exp":1}')[0], 413)
+        d = self.treq.get("http://gw/websocket/tokens/revoke")
+        self.treq.flush()
+        self.assertEqual(self.successResultOf(d).code, 405)
+
+    def test_store_down_is_503(self):
+        """The store cannot be reached: 503 `unavailable`."""
+        class Down:
+            def revoke(self, token_id, expires_at):
+                d = Deferred()
+                d.errback(StoreUnavailable("down"))
+                return d
+
+        self.gateway.revoker = Revoker(Down(), self.gateway.broker, self.clock)
+        code, body = self.post({"jti": "live", "exp": int(time.time()) + 60})
+        self.assertEqual((code, body["error"]), (503, "unavailable"))
+        self.assertEqual(self.conn.failures, [])
+
+
+class RedisStoreTests(unittest.TestCase):
+    """Against a real redis-server on a free loopback port."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self):
+        self.server = harness.redis()
+        self.redis = redisconn.lazy_connection(self.server.url)
+        self.addCleanup(self.redis.disconnect)
+        yield self.redis._connected
+        self.prefix = f"test-{harness.unique('p')}:"
+
+    @inlineCallbacks
+    def test_revoke_sets_key_with_expiry(self):
+        """SET <prefix>revoked:<id> with EX = remaining lifetime; shared by every process."""
+        store = RedisRevocationStore(self.redis, reactor, self.prefix)
+        yield store.revoke("jti:r1", time.time() + 120)
+        self.assertTrue((yield store.is_revoked("jti:r1")))
+        self.assertFalse((yield store.is_revoked("jti:r2")))
+        ttl = yield self.redis.ttl(self.prefix + "revoked:jti:r1")
+        self.assertTrue(100 <= ttl <= 122, ttl)
+        other = RedisRevocationStore(self.redis, reactor, self.prefix)
+        self.assertTrue((yield other.is_revoked("jti:r1")))
+
+    @inlineCallbacks
+    def test_nonce_store_set_nx(self):
+        """Redis nonces: SET NX EX; the second add of a key is refused."""
+        nonces = RedisNonceStore(self.redis, reactor, self.prefix)
+        self.assertTrue((yield nonces.add("k1", 600)))
+        self.assertFalse((yield nonces.add("k1", 600)))
+        self.assertTrue((yield nonces.add("k2", 600)))
+
+    @inlineCallbacks
+    def test_redis_down_fails_closed_within_timeout(self):
+        """Redis not answering: the check fails (StoreUnavailable) within the timeout."""
+        down = harness.RedisServer()  # never started: nothing listens there
+        redis = redisconn.lazy_connection(down.url, connect_timeout=0.5)
+        self.addCleanup(redis.disconnect)
+        store = RedisRevocationStore(redis, reactor, self.prefix, timeout=0.5)
+        started = reactor.seconds()
+        with self.assertRaises(StoreUnavailable):
+            yield store.is_revoked("jti:x")
+        self.assertLess(reactor.seconds() - started, 5)
+        authenticator = Authenticator(jwt_verifier=JWTVerifier(HS_SECRET, ["HS256"]),
+                                      revocations=store)
+        with self.assertRaises(AuthFailure) as caught:
+            yield authenticator.verify_token(hs_token("alice"))
+        self.assertEqual(caught.exception.reason, "unavailable")
+
+    def test_redis_url_parsing(self):
+        """redis:// and rediss:// URLs: host, port, db, password, TLS."""
+        self.assertEqual(redisconn.parse_redis_url("rediss://:p%40ss@cache.example:6380/2"),
+                         {"host": "cache.example", "port": 6380, "dbid": 2, "password": "p@ss",
+                          "username": None, "tls": True})
+        self.assertFalse(redisconn.parse_redis_url("redis://127.0.0.1")["tls"])
+        self.assertRaises(ValueError, redisconn.parse_redis_url, "http://x")

@@ -11,9 +11,9 @@ handshakes) want a fast, honest "no", not a hang.
 txredisapi imports the global reactor when it is imported, so it is imported here lazily,
 when a connection is made (library modules must not import the reactor).
 
-``on_connect`` (a callable taking the txredisapi protocol, returning a Deferred or None) runs
-on every (re)connection, after AUTH and SELECT: the stream reader starts its read loop there,
-and presence re-asserts its lease.  Subscriptions and loops must be restarted this way, since
+``on_connect`` (a callable taking the txredisapi protocol, returning a Deferred or None; more
+can be appended to ``on_connect_hooks``) runs on every (re)connection, after AUTH and
+SELECT: the stream reader starts its read loop there, and presence re-asserts its lease.  Subscriptions and loops must be restarted this way, since
 txredisapi restores none of them after Redis restarts.
 """
 
@@ -76,7 +76,8 @@ class RedisClient:
         self.address = address
         self.timeout = timeout
         self.name = name
-        self.on_connect = on_connect
+        # callables run on every (re)connection, each given the protocol
+        self.on_connect_hooks = [on_connect] if on_connect is not None else []
         self._reply_timeout = reply_timeout or timeout
         self._factory = None
         self.protocol = None  # the live, ready connection, or None
@@ -129,10 +130,10 @@ class RedisClient:
         self.connections_made += 1
         self._log.info("redis {name}: connected to {url}", name=self.name,
                        url=self.address.display())
-        if self.on_connect is not None:
-            d = maybeDeferred(self.on_connect, protocol)
+        for hook in list(self.on_connect_hooks):
+            d = maybeDeferred(hook, protocol)
             d.addErrback(lambda f: self._log.failure(
-                "redis {name}: on_connect failed", f, name=self.name))
+                "redis {name}: on_connect hook failed", f, name=self.name))
 
     def _disconnected(self, protocol) -> None:
         if protocol is self.protocol:

@@ -16,8 +16,9 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from realtime import auth, broker as broker_module, protocol, registry as registry_module
+from realtime import auth, protocol, registry as registry_module
 from realtime.changes import ChangesFollower
+from realtime.cluster import ClusterState, make_cluster_state
 from realtime.gateway import Gateway
 from realtime.web import make_site
 
@@ -53,7 +54,12 @@ def make_http_client(reactor, persistent: bool = True):
 
 
 def make_gateway(config, reactor, http=None, broker=None, metrics=None) -> Gateway:
-    """The gateway and its collaborators, without any listening socket or feed."""
+    """
+    The gateway and its collaborators, without any listening socket or feed.  With
+    ``config.redis_url`` the broker, presence and stores live in Redis (``gateway.cluster``,
+    to be started and stopped: :class:`ClusterService`); a ``broker`` given replaces the
+    configured one.
+    """
     if http is None:
         http, _ = make_http_client(reactor)
     registry = registry_module.Registry()
@@ -63,9 +69,13 @@ def make_gateway(config, reactor, http=None, broker=None, metrics=None) -> Gatew
         session_checker=session_checker,
         allowed_origins=config.cors_origins,
     )
-    if broker is None:
-        broker = broker_module.MemoryBroker(registry)
-    return Gateway(config, reactor, registry, broker, authenticator, metrics=metrics)
+    cluster = make_cluster_state(config, reactor, registry)
+    if broker is not None:
+        cluster.broker = broker
+    gateway = Gateway(config, reactor, registry, cluster.broker, authenticator,
+                      metrics=metrics, presence=cluster.presence)
+    gateway.cluster = cluster
+    return gateway
 
 
 class _FollowersService(service.Service):
@@ -89,17 +99,19 @@ class _FollowersService(service.Service):
             follower.stop()
 
 
-class _BrokerService(service.Service):
-    def __init__(self, broker):
-        self._broker = broker
+class ClusterService(service.Service):
+    """Starts the broker and presence (Redis connections, lease renewal); stops them."""
+
+    def __init__(self, cluster: ClusterState):
+        self._cluster = cluster
 
     def startService(self):
         super().startService()
-        self._broker.start()
+        self._cluster.start()
 
     def stopService(self):
         super().stopService()
-        return self._broker.stop()
+        return self._cluster.stop()
 
 
 def _safe_heartbeat(gateway):
@@ -129,7 +141,7 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
     gateway = make_gateway(config, reactor)
     top.gateway = gateway
 
-    _BrokerService(gateway.broker).setServiceParent(top)
+    ClusterService(gateway.cluster).setServiceParent(top)
 
     # The feeds use a plain Agent (no gzip: see realtime.changes) with their own pool.
     feed_pool = HTTPConnectionPool(reactor, persistent=False)

@@ -37,12 +37,20 @@ ADMIN_KEY = "cluster-test-admin-key-0123456789"
 
 
 class GatewayProcess:
-    def __init__(self, env: dict, name: str = "gw"):
+    """
+    One child gateway.  It listens on a port of its own (``port``); with ``shared_port``
+    it also listens, with SO_REUSEPORT, on that port shared with the other processes.
+    """
+
+    def __init__(self, env: dict, name: str = "gw", shared_port: int = None):
         self.port = free_port()
         self.name = name
+        listen = f"tcp:{self.port}:interface=127.0.0.1"
+        if shared_port:
+            listen = f"reuseport:{shared_port}:interface=127.0.0.1,{listen}"
         self.env = dict(os.environ)
         self.env.update({
-            "REALTIME_LISTEN": f"tcp:{self.port}:interface=127.0.0.1",
+            "REALTIME_LISTEN": listen,
             "REALTIME_EMBEDDED_COUCHDB": "no",
             "PYTHONUNBUFFERED": "1",
         })
@@ -92,7 +100,13 @@ class GatewayProcess:
 
 
 class Cluster:
-    def __init__(self, size: int = 3, redis_url: str = None, couchdb=None, **env):
+    """
+    ``size`` gateway processes; with ``shared_port=True`` they also share one port
+    (``cluster.shared_port``, SO_REUSEPORT) as they would behind no load balancer.
+    """
+
+    def __init__(self, size: int = 3, redis_url: str = None, couchdb=None,
+                 shared_port: bool = False, **env):
         self.couchdb = couchdb or harness.pouchdb()
         self.redis_url = redis_url or harness.redis().url
         self.prefix = harness.unique("cluster") + ":"
@@ -106,7 +120,9 @@ class Cluster:
             "WS_HEARTBEAT_MS": "30000",
         }
         common.update({k: str(v) for k, v in env.items()})
-        self.processes = [GatewayProcess(common, name=f"gw{i}") for i in range(size)]
+        self.shared_port = free_port() if shared_port else None
+        self.processes = [GatewayProcess(common, name=f"gw{i}", shared_port=self.shared_port)
+                          for i in range(size)]
         self.clients = []
         self._pool = HTTPConnectionPool(reactor, persistent=False)
         self._http = treq.client.HTTPClient(Agent(reactor, pool=self._pool))

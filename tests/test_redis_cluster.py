@@ -32,8 +32,9 @@ class ClusterTestCase(unittest.TestCase):
     env = {}
 
     @inlineCallbacks
-    def start_cluster(self, redis_url=None, **env):
-        cluster = Cluster(self.size, redis_url=redis_url, **{**self.env, **env})
+    def start_cluster(self, redis_url=None, shared_port=False, **env):
+        cluster = Cluster(self.size, redis_url=redis_url, shared_port=shared_port,
+                          **{**self.env, **env})
         self.addCleanup(cluster.stop)
         yield cluster.start()
         client = RedisClient(reactor, parse_redis_url(cluster.redis_url), timeout=2.0,
@@ -221,3 +222,27 @@ class RedisRestartTests(ClusterTestCase):
         code, _ = yield old.wait_closed()
         self.assertEqual(code, 4004)
         self.assertEqual(new.state, new.STATE_OPEN)
+
+
+class SharedPortTests(ClusterTestCase):
+    size = 2
+
+    @inlineCallbacks
+    def test_processes_share_one_port_with_reuseport(self):
+        """
+        Two processes listening on one port (REALTIME_LISTEN=reuseport:PORT) both take
+        connections from it, and presence sees every client once.
+        """
+        cluster = yield self.start_cluster(shared_port=True)
+        users = [unique("u") for _ in range(16)]
+        for user in users:
+            client = yield harness.connect(cluster.shared_port, query={"token": token(user)})
+            cluster.clients.append(client)
+            yield client.next("connected")
+        yield self.wait_users({user: 1 for user in users}, only=set(users))
+        counts = []
+        for index in range(2):
+            status = yield cluster.status(index)
+            counts.append(status["connections"]["authenticated"])
+        self.assertEqual(sum(counts), 16)
+        self.assertTrue(all(counts), f"one process got every connection: {counts}")

@@ -35,7 +35,8 @@ is accepted and will be delivered when the reader is back.
 
 ``state``: ``up`` when both connections are up; ``redis-unavailable`` otherwise.
 ``redis_state`` (shown by ``/websocket/status``): ``connected``, ``connecting`` (never
-connected yet), ``down``.
+connected yet), ``down`` (reconnecting), ``error`` (Redis refused us: wrong password or
+db; logged, not retried).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import os
 import socket
 from typing import Dict, Optional
 
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -106,6 +107,8 @@ class RedisBroker:
     def redis_state(self) -> str:
         if self.commands.connected and self.reader.connected and self.reading:
             return "connected"
+        if self.commands.last_error or self.reader.last_error:
+            return "error"
         if self.commands.connections_made == 0 or self.reader.connections_made == 0:
             return "connecting" if self._running else "off"
         return "down"
@@ -125,7 +128,6 @@ class RedisBroker:
         for waiter in pending.values():
             if not waiter.called:
                 waiter.callback(0)
-        from twisted.internet.defer import gatherResults
         return gatherResults([self.commands.stop(), self.reader.stop()],
                              consumeErrors=True).addCallback(lambda _: None)
 

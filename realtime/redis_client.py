@@ -83,6 +83,7 @@ class RedisClient:
         self.protocol = None  # the live, ready connection, or None
         self.state = "stopped"  # stopped | connecting | connected | down
         self.connections_made = 0
+        self.last_error: Optional[str] = None  # a refusal (bad password, db): no retrying
 
     @property
     def connected(self) -> bool:
@@ -101,8 +102,8 @@ class RedisClient:
         factory.owner = self
         factory.initialDelay = self.initial_delay
         factory.maxDelay = self.max_delay
-        # An authentication failure or an unknown db: keep trying (an operator may fix
-        # Redis) rather than give up for good; log it so the operator knows.
+        # An authentication failure or an unknown db: txredisapi stops trying; say so in the
+        # log and in the state (the status page shows "error").
         factory.connectionError = self._connection_error
         self._factory = factory
         self.state = "connecting"
@@ -119,6 +120,8 @@ class RedisClient:
 
     def _connection_error(self, message: str) -> None:
         # txredisapi's message may quote the server's answer; it never holds the password.
+        self.last_error = message
+        self.state = "error"
         self._log.error("redis {name}: {message}", name=self.name, message=message)
 
     def _connected(self, protocol) -> None:
@@ -127,6 +130,7 @@ class RedisClient:
             return
         self.protocol = protocol
         self.state = "connected"
+        self.last_error = None
         self.connections_made += 1
         self._log.info("redis {name}: connected to {url}", name=self.name,
                        url=self.address.display())

@@ -3,7 +3,7 @@ Admission of authenticated connections (Gateway.admit): the per-user limit and s
 mode, with the one-process objects (MemoryBroker, LocalPresence) and a clock.
 """
 
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 

@@ -5,7 +5,6 @@ RedisBroker each) share one Redis, as several gateway processes do.
 
 import time
 
-from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
 
@@ -214,3 +213,45 @@ class ResumeTests(unittest.TestCase):
             yield a.broker.publish({"t": "users", "to": [user], "msg": message(i)})
         yield wait_for(lambda: len(on_b.messages) == 5, what="b to catch up")
         self.assertEqual([m["data"] for m in on_b.messages], [0, 1, 2, 3, 4])
+
+
+class PasswordTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.redis = RedisServer(password="s3cret-pw").start()
+        self.addCleanup(self.redis.cleanup)
+
+    @inlineCallbacks
+    def test_password_and_db_from_the_url(self):
+        """A password and db in REDIS_URL are used (AUTH, SELECT): events flow."""
+        url = f"redis://:s3cret-pw@127.0.0.1:{self.redis.port}/5"
+        a, b = yield start_nodes(self, url, count=2)
+        conn = b.connect("u")
+        yield a.broker.publish({"t": "users", "to": ["u"], "msg": message("ok")})
+        yield wait_for(lambda: conn.messages)
+        self.assertEqual(conn.messages, [{"type": "note", "data": "ok"}])
+        keys = yield a.broker.commands.execute("KEYS", "*")
+        self.assertIn(a.broker.stream, keys)  # in db 5 ...
+        yield a.broker.commands.execute("SELECT", "0")
+        self.assertEqual((yield a.broker.commands.execute("KEYS", "*")), [])  # ... not db 0
+
+    @inlineCallbacks
+    def test_wrong_password_fails_publish_and_never_logs_it(self):
+        """A wrong password: publish fails fast, the error is logged without the password."""
+        from twisted.logger import globalLogPublisher
+        from tests.redis_helpers import Node
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        node = Node(f"redis://:wrong-pw-123@127.0.0.1:{self.redis.port}/0", "w:")
+        node.broker.start()
+        self.addCleanup(node.broker.stop)
+        yield wait_for(lambda: any("could not auth" in str(e.get("message", ""))
+                                   for e in logged), what="the auth error to be logged")
+        with self.assertRaises(BrokerUnavailable):
+            yield node.broker.publish({"t": "all", "msg": message("x")})
+        self.assertEqual((node.broker.state, node.broker.redis_state),
+                         ("redis-unavailable", "error"))
+        from twisted.logger import formatEvent
+        self.assertFalse([e for e in logged if "wrong-pw-123" in formatEvent(e)])

@@ -47,6 +47,7 @@ import socket
 from typing import Dict, Optional
 
 from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -157,7 +158,8 @@ class RedisBroker:
             self._pending.pop(event_id, None)
             if waiter.called:  # Redis stored it and our reader saw it before the timeout
                 return waiter
-            failure.trap(RedisUnavailable)
+            # Not reachable, too slow, or an error answer (out of memory, read-only
+            # replica...): either way nobody is known to have it.
             raise BrokerUnavailable(failure.getErrorMessage())
 
         return d.addCallbacks(stored, refused)
@@ -170,10 +172,21 @@ class RedisBroker:
 
     @inlineCallbacks
     def _read_loop(self, protocol):
-        try:
-            position = yield self._resume_position()
-        except RedisUnavailable:
-            return
+        """
+        Read and dispatch until the connection is lost.  An error answer (say, the key was
+        overwritten with another type) is logged and retried every second, never fatal.
+        """
+        while True:
+            try:
+                position = yield self._resume_position()
+                break
+            except RedisUnavailable:
+                return
+            except Exception:
+                self._log.failure("redis broker: cannot find where to read from")
+                yield deferLater(self._reactor, 1.0, lambda: None)
+                if not self._running or self.reader.protocol is not protocol:
+                    return
         self._lost_at = None
         self._last_id = position  # a reconnection resumes from here at the earliest
         self.reading = True
@@ -185,12 +198,15 @@ class RedisBroker:
                     timeout=self.block_ms / 1000.0 + self.timeout)
             except RedisUnavailable:
                 break
-            if reply:
-                for _stream, entries in reply:
-                    for entry_id, fields in entries:
-                        position = entry_id
-                        self._last_id = entry_id
-                        self._handle(entry_id, fields)
+            except Exception:
+                self._log.failure("redis broker: reading the event stream failed")
+                yield deferLater(self._reactor, 1.0, lambda: None)
+                continue
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    position = entry_id
+                    self._last_id = entry_id
+                    self._handle(entry_id, fields)
         self.reading = False
         if self._running:
             self._lost_at = self._reactor.seconds()

@@ -255,3 +255,27 @@ class PasswordTests(unittest.TestCase):
                          ("redis-unavailable", "error"))
         from twisted.logger import formatEvent
         self.assertFalse([e for e in logged if "wrong-pw-123" in formatEvent(e)])
+
+
+class ErrorAnswerTests(unittest.TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_stream_key_of_another_type(self):
+        """
+        If the stream key holds another type (an operator's mistake), publish fails with
+        BrokerUnavailable (503), and readers log and keep retrying: once the key is
+        deleted, events flow again.
+        """
+        a, b = yield start_nodes(self, harness.redis().url, count=2)
+        conn = b.connect("u")
+        yield a.broker.commands.execute("DEL", a.broker.stream)
+        yield a.broker.commands.execute("SET", a.broker.stream, "oops")
+        with self.assertRaises(BrokerUnavailable):
+            yield a.broker.publish({"t": "users", "to": ["u"], "msg": message("x")})
+        yield harness.sleep(1.5)  # let the readers hit the error at least once
+        yield a.broker.commands.execute("DEL", a.broker.stream)
+        yield a.broker.publish({"t": "users", "to": ["u"], "msg": message("back")})
+        yield wait_for(lambda: conn.messages, what="events to flow again")
+        self.assertEqual(conn.messages, [{"type": "note", "data": "back"}])
+        self.flushLoggedErrors()

@@ -246,3 +246,33 @@ class SharedPortTests(ClusterTestCase):
             counts.append(status["connections"]["authenticated"])
         self.assertEqual(sum(counts), 16)
         self.assertTrue(all(counts), f"one process got every connection: {counts}")
+
+
+class InProcessGatewaysTests(unittest.TestCase):
+    """Two in-process gateways (GatewayHarness with redis_url) on one Redis."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_in_process_gateways_share_presence_and_limit(self):
+        """
+        GatewayHarness(redis_url=…) starts the Redis broker and presence: a user's
+        connection on one gateway counts against the limit on the other.
+        """
+        prefix = unique("ip") + ":"
+        gateways = []
+        for _ in range(2):
+            gw = harness.GatewayHarness(jwt_secret=JWT_SECRET, feeds=False,
+                                        redis_url=harness.redis().url, redis_prefix=prefix,
+                                        ws_max_connections_per_user=1)
+            yield gw.start()
+            self.addCleanup(gw.stop)
+            gateways.append(gw)
+        user = unique("u")
+        first = yield gateways[0].connect(query={"token": token(user)})
+        yield first.next("connected")
+        second = yield gateways[1].connect(query={"token": token(user)})
+        self.assertEqual((yield second.next("error"))["code"], "too_many_connections")
+        code, _ = yield second.wait_closed()
+        self.assertEqual(code, 4029)
+        self.assertEqual((yield gateways[1].gateway.presence.users()).get(user), 1)

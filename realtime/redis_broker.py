@@ -100,6 +100,7 @@ class RedisBroker:
         self._running = False
         self.reading = False  # the read loop is positioned and reading
         self.received = 0  # entries dispatched (for tests and metrics)
+        self.missed_trimmed = 0  # reconnections that found events trimmed away
         self.on_dispatched = None  # optional callable(event, count)
 
     # -- IBroker ------------------------------------------------------------------------
@@ -228,7 +229,30 @@ class RedisBroker:
                            "events published meanwhile are skipped",
                            away=away, window=self.replay_window)
             return newest_id
+        yield self._warn_if_trimmed(self._last_id)
         return self._last_id
+
+    @inlineCallbacks
+    def _warn_if_trimmed(self, last_id: str):
+        """
+        Log when entries after ``last_id`` may have been trimmed away: the stream has lost
+        entries to trimming and its first entry is past ours (Redis 7: XINFO STREAM).
+        """
+        try:
+            info = yield self.reader.execute("XINFO", "STREAM", self.stream)
+            fields = dict(zip(info[::2], info[1::2]))
+            first = fields.get("recorded-first-entry-id") or (fields.get("first-entry")
+                                                               or [None])[0]
+            trimmed = int(fields.get("entries-added", 0)) > int(fields.get("length", 0))
+            if trimmed and first and _id_tuple(first) > _id_tuple(last_id):
+                self.missed_trimmed += 1
+                self._log.warn("redis broker: events published while this process was away "
+                               "may have been trimmed from the stream (REDIS_STREAM_MAXLEN) "
+                               "and missed")
+        except RedisUnavailable:
+            raise
+        except Exception:
+            pass  # an older Redis: no way to tell
 
     def _handle(self, entry_id, fields) -> None:
         try:

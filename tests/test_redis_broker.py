@@ -279,3 +279,25 @@ class ErrorAnswerTests(unittest.TestCase):
         yield wait_for(lambda: conn.messages, what="events to flow again")
         self.assertEqual(conn.messages, [{"type": "note", "data": "back"}])
         self.flushLoggedErrors()
+
+
+class TrimTests(unittest.TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_reader_away_longer_than_the_stream_covers_logs_the_gap(self):
+        """
+        With REDIS_STREAM_MAXLEN small, a reader away while many events are published
+        resumes with what is left and counts (and logs) the trimmed gap.
+        """
+        a, b = yield start_nodes(self, harness.redis().url, count=2, stream_maxlen=10)
+        conn = b.connect("u")
+        b.broker.reader.protocol.transport.abortConnection()
+        yield wait_for(lambda: not b.broker.reading, what="b's reader to stop")
+        # All at once: Redis stores them before b's reconnection (backoff >= 0.1 s).
+        yield gatherResults([a.broker.publish({"t": "users", "to": ["u"], "msg": message(i)})
+                             for i in range(300)])
+        yield wait_for(lambda: b.broker.reading and conn.messages, what="b to resume")
+        yield wait_for(lambda: conn.messages[-1]["data"] == 299, what="the last event")
+        self.assertEqual(b.broker.missed_trimmed, 1)
+        self.assertLess(len(conn.messages), 300)

@@ -34,6 +34,19 @@ def start_presences(test, url, count=3, ttl=30.0, prefix=None):
     return presences
 
 
+@inlineCallbacks
+def wait_users(presence, expected, seconds=10.0):
+    """Closes are fire-and-forget writes on the closing process's connection: wait."""
+    deadline = reactor.seconds() + seconds
+    while True:
+        users = yield presence.users()
+        if users == expected:
+            return users
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"presence is {users}, expected {expected}")
+        yield harness.sleep(0.02)
+
+
 class RedisPresenceTests(unittest.TestCase):
     timeout = 60
 
@@ -58,7 +71,7 @@ class RedisPresenceTests(unittest.TestCase):
         b.connection_closed("b1", alice)
         b.connection_closed("b1", alice)  # idempotent
         c.connection_closed("c1", bob)
-        self.assertEqual((yield a.users()), {alice: 2})
+        yield wait_users(a, {alice: 2})
         self.assertEqual((yield a.connection_count(bob)), 0)
         self.assertEqual(sorted((yield a.processes())), sorted(p.process_id for p in self.procs))
 
@@ -73,6 +86,7 @@ class RedisPresenceTests(unittest.TestCase):
         self.assertFalse((yield a.connection_opened("a2", user, limit=2)))
         self.assertEqual((yield c.connection_count(user)), 2)
         a.connection_closed("a1", user)
+        yield wait_users(c, {user: 1})
         self.assertTrue((yield c.connection_opened("c2", user, limit=2)))
         self.assertEqual((yield b.users()), {user: 2})
 

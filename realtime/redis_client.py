@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout, fail, maybeDeferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from realtime.redis_url import RedisAddress, client_endpoint
@@ -116,7 +117,11 @@ class RedisClient:
         if factory is None:
             from twisted.internet.defer import succeed
             return succeed(None)
-        return factory.disconnect()
+        d = factory.disconnect()
+        # txredisapi schedules zero-delay calls while connecting and stopping: let them run
+        # so that nothing of ours is left on the reactor once stop() has fired.
+        d.addBoth(lambda _: deferLater(self._reactor, 0, lambda: None))
+        return d
 
     def _connection_error(self, message: str) -> None:
         # txredisapi's message may quote the server's answer; it never holds the password.

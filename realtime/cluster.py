@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from realtime.broker import MemoryBroker
+from realtime.broker import BrokerUnavailable, MemoryBroker
+from realtime.redis_client import RedisUnavailable
 from realtime.redis_presence import LocalPresence
 from realtime.redis_stores import MemoryNonceStore, MemoryRevocationStore
+
+
+#: Failures meaning "Redis cannot answer now": REST answers 503, auth answers no (4101).
+#: ``failure.check(*UNAVAILABLE)`` / ``except UNAVAILABLE``.
+UNAVAILABLE = (BrokerUnavailable, RedisUnavailable)
 
 
 @dataclasses.dataclass

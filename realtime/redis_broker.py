@@ -52,13 +52,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from realtime import jsonutil
-from realtime.broker import IBroker
+from realtime.broker import BrokerUnavailable, IBroker
 from realtime.redis_client import RedisClient, RedisUnavailable
 from realtime.redis_url import RedisAddress
-
-
-class BrokerUnavailable(Exception):
-    """The event could not be handed to Redis: nobody received it (answer 503)."""
 
 
 def new_process_id() -> str:

@@ -90,7 +90,8 @@ class RedisBroker:
                                   on_connect=self._reader_connected,
                                   reply_timeout=block_ms / 1000.0 + timeout)
         self._ids = itertools.count(1)
-        self._pending: Dict[str, Deferred] = {}
+        self._pending: Dict[str, Deferred] = {}  # event id -> fires when dispatched here
+        self._stored: set = set()  # event ids Redis has stored, not yet dispatched here
         self._last_id: Optional[str] = None
         self._lost_at: Optional[float] = None
         self._running = False
@@ -122,10 +123,13 @@ class RedisBroker:
 
     def stop(self) -> Deferred:
         self._running = False
-        pending, self._pending = self._pending, {}
-        for waiter in pending.values():
-            if not waiter.called:
+        # Events Redis has stored: accepted, whatever our reader does now.  The others fail
+        # by themselves when the connection closes.
+        for event_id in list(self._stored):
+            waiter = self._pending.pop(event_id, None)
+            if waiter is not None and not waiter.called:
                 waiter.callback(0)
+        self._stored.clear()
         return gatherResults([self.commands.stop(), self.reader.stop()],
                              consumeErrors=True).addCallback(lambda _: None)
 
@@ -147,9 +151,15 @@ class RedisBroker:
         def stored(_entry_id):
             if waiter.called:
                 return waiter
+            self._stored.add(event_id)
             waiter.addTimeout(self.timeout, self._reactor, onTimeoutCancel=lambda r, t: 0)
-            waiter.addBoth(lambda r: (self._pending.pop(event_id, None), r)[1])
-            return waiter
+
+            def done(result):
+                self._pending.pop(event_id, None)
+                self._stored.discard(event_id)
+                return result
+
+            return waiter.addBoth(done)
 
         def refused(failure):
             self._pending.pop(event_id, None)

@@ -11,14 +11,22 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import Attribute, Interface, implementer
 
 
+class BrokerUnavailable(Exception):
+    """
+    ``publish`` could not hand the event to the other processes (Redis away or too slow):
+    nobody received it.  The REST layer answers 503; a client's ``publish`` gets an error.
+    """
+
+
 class IBroker(Interface):
     state = Attribute("'up', or a word saying why events may not reach other processes")
 
     def publish(event: dict) -> Deferred:
         """
         Deliver ``event`` to every process (this one included).  Fires with the number of
-        local connections reached when the event is accepted; fails when it cannot be
-        accepted (the caller then tells its client).
+        local connections reached when the event is accepted; fails with
+        :class:`BrokerUnavailable` when it cannot be accepted (the caller then tells its
+        client: 503).
         """
 
     def start() -> None:

@@ -40,6 +40,15 @@ def _optional(text: str) -> Optional[str]:
     return text or None
 
 
+def _redis_url(text: str) -> Optional[str]:
+    """Checked at start-up (a clear error, never showing the password); kept as text."""
+    if not text:
+        return None
+    from realtime.redis_url import parse_redis_url
+    parse_redis_url(text)
+    return text
+
+
 @dataclasses.dataclass(frozen=True)
 class Option:
     name: str  # attribute of Config, and twistd option with _ replaced by -
@@ -80,10 +89,17 @@ OPTIONS = (
     Option("jwt_user_claim", "JWT_USER_CLAIM", "sub", str, "JWT claim naming the user"),
     Option("jwt_roles_claim", "JWT_ROLES_CLAIM", "roles", str,
            "JWT claim holding the roles list"),
-    Option("redis_url", "REDIS_URL", None, _optional,
-           "Redis URL: set, several processes share work through Redis"),
+    Option("redis_url", "REDIS_URL", None, _redis_url,
+           "Redis URL (redis://[[user]:password@]host[:port][/db], rediss:// for TLS): "
+           "set, several processes share work through Redis"),
     Option("redis_prefix", "REDIS_PREFIX", "realtime:", str,
            "prefix of every Redis key and channel"),
+    Option("redis_timeout_ms", "REDIS_TIMEOUT_MS", "3000", _positive_int,
+           "longest wait for a Redis answer; past it a REST push answers 503"),
+    Option("redis_stream_maxlen", "REDIS_STREAM_MAXLEN", "100000", _positive_int,
+           "events kept in the Redis stream for processes catching up after a blip"),
+    Option("presence_ttl_ms", "REALTIME_PRESENCE_TTL_MS", "30000", _positive_int,
+           "presence lease: a process that dies leaves presence within this time"),
     Option("admin_key", "REALTIME_ADMIN_KEY", None, _optional,
            "bearer key for the REST admin API (none: admin API off)"),
     Option("rest_max_body_bytes", "REALTIME_REST_MAX_BODY_BYTES", str(1024 * 1024),
@@ -135,6 +151,9 @@ class Config:
     jwt_roles_claim: str
     redis_url: Optional[str]
     redis_prefix: str
+    redis_timeout_ms: int
+    redis_stream_maxlen: int
+    presence_ttl_ms: int
     admin_key: Optional[str]
     rest_max_body_bytes: int
     cors_origins: tuple
@@ -154,7 +173,7 @@ class Config:
 
     def __repr__(self) -> str:
         # Never print secrets: a Config may end up in a log line or a traceback.
-        hidden = {"couchdb_admin_auth", "jwt_secret", "admin_key"}
+        hidden = {"couchdb_admin_auth", "jwt_secret", "admin_key", "redis_url"}
         fields = ", ".join(
             f"{f.name}={'<hidden>' if f.name in hidden and getattr(self, f.name) else getattr(self, f.name)!r}"
             for f in dataclasses.fields(self)

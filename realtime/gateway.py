@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Dict, List, Optional
+from typing import List
 
+from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
 from realtime import jsonutil
 from realtime.metrics import Metrics
-from realtime.presence import LocalPresence
+from realtime.redis_presence import LocalPresence
 from realtime.router import router_for, utc_timestamp
+
+#: answers of :meth:`Gateway.admit`
+ADMITTED = "admitted"
+TOO_MANY_CONNECTIONS = "too_many_connections"
+REPLACED = "replaced"
 
 
 class Gateway:
@@ -41,7 +47,7 @@ class Gateway:
         self.metrics.watch(self)
         registry.on_delivered = self.metrics.delivered
         # Who is connected, as the REST API asks it (cluster-wide with a Redis presence).
-        self.presence = presence if presence is not None else LocalPresence(registry)
+        self.presence = presence if presence is not None else LocalPresence(clock)
         self.followers: List = []
         self.started_at = clock.seconds()
         self.open_connections = 0  # every open WebSocket, authenticated or not
@@ -58,6 +64,48 @@ class Gateway:
 
     def timestamp(self) -> str:
         return utc_timestamp(self.clock.seconds())
+
+    # -- admission (per-user limit, single session), across processes -------------------
+
+    @inlineCallbacks
+    def admit(self, conn, identity):
+        """
+        Decide whether an authenticated connection may join; record it in presence if so.
+        Fires with ADMITTED, TOO_MANY_CONNECTIONS (the user has ``ws_max_connections_per_user``
+        connections in the whole deployment) or REPLACED (single-session mode: a newer
+        session of the user was announced meanwhile).
+
+        Single-session mode: the connection gets a session number that grows across the
+        deployment, and a ``disconnect`` event with ``before`` = that number closes the
+        user's older connections on every process (4004).  When the broker cannot publish
+        (Redis away), the older connections of this process are still replaced and the
+        connection is admitted (logged): a Redis blip must not lock users out.  The
+        per-user limit does not apply in that mode (a new session replaces the old ones).
+        """
+        user_id = identity.user_id
+        if not self.config.ws_single_session:
+            ok = yield self.presence.connection_opened(
+                conn.connection_id, user_id, self.config.ws_max_connections_per_user)
+            return ADMITTED if ok else TOO_MANY_CONNECTIONS
+        seq = yield self.presence.new_session(user_id)
+        conn.session_seq = seq
+        event = {"t": "disconnect", "user": user_id, "code": 4004,
+                 "reason": "replaced by a newer session", "before": seq}
+        try:
+            yield self.broker.publish(event)
+        except Exception as e:
+            self._log.warn("single session: cannot reach other processes ({error}); "
+                           "replacing this process's sessions only", error=str(e))
+            self.registry.dispatch(event)
+        yield self.presence.connection_opened(conn.connection_id, user_id, None)
+        if self.registry.replaced(user_id, seq):
+            self.presence.connection_closed(conn.connection_id, user_id)
+            return REPLACED
+        return ADMITTED
+
+    def connection_left(self, conn, user_id) -> None:
+        """An admitted connection closed: forget it in presence."""
+        self.presence.connection_closed(conn.connection_id, user_id)
 
     # -- CouchDB changes ----------------------------------------------------------------
 

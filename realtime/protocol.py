@@ -115,6 +115,10 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self._inbox = succeed(None)  # signed messages are handled in arrival order
         self._fragments = 0
         self._preauth_bytes = 0
+        self._admitting = False
+        self._held: list = []  # client messages received while admission was pending
+        self._present_as: Optional[str] = None  # user id recorded in presence
+        self.session_seq = 0  # single-session mode: this session's number
 
     # -- identity -----------------------------------------------------------------------
 
@@ -188,7 +192,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
                     self.send_error("policy", "too much data before authentication")
                     self.close_with(CLOSE_POLICY, "too much data before authentication")
                     return
-            if self._admitted():
+            if self._within_rate_limit():
                 self._on_message(payload, isBinary)
         except Exception:
             self._log.failure("handling a client message failed")
@@ -198,7 +202,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         # A ping is answered only within the rate limit: a ping flood cannot make the
         # server write pongs without end.
         try:
-            if self._admitted(tell=False):
+            if self._within_rate_limit(tell=False):
                 super().onPing(payload)
         except Exception:
             self._log.failure("handling a ping failed")
@@ -226,6 +230,9 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             if self._registered:
                 self._registered = False
                 self.gateway.registry.remove(self)
+            if self._present_as is not None:
+                user_id, self._present_as = self._present_as, None
+                self.gateway.connection_left(self, user_id)
             self._queue.clear()
             self._queued_bytes = 0
         except Exception:
@@ -234,22 +241,39 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
     # -- authentication -----------------------------------------------------------------
 
     def _accept(self, identity: Identity) -> None:
-        gateway = self.gateway
-        config = gateway.config
-        registry = gateway.registry
+        """
+        Admit an authenticated connection (per-user limit and single session, across every
+        process: see :meth:`Gateway.admit`).  Admission may wait for Redis; client messages
+        arriving meanwhile are held (a few) and handled once admitted.
+        """
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
         self._auth_timer = None
-        if config.ws_single_session:
-            for older in registry.connections_of(identity.user_id):
-                older.close_with(CLOSE_REPLACED, "replaced by a newer session")
-        elif registry.count_of(identity.user_id) >= config.ws_max_connections_per_user:
+        self._admitting = True
+        d = self.gateway.admit(self, identity)
+        d.addCallback(self._admitted, identity)
+        d.addErrback(self._admission_failed)
+
+    def _admitted(self, verdict: str, identity: Identity) -> None:
+        from realtime.gateway import ADMITTED, REPLACED
+        self._admitting = False
+        held, self._held = self._held, []
+        gateway = self.gateway
+        config = gateway.config
+        if verdict == REPLACED:
+            self.close_with(CLOSE_REPLACED, "replaced by a newer session")
+            return
+        if verdict != ADMITTED:
             self.send_error("too_many_connections",
                             f"at most {config.ws_max_connections_per_user} connections per user")
             self.close_with(CLOSE_TOO_MANY_CONNECTIONS, "too many connections")
             return
+        if self.state != self.STATE_OPEN:  # closed while admission waited
+            self.gateway.connection_left(self, identity.user_id)
+            return
+        self._present_as = identity.user_id
         self.identity = identity
-        registry.add(self)
+        self.gateway.registry.add(self)
         self._registered = True
         self.maxMessagePayloadSize = self.factory.maxMessagePayloadSize
         self.maxFramePayloadSize = self.factory.maxFramePayloadSize
@@ -268,6 +292,16 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             self._session_secret = new_session_secret()
             connected["sessionSecret"] = self._session_secret
         self.send_json(connected)
+        for message in held:
+            if self.state == self.STATE_OPEN:
+                self._handle(message)
+
+    def _admission_failed(self, failure) -> None:
+        self._admitting = False
+        self._held = []
+        self._log.failure("admitting a connection failed", failure)
+        if self.state == self.STATE_OPEN:
+            self._refuse(AuthFailure("unavailable", "admission failed"))
 
     def _refuse(self, failure: AuthFailure) -> None:
         if self._watch is not None:
@@ -293,7 +327,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         if not isinstance(token, str) or not token:
             self.send_error("bad_request", "auth needs a token")
             return
-        if self._authenticating:
+        if self._authenticating or self._admitting:
             self.send_error("bad_request", "authentication already in progress")
             return
         self._authenticating = True
@@ -356,6 +390,9 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         if kind == "ping":
             self.send_json({"type": "pong", "timestamp": self.gateway.timestamp()})
             return
+        if self.identity is None and self._admitting and _can_hold(self._held):
+            self._held.append(message)
+            return
         if self.identity is None:
             self.send_error("not_authenticated", "authenticate first")
             self.close_with(CLOSE_UNAUTHORIZED, "not authenticated")
@@ -393,7 +430,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         d.addCallbacks(handle, refused)
         d.addErrback(failed)
 
-    def _admitted(self, tell: bool = True) -> bool:
+    def _within_rate_limit(self, tell: bool = True) -> bool:
         """Count one message (or ping) against the rate limit; False when refused."""
         if self._limiter is None:
             return True
@@ -467,6 +504,14 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
                 self.sendClose(code, reason[:120])
             else:  # 1011 and the like: Autobahn's public sendClose refuses them
                 self._fail_connection(code, reason[:120])
+
+
+#: client messages held while a connection's admission waits for Redis
+MAX_HELD_MESSAGES = 16
+
+
+def _can_hold(held: list) -> bool:
+    return len(held) < MAX_HELD_MESSAGES
 
 
 #: message type -> name of the method handling it once the client is authenticated

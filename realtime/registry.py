@@ -15,6 +15,9 @@ Events are plain dicts so that a broker can carry them between processes unchang
 ``{"t": "disconnect", "user": id, "code": n, "reason": text}``  close that user's connections
 ``{"t": "revoke", "token_id": id}``                 ``auth_failed`` ``revoked`` (4001) to the
                                                    connections authenticated with that token
+``{"t": "disconnect", "user": id, "code": 4004, "reason": text, "before": n}``
+                    single-session mode: close the user's connections whose
+                    ``session_seq`` is below n (the newer session, numbered n, stays)
 ==================  ==========================================================
 
 ``msg`` is the JSON text of the message (a str), so it is encoded once by the sender.
@@ -24,6 +27,7 @@ An event may also carry ``"type"``: the message's type, for metrics only.
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 from typing import Dict, Iterable, Iterator, List, Optional, Protocol as TypingProtocol
 
 from twisted.logger import Logger
@@ -68,6 +72,11 @@ class Registry:
         self.max_topics_per_connection = max_topics_per_connection
         self.deliveries = 0
         self.on_delivered = None  # optional callable(event, count), for metrics
+        # user -> highest ``before`` of a single-session disconnect seen (bounded, LRU):
+        # a connection still being admitted when its replacement was announced learns it
+        # here (see :meth:`replaced`).
+        self._replaced_before: "OrderedDict[str, int]" = OrderedDict()
+        self.max_replaced_remembered = 10000
 
     # -- membership ---------------------------------------------------------------------
 
@@ -162,6 +171,10 @@ class Registry:
                                                          event["msg"]))
             if kind == "disconnect":
                 conns = self.connections_of(event["user"])
+                if event.get("before") is not None:
+                    before = int(event["before"])
+                    self._remember_replacement(str(event["user"]), before)
+                    conns = [c for c in conns if getattr(c, "session_seq", 0) < before]
                 for conn in conns:
                     conn.close_with(int(event.get("code", 4000)), str(event.get("reason", "")))
                 return len(conns)
@@ -189,6 +202,15 @@ class Registry:
         for conn in conns:
             conn.fail_auth(AuthFailure("revoked", "token revoked"))
         return len(conns)
+    def _remember_replacement(self, user_id: str, before: int) -> None:
+        known = self._replaced_before.pop(user_id, 0)
+        self._replaced_before[user_id] = max(known, before)
+        while len(self._replaced_before) > self.max_replaced_remembered:
+            self._replaced_before.popitem(last=False)
+
+    def replaced(self, user_id: str, session_seq: int) -> bool:
+        """Whether a session of the user newer than ``session_seq`` was announced."""
+        return session_seq < self._replaced_before.get(user_id, 0)
 
     def _targets_users(self, user_ids: Iterable[str]) -> List[Connection]:
         if isinstance(user_ids, str):

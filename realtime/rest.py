@@ -70,6 +70,7 @@ from realtime.httpapi import (
     MAX_TYPE_LENGTH, MAX_USER_IDS, Credentials, Endpoint, HTTPError, bad_field,
     present_field, read_json_body, string_field, user_id_field,
 )
+from realtime.cluster import UNAVAILABLE
 from realtime.router import utc_timestamp
 from realtime.web import DEFAULT_MAX_BODY_BYTES, JSONResource
 
@@ -263,7 +264,7 @@ class RevokeToken(Endpoint):
         try:
             closed = yield api.gateway.revoker.revoke(token_id, expires_at)
         except Exception as e:
-            if not isinstance(e, (revocation.StoreUnavailable, CancelledError, ConnectionError)):
+            if not isinstance(e, UNAVAILABLE + (CancelledError, ConnectionError)):
                 _log.failure("revoking a token failed")
             raise HTTPError(503, "unavailable", "the revocation store cannot be reached") from None
         returnValue((200, {"revoked": True, "tokenId": token_id,

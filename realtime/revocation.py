@@ -6,12 +6,11 @@ A token is known by its *token id* (:func:`realtime.auth.token_id`): ``jti:<jti>
 token has a ``jti``, else ``sha256:<hex digest of the token>``; the token itself is never
 stored or logged.
 
-- :class:`MemoryRevocationStore` (one process) and :class:`RedisRevocationStore` (many:
-  key ``<prefix>revoked:<token_id>``, ``SET … EX`` with the token's remaining lifetime) share
-  one interface: ``revoke(token_id, expires_at) -> Deferred`` and
-  ``is_revoked(token_id) -> Deferred[bool]``.  Every Redis command has a timeout (txredisapi
-  waits silently while Redis is down); a check that cannot be answered fails, and the
-  authenticator then refuses with ``unavailable`` (4101): fail closed.
+- The stores (:mod:`realtime.redis_stores`: in memory for one process, in Redis for many,
+  key ``<prefix>revoked:<token_id>`` with the token's remaining lifetime) answer
+  ``revoke(token_id, expires_at)`` and ``is_revoked(token_id) -> Deferred[bool]``.  A check
+  that cannot be answered fails, and the authenticator then refuses with ``unavailable``
+  (4101): fail closed.
 - :class:`Revoker` stores the revocation, then publishes ``{"t": "revoke", "token_id": …}``
   on the broker so that every process closes the connections using the token
   (:meth:`realtime.registry.Registry.dispatch`).
@@ -24,106 +23,13 @@ stored or logged.
 
 from __future__ import annotations
 
-from typing import Dict
-
 import jwt
-from twisted.internet.defer import Deferred, inlineCallbacks, returnValue, succeed
+from twisted.internet.defer import inlineCallbacks, returnValue
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from realtime.auth import MAX_TOKEN_LENGTH, token_id as token_id_of
 
 MAX_JTI_LENGTH = 256
-
-
-class StoreUnavailable(Exception):
-    """The revocation (or nonce) store did not answer in time."""
-
-
-def with_timeout(d: Deferred, seconds: float, clock, what: str = "store") -> Deferred:
-    """
-    ``d``, failed with :class:`StoreUnavailable` if it has not fired in ``seconds`` or if it
-    fails in any way.
-    """
-    expired = []
-
-    def expire():
-        expired.append(True)
-        d.cancel()
-
-    call = clock.callLater(seconds, expire)
-
-    def done(result):
-        if call.active():
-            call.cancel()
-        if expired:
-            raise StoreUnavailable(f"{what} did not answer within {seconds}s")
-        if isinstance(result, Failure) and not result.check(StoreUnavailable):
-            # Lost connection, refused TLS, a Redis error reply: all mean "cannot answer".
-            raise StoreUnavailable(f"{what} failed: {result.type.__name__}")
-        return result
-
-    return d.addBoth(done)
-
-
-class MemoryRevocationStore:
-    """Revocations of one process, forgotten at each token's expiry."""
-
-    def __init__(self, clock):
-        self._clock = clock
-        self._revoked: Dict[str, float] = {}
-
-    def revoke(self, token_id: str, expires_at: float) -> Deferred:
-        self._prune()
-        if expires_at > self._clock.seconds():
-            self._revoked[token_id] = max(expires_at, self._revoked.get(token_id, 0.0))
-        return succeed(None)
-
-    def is_revoked(self, token_id: str) -> Deferred:
-        expires_at = self._revoked.get(token_id)
-        if expires_at is not None and expires_at <= self._clock.seconds():
-            del self._revoked[token_id]
-            expires_at = None
-        return succeed(expires_at is not None)
-
-    def _prune(self) -> None:
-        now = self._clock.seconds()
-        for key in [k for k, exp in self._revoked.items() if exp <= now]:
-            del self._revoked[key]
-
-    def __len__(self) -> int:
-        self._prune()
-        return len(self._revoked)
-
-
-class RedisRevocationStore:
-    """
-    Revocations shared by every process through Redis.
-
-    :param redis: a txredisapi connection (or handler) with ``set`` and ``exists``; create it
-        with ``convertNumbers=False``.
-    """
-
-    def __init__(self, redis, clock, prefix: str = "realtime:", timeout: float = 2.0):
-        self._redis = redis
-        self._clock = clock
-        self._prefix = prefix
-        self.timeout = timeout
-
-    def key(self, token_id: str) -> str:
-        return f"{self._prefix}revoked:{token_id}"
-
-    def revoke(self, token_id: str, expires_at: float) -> Deferred:
-        ttl = int(expires_at - self._clock.seconds()) + 1
-        if ttl <= 1:
-            return succeed(None)  # already expired: refused anyway
-        d = self._redis.set(self.key(token_id), "1", expire=ttl)
-        return with_timeout(d, self.timeout, self._clock, "Redis")
-
-    def is_revoked(self, token_id: str) -> Deferred:
-        d = with_timeout(self._redis.exists(self.key(token_id)), self.timeout, self._clock,
-                         "Redis")
-        return d.addCallback(lambda n: bool(n))
 
 
 class Revoker:

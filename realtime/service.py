@@ -9,16 +9,15 @@ arguments; only this module knows about the Config and the reactor.
 
 from __future__ import annotations
 
-import os
 
 from twisted.application import internet, service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from realtime import auth, broker as broker_module, protocol, registry as registry_module
-from realtime import jwks, revocation, signing
+from realtime import auth, jwks, protocol, registry as registry_module, revocation, signing
 from realtime.changes import ChangesFollower
+from realtime.cluster import ClusterState, make_cluster_state
 from realtime.gateway import Gateway
 from realtime.rest import make_api
 from realtime.web import make_site
@@ -65,48 +64,33 @@ def make_http_client(reactor, persistent: bool = True):
     return treq.client.HTTPClient(Agent(reactor, pool=pool)), pool
 
 
-def make_gateway(config, reactor, http=None, broker=None, metrics=None, redis=None) -> Gateway:
+def make_gateway(config, reactor, http=None, broker=None, metrics=None) -> Gateway:
     """
-    The gateway and its collaborators, without any listening socket or feed.
-
-    :param redis: a txredisapi command connection: revocations and signed-message nonces
-        then live in Redis (shared by every process); by default the broker's ``redis``
-        attribute if it has one, else they are kept in memory.
+    The gateway and its collaborators, without any listening socket or feed.  With
+    ``config.redis_url`` the broker, presence, revocations and signed-message nonces live in
+    Redis (``gateway.cluster``, to be started and stopped: :class:`ClusterService`); a
+    ``broker`` given replaces the configured one.
     """
     if http is None:
         http, _ = make_http_client(reactor)
     registry = registry_module.Registry()
+    cluster = make_cluster_state(config, reactor, registry)
+    if broker is not None:
+        cluster.broker = broker
     session_checker = auth.CouchSessionChecker(http, config.couchdb_url, clock=reactor)
-    if redis is None:
-        redis = getattr(broker, "redis", None)
-    revocations = (revocation.RedisRevocationStore(redis, reactor, config.redis_prefix)
-                   if redis is not None else revocation.MemoryRevocationStore(reactor))
     authenticator = auth.Authenticator(
         jwt_verifier=make_jwt_verifier(config, reactor, http),
         session_checker=session_checker,
         allowed_origins=config.cors_origins,
-        revocations=revocations,
+        revocations=cluster.revocations,
     )
-    if broker is None:
-        broker = broker_module.MemoryBroker(registry)
-    gateway = Gateway(config, reactor, registry, broker, authenticator, metrics=metrics)
-    gateway.revoker = revocation.Revoker(revocations, broker, reactor)
+    gateway = Gateway(config, reactor, registry, cluster.broker, authenticator,
+                      metrics=metrics, presence=cluster.presence)
+    gateway.cluster = cluster
+    gateway.revoker = revocation.Revoker(cluster.revocations, cluster.broker, reactor)
     if config.ws_signed_messages:
-        nonces = (signing.RedisNonceStore(redis, reactor, config.redis_prefix)
-                  if redis is not None else signing.MemoryNonceStore(reactor))
-        gateway.message_verifier = signing.MessageVerifier(nonces, reactor)
+        gateway.message_verifier = signing.MessageVerifier(cluster.nonces, reactor)
     return gateway
-
-
-class _RedisCommandsService(service.Service):
-    """Disconnects the Redis command connection made for revocations and nonces."""
-
-    def __init__(self, redis):
-        self._redis = redis
-
-    def stopService(self):
-        super().stopService()
-        return self._redis.disconnect()
 
 
 class _FollowersService(service.Service):
@@ -130,17 +114,19 @@ class _FollowersService(service.Service):
             follower.stop()
 
 
-class _BrokerService(service.Service):
-    def __init__(self, broker):
-        self._broker = broker
+class ClusterService(service.Service):
+    """Starts the broker and presence (Redis connections, lease renewal); stops them."""
+
+    def __init__(self, cluster: ClusterState):
+        self._cluster = cluster
 
     def startService(self):
         super().startService()
-        self._broker.start()
+        self._cluster.start()
 
     def stopService(self):
         super().stopService()
-        return self._broker.stop()
+        return self._cluster.stop()
 
 
 def _safe_heartbeat(gateway):
@@ -175,15 +161,10 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     top = service.MultiService()
-    redis = None
-    if config.redis_url:
-        from realtime.redisconn import lazy_connection
-        redis = lazy_connection(config.redis_url)
-        _RedisCommandsService(redis).setServiceParent(top)
-    gateway = make_gateway(config, reactor, redis=redis)
+    gateway = make_gateway(config, reactor)
     top.gateway = gateway
 
-    _BrokerService(gateway.broker).setServiceParent(top)
+    ClusterService(gateway.cluster).setServiceParent(top)
 
     # The feeds use a plain Agent (no gzip: see realtime.changes) with their own pool.
     feed_pool = HTTPConnectionPool(reactor, persistent=False)

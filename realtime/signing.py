@@ -36,10 +36,9 @@ import json
 import secrets
 from typing import Dict, Tuple
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 
 from realtime import jsonutil
-from realtime.revocation import with_timeout
 
 WINDOW_SECONDS = 300.0
 MAX_NONCE_LENGTH = 128
@@ -138,50 +137,6 @@ def _skip(text: str, i: int) -> int:
     return i
 
 
-class MemoryNonceStore:
-    """Nonces of one process, each forgotten after its ttl."""
-
-    def __init__(self, clock):
-        self._clock = clock
-        self._seen: Dict[str, float] = {}
-        self._next_prune = 0.0
-
-    def add(self, key: str, ttl: float) -> Deferred:
-        """Fires True when ``key`` is new (and remembers it), False when seen before."""
-        now = self._clock.seconds()
-        if now >= self._next_prune:
-            self._prune(now)
-            self._next_prune = now + min(ttl, 60.0)
-        expires = self._seen.get(key)
-        if expires is not None and expires > now:
-            return succeed(False)
-        self._seen[key] = now + ttl
-        return succeed(True)
-
-    def _prune(self, now: float) -> None:
-        for key in [k for k, exp in self._seen.items() if exp <= now]:
-            del self._seen[key]
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-
-class RedisNonceStore:
-    """Nonces in Redis, ``SET <prefix>nonce:<key> 1 NX EX ttl``, with a command timeout."""
-
-    def __init__(self, redis, clock, prefix: str = "realtime:", timeout: float = 2.0):
-        self._redis = redis
-        self._clock = clock
-        self._prefix = prefix
-        self.timeout = timeout
-
-    def add(self, key: str, ttl: float) -> Deferred:
-        d = self._redis.set(f"{self._prefix}nonce:{key}", "1", expire=int(ttl) + 1,
-                            only_if_not_exists=True)
-        d = with_timeout(d, self.timeout, self._clock, "Redis")
-        return d.addCallback(lambda reply: reply is not None and reply != 0)
-
-
 class MessageVerifier:
     """
     Verifies envelopes.  :meth:`verify` returns a Deferred firing with the payload (a dict),
@@ -198,10 +153,10 @@ class MessageVerifier:
             payload, nonce_key = self._check(secret, text)
         except SignatureError:
             return fail()
-        d = maybeDeferred(self._nonces.add, nonce_key, 2 * self.window)
+        d = maybeDeferred(self._nonces.seen, nonce_key, 2 * self.window)
 
-        def added(new):
-            if not new:
+        def checked(seen_before):
+            if seen_before:
                 raise SignatureError("replay", "this nonce was used before")
             return payload
 
@@ -210,7 +165,7 @@ class MessageVerifier:
                 return failure
             raise SignatureError("unavailable", "the nonce store cannot be reached")
 
-        return d.addCallback(added).addErrback(unavailable)
+        return d.addCallback(checked).addErrback(unavailable)
 
     def _check(self, secret: str, text: str):
         try:

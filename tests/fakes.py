@@ -59,6 +59,8 @@ class FakeConnection:
         self.topics = set()
         self.received = []
         self.closed = None
+        # As a real connection's admission does: presence, then the registry.
+        gateway.presence.connection_opened(self.connection_id, user_id, None)
         gateway.registry.add(self)
 
     @property
@@ -79,7 +81,9 @@ class FakeConnection:
 
     def close_with(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
+        # As a real connection's onClose does: leave the registry and presence.
         self.gateway.registry.remove(self)
+        self.gateway.presence.connection_closed(self.connection_id, self.user_id)
 
     def of_type(self, kind):
         return [m for m in self.received if m.get("type") == kind]

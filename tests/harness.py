@@ -278,6 +278,10 @@ class GatewayHarness:
                 self.seen_ids.add(change.get("id"))
 
         self.gateway.on_change = record
+        # Broker and presence (Redis connections when redis_url is given).
+        self.gateway.cluster.start()
+        if self.config.redis_url:
+            yield wait_for(lambda: self.gateway.broker.state == "up", what="Redis")
         self.factory = protocol_module.make_factory(self.gateway)
         self.site = make_site(self.gateway, self.factory, **self.site_arguments())
         endpoint = endpoints.serverFromString(reactor, self.config.listen[0])
@@ -328,6 +332,7 @@ class GatewayHarness:
         for conn in list(self.gateway.registry.connections()):
             conn.dropConnection(abort=True)
         yield self.listening.stopListening()
+        yield self.gateway.cluster.stop()
         for pool in self._pools:
             yield pool.closeCachedConnections()
         # Let aborted connections and Autobahn's timers settle.

@@ -225,12 +225,13 @@ class RevocationTests(AuthCase):
     @inlineCallbacks
     def test_revocation_store_down_refuses_4101(self):
         """Redis (the revocation store) not answering: auth_failed unavailable, close 4101."""
-        from realtime import redisconn
-        from realtime.revocation import RedisRevocationStore
-        dead = redisconn.lazy_connection(harness.RedisServer().url, connect_timeout=0.5)
-        self.addCleanup(dead.disconnect)
-        self.gw.gateway.authenticator.revocations = RedisRevocationStore(
-            dead, reactor, timeout=0.5)
+        from realtime.redis_client import RedisClient
+        from realtime.redis_stores import RedisRevocationStore
+        from realtime.redis_url import parse_redis_url
+        dead = RedisClient(reactor, parse_redis_url(harness.RedisServer().url), timeout=0.5)
+        dead.start()
+        self.addCleanup(dead.stop)
+        self.gw.gateway.authenticator.revocations = RedisRevocationStore(dead, reactor)
         client = yield self.gw.connect(query={"token": token(unique("user"))})
         self.assertEqual((yield client.next("auth_failed"))["reason"], "unavailable")
         yield self.assertClosed(client, 4101)

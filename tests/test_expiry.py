@@ -146,8 +146,8 @@ class FakeRevocations:
     def is_revoked(self, token_id):
         self.asked.append(token_id)
         if self.down:
-            from realtime.revocation import StoreUnavailable
-            return fail(StoreUnavailable("down"))
+            from realtime.redis_client import RedisUnavailable
+            return fail(RedisUnavailable("down"))
         return succeed(token_id in self.revoked)
 
 

@@ -13,17 +13,17 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from realtime import redisconn
 from realtime.auth import AuthFailure, Authenticator, JWTVerifier, token_id
 from realtime.broker import MemoryBroker
 from realtime.registry import Registry
 from realtime import config as config_module
 from realtime.rest import make_api
-from realtime.revocation import (MemoryRevocationStore, RedisRevocationStore, Revoker,
-                                 StoreUnavailable, revocation_target)
+from realtime.redis_client import RedisClient, RedisUnavailable
+from realtime.redis_stores import MemoryRevocationStore, RedisRevocationStore
+from realtime.redis_url import parse_redis_url
+from realtime.revocation import Revoker, revocation_target
 from realtime.service import make_gateway
 from realtime.web import JSONResource
-from realtime.signing import RedisNonceStore
 from tests import harness
 from tests.keys import HS_SECRET, hs_token
 
@@ -140,7 +140,7 @@ class AuthenticatorRevocationTests(unittest.TestCase):
         class Down:
             def is_revoked(self, token_id):
                 d = Deferred()
-                d.errback(StoreUnavailable("down"))
+                d.errback(RedisUnavailable("down"))
                 return d
 
         failure = self.failureResultOf(
@@ -227,7 +227,7 @@ class RevokeEndpointTests(unittest.TestCase):
         class Down:
             def revoke(self, token_id, expires_at):
                 d = Deferred()
-                d.errback(StoreUnavailable("down"))
+                d.errback(RedisUnavailable("down"))
                 return d
 
         self.gateway.revoker = Revoker(Down(), self.gateway.broker, self.clock)
@@ -236,48 +236,19 @@ class RevokeEndpointTests(unittest.TestCase):
         self.assertEqual(self.conn.failures, [])
 
 
-class RedisStoreTests(unittest.TestCase):
-    """Against a real redis-server on a free loopback port."""
-
-    timeout = 60
+class RedisDownTests(unittest.TestCase):
+    timeout = 30
 
     @inlineCallbacks
-    def setUp(self):
-        self.server = harness.redis()
-        self.redis = redisconn.lazy_connection(self.server.url)
-        self.addCleanup(self.redis.disconnect)
-        yield self.redis._connected
-        self.prefix = f"test-{harness.unique('p')}:"
-
-    @inlineCallbacks
-    def test_revoke_sets_key_with_expiry(self):
-        """SET <prefix>revoked:<id> with EX = remaining lifetime; shared by every process."""
-        store = RedisRevocationStore(self.redis, reactor, self.prefix)
-        yield store.revoke("jti:r1", time.time() + 120)
-        self.assertTrue((yield store.is_revoked("jti:r1")))
-        self.assertFalse((yield store.is_revoked("jti:r2")))
-        ttl = yield self.redis.ttl(self.prefix + "revoked:jti:r1")
-        self.assertTrue(100 <= ttl <= 122, ttl)
-        other = RedisRevocationStore(self.redis, reactor, self.prefix)
-        self.assertTrue((yield other.is_revoked("jti:r1")))
-
-    @inlineCallbacks
-    def test_nonce_store_set_nx(self):
-        """Redis nonces: SET NX EX; the second add of a key is refused."""
-        nonces = RedisNonceStore(self.redis, reactor, self.prefix)
-        self.assertTrue((yield nonces.add("k1", 600)))
-        self.assertFalse((yield nonces.add("k1", 600)))
-        self.assertTrue((yield nonces.add("k2", 600)))
-
-    @inlineCallbacks
-    def test_redis_down_fails_closed_within_timeout(self):
-        """Redis not answering: the check fails (StoreUnavailable) within the timeout."""
+    def test_redis_down_fails_closed(self):
+        """Redis not reachable: the revocation check fails at once, and auth answers no."""
         down = harness.RedisServer()  # never started: nothing listens there
-        redis = redisconn.lazy_connection(down.url, connect_timeout=0.5)
-        self.addCleanup(redis.disconnect)
-        store = RedisRevocationStore(redis, reactor, self.prefix, timeout=0.5)
+        client = RedisClient(reactor, parse_redis_url(down.url), timeout=0.5, name="down")
+        client.start()
+        self.addCleanup(client.stop)
+        store = RedisRevocationStore(client, reactor, "test:")
         started = reactor.seconds()
-        with self.assertRaises(StoreUnavailable):
+        with self.assertRaises(RedisUnavailable):
             yield store.is_revoked("jti:x")
         self.assertLess(reactor.seconds() - started, 5)
         authenticator = Authenticator(jwt_verifier=JWTVerifier(HS_SECRET, ["HS256"]),
@@ -285,11 +256,3 @@ class RedisStoreTests(unittest.TestCase):
         with self.assertRaises(AuthFailure) as caught:
             yield authenticator.verify_token(hs_token("alice"))
         self.assertEqual(caught.exception.reason, "unavailable")
-
-    def test_redis_url_parsing(self):
-        """redis:// and rediss:// URLs: host, port, db, password, TLS."""
-        self.assertEqual(redisconn.parse_redis_url("rediss://:p%40ss@cache.example:6380/2"),
-                         {"host": "cache.example", "port": 6380, "dbid": 2, "password": "p@ss",
-                          "username": None, "tls": True})
-        self.assertFalse(redisconn.parse_redis_url("redis://127.0.0.1")["tls"])
-        self.assertRaises(ValueError, redisconn.parse_redis_url, "http://x")

@@ -14,7 +14,6 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from realtime import redisconn
 from realtime.auth import AuthFailure, CouchSessionChecker
 from tests import harness
 from tests.harness import GatewayHarness, with_timeout
@@ -133,7 +132,8 @@ class OutgoingHTTPSTests(unittest.TestCase):
     @inlineCallbacks
     def test_host_name_verified(self):
         """A trusted certificate for another host name is refused (service-identity)."""
-        options = redisconn.tls_options("other.example", self.cert_pem)
+        options = ssl.optionsForClientTLS("other.example",
+                                          trustRoot=ssl.Certificate.loadPEM(self.cert_pem))
         endpoint = endpoints.wrapClientTLS(options, endpoints.TCP4ClientEndpoint(
             reactor, "127.0.0.1", self.port.getHost().port, timeout=10))
         from twisted.internet.protocol import Factory, Protocol
@@ -156,64 +156,3 @@ class OutgoingHTTPSTests(unittest.TestCase):
         self.assertEqual(factory.got, [])
         from service_identity.exceptions import VerificationError
         self.assertIsInstance(reason, VerificationError)
-
-
-class RedisTLSTests(unittest.TestCase):
-    """rediss:// against a real redis-server serving TLS only."""
-
-    timeout = 60
-
-    def setUp(self):
-        import shutil
-        import socket
-        import subprocess
-        import time as time_module
-        from realtime.embedded import free_port
-        if shutil.which("redis-server") is None:
-            raise unittest.SkipTest("redis-server is not installed")
-        key_path, cert_path, self.cert_pem = write_pems(self)
-        self.port = free_port()
-        directory = tempfile.mkdtemp(prefix="realtime-redis-tls-")
-        self.addCleanup(lambda: __import__("shutil").rmtree(directory, ignore_errors=True))
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
-             "--tls-cert-file", cert_path, "--tls-key-file", key_path,
-             "--tls-ca-cert-file", cert_path, "--tls-auth-clients", "no",
-             "--save", "", "--appendonly", "no", "--dir", directory, "--loglevel", "warning"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.addCleanup(self._stop)
-        deadline = time_module.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if self.process.poll() is not None or time_module.monotonic() > deadline:
-                    raise RuntimeError("redis-server with TLS did not start")
-                time_module.sleep(0.05)
-
-    def _stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-    @inlineCallbacks
-    def test_rediss_with_trusted_certificate(self):
-        """rediss:// verifies the server against the given CA and host name, then works."""
-        from realtime.revocation import RedisRevocationStore
-        redis = redisconn.lazy_connection(f"rediss://localhost:{self.port}/0", ca_pem=self.cert_pem)
-        self.addCleanup(redis.disconnect)
-        store = RedisRevocationStore(redis, reactor, "tls-test:", timeout=5)
-        import time as time_module
-        yield store.revoke("jti:tls", time_module.time() + 60)
-        self.assertTrue((yield store.is_revoked("jti:tls")))
-
-    @inlineCallbacks
-    def test_rediss_untrusted_certificate_fails_closed(self):
-        """An untrusted server certificate: no command goes through; the check fails closed."""
-        from realtime.revocation import RedisRevocationStore, StoreUnavailable
-        redis = redisconn.lazy_connection(f"rediss://localhost:{self.port}", connect_timeout=1)
-        self.addCleanup(redis.disconnect)
-        store = RedisRevocationStore(redis, reactor, "tls-test:", timeout=1)
-        with self.assertRaises(StoreUnavailable):
-            yield store.is_revoked("jti:tls")

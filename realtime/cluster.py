@@ -1,0 +1,59 @@
+"""
+The shared-state objects of a deployment, chosen by the configuration.
+
+Without ``REDIS_URL``: one process, :class:`MemoryBroker`, :class:`LocalPresence`, memory
+stores.  With it: :class:`RedisBroker` (events to every process), :class:`RedisPresence`
+(connections of every process, on renewed leases), Redis revocation and nonce stores; they
+share the broker's command connection, and every key starts with ``REDIS_PREFIX``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from realtime.broker import BrokerUnavailable, MemoryBroker
+from realtime.redis_client import RedisUnavailable
+from realtime.redis_presence import LocalPresence
+from realtime.redis_stores import MemoryNonceStore, MemoryRevocationStore
+
+
+#: Failures meaning "Redis cannot answer now": REST answers 503, auth answers no (4101).
+#: ``failure.check(*UNAVAILABLE)`` / ``except UNAVAILABLE``.
+UNAVAILABLE = (BrokerUnavailable, RedisUnavailable)
+
+
+@dataclasses.dataclass
+class ClusterState:
+    broker: object
+    presence: object
+    revocations: object  # revoke(token_id, exp), is_revoked(token_id)
+    nonces: object  # seen(nonce, ttl)
+
+    def start(self) -> None:
+        self.broker.start()
+        self.presence.start()
+
+    def stop(self):
+        """Leave presence first (while Redis is still reachable), then stop the broker."""
+        d = self.presence.stop()
+        d.addErrback(lambda f: None)
+        return d.addCallback(lambda _: self.broker.stop())
+
+
+def make_cluster_state(config, reactor, registry) -> ClusterState:
+    if not config.redis_url:
+        return ClusterState(MemoryBroker(registry), LocalPresence(reactor),
+                            MemoryRevocationStore(reactor), MemoryNonceStore(reactor))
+    from realtime.redis_broker import RedisBroker
+    from realtime.redis_presence import RedisPresence
+    from realtime.redis_stores import RedisNonceStore, RedisRevocationStore
+    from realtime.redis_url import parse_redis_url
+
+    broker = RedisBroker(registry, reactor, parse_redis_url(config.redis_url),
+                         prefix=config.redis_prefix, timeout=config.redis_timeout_ms / 1000.0,
+                         stream_maxlen=config.redis_stream_maxlen)
+    presence = RedisPresence(broker.commands, reactor, prefix=config.redis_prefix,
+                             process_id=broker.process_id, ttl=config.presence_ttl_ms / 1000.0)
+    return ClusterState(broker, presence,
+                        RedisRevocationStore(broker.commands, reactor, config.redis_prefix),
+                        RedisNonceStore(broker.commands, config.redis_prefix))

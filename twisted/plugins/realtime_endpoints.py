@@ -1,0 +1,3 @@
+from realtime.reuseport import ReusePortParser
+
+reuseport = ReusePortParser()

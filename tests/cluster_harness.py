@@ -28,8 +28,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from realtime.embedded import free_port
+from realtime.embedded import free_port, stop_process
 from tests import harness
+from tests.harness import close_clients
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JWT_SECRET = "cluster-test-secret-0123456789-abcdefghij"
@@ -83,13 +84,7 @@ class GatewayProcess:
     def stop(self) -> None:
         """Stop by PID: SIGTERM, then SIGKILL after 10 s."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
         if self.log_path and os.path.exists(self.log_path):
             os.unlink(self.log_path)
 
@@ -189,12 +184,7 @@ class Cluster:
 
     @inlineCallbacks
     def stop(self):
-        for client in self.clients:
-            if client.state != client.STATE_CLOSED:
-                try:
-                    yield client.close()
-                except Exception:
-                    pass
+        yield close_clients(self.clients)
         for process in self.processes:
             process.stop()
         yield self._pool.closeCachedConnections()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import os
 import shutil
 import subprocess
 import tempfile
@@ -24,12 +23,12 @@ import urllib.parse
 import uuid
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet import defer, endpoints, reactor
+from twisted.internet import endpoints, reactor
 from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks, returnValue
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from realtime import config as config_module, jsonutil
-from realtime.embedded import PouchDBServer, free_port
+from realtime.embedded import PouchDBServer, free_port, stop_process
 from realtime.rest import make_api
 from realtime.service import make_followers, make_gateway, make_heartbeat_service
 from realtime.web import make_site
@@ -99,13 +98,7 @@ class RedisServer:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
 
     def cleanup(self) -> None:
         self.stop()
@@ -319,12 +312,7 @@ class GatewayHarness:
 
     @inlineCallbacks
     def stop(self):
-        for client in self.clients:
-            if client.state != client.STATE_CLOSED:
-                try:
-                    yield client.close()
-                except Exception:
-                    pass
+        yield close_clients(self.clients)
         for follower in self.followers:
             follower.stop()
         yield self.heartbeat.stopService()
@@ -337,6 +325,17 @@ class GatewayHarness:
             yield pool.closeCachedConnections()
         # Let aborted connections and Autobahn's timers settle.
         yield sleep(0)
+
+
+@inlineCallbacks
+def close_clients(clients):
+    """Close every client still open, and wait for each to end."""
+    for client in clients:
+        if client.state != client.STATE_CLOSED:
+            try:
+                yield client.close()
+            except Exception:
+                pass
 
 
 def sleep(seconds: float) -> Deferred:

@@ -16,7 +16,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from realtime import auth, broker as broker_module, protocol, registry as registry_module
+from realtime import auth, benchhook, broker as broker_module, protocol, registry as registry_module
 from realtime.changes import ChangesFollower
 from realtime.gateway import Gateway
 from realtime.web import make_site
@@ -146,4 +146,9 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
     for description in config.listen:
         endpoint = endpoints.serverFromString(reactor, description)
         internet.StreamServerEndpointService(endpoint, site).setServiceParent(top)
+
+    # Benchmark hook (realtime.benchhook): off unless REALTIME_BENCH_TRIGGER is set.
+    bench_trigger = os.environ.get(benchhook.ENV)
+    if bench_trigger:
+        benchhook.make_trigger_service(reactor, gateway, bench_trigger).setServiceParent(top)
     return top

@@ -57,6 +57,7 @@ SECRET = "benchmark-secret-not-for-production"
 SIZE = 128  # payload bytes of every benchmark event
 FRAME_LEN = len(frame_text(bench_message(0, SIZE).encode()))
 SERVERS = ("gateway", "floor", "node")
+BURST_EVENTS = 100  # events per callback in the burst shape (13 KiB per connection)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -152,30 +153,42 @@ class Server:
                 self.process.wait()
 
 
-class Clients:
-    """The load-client processes, one per core."""
+def build_client(results_dir: str) -> str:
+    """Compile benchmarks/loadclient.c (once; again when the source changes)."""
+    source = os.path.join(HERE, "loadclient.c")
+    binary = os.path.join(results_dir, ".build", "loadclient")
+    if not os.path.exists(binary) or os.path.getmtime(binary) < os.path.getmtime(source):
+        os.makedirs(os.path.dirname(binary), exist_ok=True)
+        subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", binary, source], check=True)
+    return binary
 
-    def __init__(self, count: int):
-        self.procs = [subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "loadclient.py")], cwd=ROOT,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-            for _ in range(count)]
+
+class Clients:
+    """The load-client processes (benchmarks/loadclient.c), one per core."""
+
+    def __init__(self, count: int, binary: str):
+        self.procs = [subprocess.Popen([binary], cwd=ROOT, stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True, bufsize=1)
+                      for _ in range(count)]
 
     def send_all(self, commands) -> None:
+        if isinstance(commands, str):
+            commands = [commands] * len(self.procs)
         for proc, command in zip(self.procs, commands):
-            proc.stdin.write(json.dumps(command) + "\n")
+            proc.stdin.write(command + "\n")
             proc.stdin.flush()
 
-    def read_all(self, op: str) -> list:
+    def read_all(self, word: str) -> list:
+        """The answer starting with ``word`` of every client, as a list of words."""
         answers = []
         for proc in self.procs:
             while True:
                 line = proc.stdout.readline()
                 if not line:
                     raise RuntimeError("a load client exited")
-                answer = json.loads(line)
-                if answer["op"] == op:
-                    answers.append(answer)
+                words = line.split()
+                if words and words[0] == word:
+                    answers.append(words[1:])
                     break
         return answers
 
@@ -185,7 +198,7 @@ class Clients:
     def stop(self) -> None:
         for proc in self.procs:
             try:
-                proc.stdin.write('{"op":"quit"}\n')
+                proc.stdin.write("quit\n")
                 proc.stdin.flush()
             except (OSError, ValueError):
                 pass
@@ -197,25 +210,46 @@ class Clients:
                 proc.wait()
 
 
+def start_profile(pid: int, path: str):
+    """py-spy (pip install py-spy) sampling the server, collapsed stacks to ``path``."""
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw",
+                            "--rate", "250", "--nonblocking", "--output", path],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # py-spy attaches
+    return spy
+
+
+def stop_profile(spy) -> None:
+    import signal
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait()
+
+
 # -- one session ----------------------------------------------------------------------------
 
 def split(n: int, parts: int) -> list:
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
 
-def fan_out(server: Server, clients: Clients, shape: str, events: int, timeout: float) -> dict:
-    clients.send_all([{"op": "count", "bytes_per_conn": events * FRAME_LEN,
-                       "timeout": timeout}] * len(clients.procs))
+def fan_out(server: Server, clients: Clients, shape: str, events: int, repeat: int,
+            timeout: float) -> dict:
+    """``repeat`` trigger commands of ``events`` events each; deliveries/s until the last byte."""
+    clients.send_all(f"count {events * repeat * FRAME_LEN} {timeout}")
     clients.read_all("armed")
     cpu_server, cpu_clients = cpu_seconds(server.pid), clients.cpu()
     t0 = time.monotonic()
-    server.command(f"{shape} {events} {SIZE}")
+    for _ in range(repeat):
+        server.command(f"{shape} {events} {SIZE}")
+        server.answer()  # published (not yet delivered): the next command is a new callback
     counted = clients.read_all("counted")
     t_end = time.monotonic()
-    server.answer()
-    complete = all(c["t_done"] is not None for c in counted)
-    got = sum(c["got"] for c in counted) // FRAME_LEN
-    t_done = max(c["t_done"] for c in counted) if complete else t_end
+    complete = all(c[2] != "none" for c in counted)
+    got = sum(int(c[0]) for c in counted) // FRAME_LEN
+    t_done = max(float(c[2]) for c in counted) if complete else t_end
     elapsed = max(t_done - t0, 1e-6)
     return {
         "deliveries": got,
@@ -232,8 +266,7 @@ def latency(server: Server, clients: Clients, rate: float, seconds: float) -> di
     sample = frame_text(bench_message(0, SIZE, "{:.6f}".format(time.monotonic())).encode())
     sent_offset = sample.index(b'"sent":"') + len(b'"sent":"')
     frame_len = len(sample)
-    clients.send_all([{"op": "latency", "frame_len": frame_len, "sent_offset": sent_offset,
-                       "count": count, "timeout": seconds + 15}] * len(clients.procs))
+    clients.send_all(f"latency {frame_len} {sent_offset} {count} {seconds + 15}")
     clients.read_all("armed")
     start = time.monotonic()
     for i in range(count):
@@ -245,8 +278,8 @@ def latency(server: Server, clients: Clients, rate: float, seconds: float) -> di
     answers = clients.read_all("latencies")
     for _ in range(count):
         server.answer()
-    samples = sorted(us for a in answers for us in a["us"])
-    missing = sum(a["missing"] for a in answers)
+    samples = sorted(int(us) for a in answers for us in a[1:])
+    missing = sum(int(a[0]) for a in answers)
     if not samples:
         return {"p50_ms": None, "p99_ms": None, "max_ms": None, "missing": missing}
     return {
@@ -258,9 +291,21 @@ def latency(server: Server, clients: Clients, rate: float, seconds: float) -> di
     }
 
 
+def token_file(log_dir: str, first_user: int, count: int) -> str:
+    """A file of JWTs (HS256, ``sub`` bench-<i>, one hour), one a line, for one client."""
+    import jwt
+    path = os.path.join(log_dir, f"tokens-{first_user}.txt")
+    exp = int(time.time()) + 3600
+    with open(path, "w") as f:
+        for i in range(first_user, first_user + count):
+            f.write(jwt.encode({"sub": f"bench-{i}", "exp": exp}, SECRET, algorithm="HS256"))
+            f.write("\n")
+    return path
+
+
 def session(kind: str, n: int, couch, opts, log_dir: str, first_user: int) -> dict:
     server = Server(kind, couch, log_dir)
-    clients = Clients(opts.client_procs)
+    clients = Clients(opts.client_procs, opts.client_binary)
     result = {"server": kind, "n": n}
     try:
         time.sleep(0.5)
@@ -268,31 +313,50 @@ def session(kind: str, n: int, couch, opts, log_dir: str, first_user: int) -> di
         cpu0 = cpu_seconds(server.pid)
         parts = split(n, len(clients.procs))
         starts = [first_user + sum(parts[:i]) for i in range(len(parts))]
-        clients.send_all([{"op": "connect", "port": server.port, "n": part,
-                           "first_user": start, "concurrency": opts.concurrency,
-                           "secret": SECRET if kind == "gateway" else None}
-                          for part, start in zip(parts, starts)])
-        connected = clients.read_all("connected")
-        ok = sum(c["ok"] for c in connected)
-        failed = sum(c["failed"] for c in connected)
-        setup_seconds = max(c["t1"] for c in connected) - min(c["t0"] for c in connected)
+        spy = None
+        if opts.profile and kind != "node":
+            spy = start_profile(server.pid, os.path.join(log_dir, f"profile-{kind}-setup-{n}.txt"))
+            cpu0 = cpu_seconds(server.pid)
+        try:
+            clients.send_all([f"connect {server.port} {part} {opts.concurrency} "
+                              f"{token_file(log_dir, start, part) if kind == 'gateway' else '-'}"
+                              for part, start in zip(parts, starts)])
+            connected = clients.read_all("connected")
+        finally:
+            if spy is not None:
+                stop_profile(spy)
+        ok = sum(int(c[0]) for c in connected)
+        failed = sum(int(c[1]) for c in connected)
+        setup_seconds = max(float(c[3]) for c in connected) - min(float(c[2]) for c in connected)
         result.update({
             "connected": ok, "failed": failed,
             "setup_rate": ok / setup_seconds if setup_seconds > 0 else None,
             "setup_server_cpu": (cpu_seconds(server.pid) - cpu0) / setup_seconds,
         })
-        if failed:
-            result["connect_error"] = next(c["error"] for c in connected if c["error"])
         if ok == 0:
             return result
         time.sleep(opts.settle)
         result["idle_kb_per_conn"] = (rss_kb(server.pid) - rss0) / ok
-        events = max(5, min(opts.max_events, opts.deliveries // ok))
-        for shape in ("burst", "spread"):
-            runs = [fan_out(server, clients, shape, events, opts.fanout_timeout)
-                    for _ in range(opts.repeats + 1)][1:]  # the first run warms up
+        plan = {
+            # many events in one callback: bursts of BURST_EVENTS, repeated (one callback each)
+            "burst": (BURST_EVENTS, max(1, opts.deliveries // (BURST_EVENTS * ok))),
+            # one event per reactor turn: one command, events chained with callLater(0)
+            "spread": (max(5, opts.spread_deliveries // ok), 1),
+        }
+        for shape, (events, repeat) in plan.items():
+            spy = None
+            if opts.profile and kind != "node":
+                spy = start_profile(server.pid, os.path.join(
+                    log_dir, f"profile-{kind}-{shape}-{n}.txt"))
+            try:
+                runs = [fan_out(server, clients, shape, events, repeat, opts.fanout_timeout)
+                        for _ in range(opts.repeats + 1)][1:]  # the first run warms up
+            finally:
+                if spy is not None:
+                    stop_profile(spy)
             best = max(runs, key=lambda r: r["rate"])
-            result[shape] = {**best, "events": events, "rates": [round(r["rate"]) for r in runs]}
+            result[shape] = {**best, "events": events, "repeat": repeat,
+                             "rates": [round(r["rate"]) for r in runs]}
         if n == opts.latency_n:
             result["latency"] = latency(server, clients, opts.latency_rate, opts.latency_seconds)
     finally:
@@ -499,17 +563,20 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 2; quick 1)")
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--client-procs", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--profile", action="store_true",
+                        help="record py-spy profiles of the Python servers during fan-out")
     parser.add_argument("--no-couch", action="store_true", help="skip the CouchDB latency")
     opts = parser.parse_args(argv)
     if opts.quick:
         opts.n = opts.n or [1000, 2000]
         opts.rounds = opts.rounds or 1
-        opts.deliveries, opts.repeats, opts.latency_seconds, opts.couch_updates = 200_000, 1, 4, 20
+        opts.deliveries, opts.spread_deliveries = 500_000, 200_000
+        opts.repeats, opts.latency_seconds, opts.couch_updates = 1, 4, 20
     else:
         opts.n = opts.n or [1000, 5000, 10000]
         opts.rounds = opts.rounds or 2
-        opts.deliveries, opts.repeats, opts.latency_seconds, opts.couch_updates = 500_000, 2, 8, 50
-    opts.max_events = 200  # keeps one burst under the transport's 64 KiB buffer per client
+        opts.deliveries, opts.spread_deliveries = 1_000_000, 400_000
+        opts.repeats, opts.latency_seconds, opts.couch_updates = 2, 8, 50
     opts.concurrency = 100
     opts.settle = 1.5
     opts.fanout_timeout = 60
@@ -526,6 +593,7 @@ def main(argv=None) -> int:
     log_dir = os.path.join(results_dir, f"{stamp}-logs")
     os.makedirs(log_dir, exist_ok=True)
 
+    opts.client_binary = build_client(results_dir)
     started = time.monotonic()
     couch = PouchDBServer().start()
     sessions = []

@@ -20,9 +20,13 @@ every connection), ``pong`` (answer to ``ping``), ``error`` ``{code, message}`` 
 refused request (the connection stays open), plus what the REST API and topics send.
 
 Delivery: a message bound for many connections is framed once (:mod:`realtime.registry`)
-and written to each as bytes.  Every connection registers a push producer on its transport:
-when Twisted's write buffer fills, frames wait in a bounded per-connection queue; a client
-that lets that queue pass ``WS_MAX_QUEUE_BYTES`` is closed 4100 and its queue freed.
+and written to each as bytes.  On a plain TCP transport, the frames due to one connection in
+one reactor turn are written together at the end of the turn, straight to the socket when
+Twisted holds nothing for it (:mod:`realtime.fastpath`); Autobahn's own writes (pings,
+close) flush them first, so order is kept.  Every connection registers a push producer on
+its transport: when Twisted's write buffer fills, frames wait in a bounded per-connection
+queue; a client that lets that queue pass ``WS_MAX_QUEUE_BYTES`` is closed 4100 and its
+queue freed.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-from realtime import jsonutil
+from realtime import fastpath, jsonutil
 from realtime.auth import AuthFailure, Identity, OriginRefused
 from realtime.registry import frame_text
 
@@ -50,6 +54,15 @@ CLOSE_TOO_MANY_CONNECTIONS = 4029
 CLOSE_TOO_SLOW = 4100
 CLOSE_AUTH_UNAVAILABLE = 4101
 CLOSE_SHUTDOWN = 4200
+
+#: an outbox holding more than this is written at once rather than at the end of the turn
+#: (Twisted's own buffer size: past it, the producer is paused and frames queue, bounded)
+OUTBOX_FLUSH_BYTES = 64 * 1024
+
+#: what Autobahn keeps of the opening handshake; unused once the connection is open
+_HANDSHAKE_ATTRIBUTES = ("http_status_line", "http_headers", "http_request_data",
+                         "http_request_uri", "http_request_path", "http_request_params",
+                         "http_request_host", "http_response_data")
 
 
 @implementer(IPushProducer)
@@ -87,8 +100,11 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self._registered = False
         self._counted = False
         self._paused = False
-        self._queue: deque = deque()
+        self._queue = _NO_QUEUE  # a deque of its own once frames must wait
         self._queued_bytes = 0
+        self._outbox: Optional[list] = None  # frames due this reactor turn (fastpath)
+        self._outbox_bytes = 0
+        self._batcher = None
 
     # -- identity -----------------------------------------------------------------------
 
@@ -125,8 +141,12 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self):
         try:
+            for name in _HANDSHAKE_ATTRIBUTES:  # headers and raw request (with its token)
+                setattr(self, name, None)
             self.transport.unregisterProducer()
             self.transport.registerProducer(_Throttle(self), True)
+            if fastpath.supports_direct_send(self.transport):
+                self._batcher = getattr(self.factory, "batcher", None)
             self.gateway.open_connections += 1
             self._counted = True
             outcome, self._auth_outcome = self._auth_outcome, None
@@ -161,8 +181,9 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             if self._registered:
                 self._registered = False
                 self.gateway.registry.remove(self)
-            self._queue.clear()
+            self._queue = _NO_QUEUE
             self._queued_bytes = 0
+            self._outbox = None
         except Exception:
             self._log.failure("onClose failed")
 
@@ -280,18 +301,53 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         return self.send_json({"type": "error", "code": code, "message": text})
 
     def deliver_frame(self, frame: bytes) -> bool:
-        """Write a pre-framed message, or queue it while the transport is full."""
+        """
+        Write a pre-framed message, or queue it while the transport is full.
+
+        On a plain TCP transport the frame joins this turn's outbox, written with the others
+        due to this connection in one write at the end of the turn (:mod:`realtime.fastpath`).
+        """
         if self.state != self.STATE_OPEN:
             return False
         if not self._paused and not self._queue:
-            self.transport.write(frame)
+            outbox = self._outbox
+            if outbox is not None:
+                outbox.append(frame)
+                self._outbox_bytes += len(frame)
+                if self._outbox_bytes > OUTBOX_FLUSH_BYTES:
+                    self._flush_outbox()
+                return True
+            if self._batcher is None:
+                self.transport.write(frame)
+                return True
+            self._outbox = [frame]
+            self._outbox_bytes = len(frame)
+            self._batcher.due(self)
             return True
+        if self._queue is _NO_QUEUE:
+            self._queue = deque()
         self._queue.append(frame)
         self._queued_bytes += len(frame)
         if self._queued_bytes > self.gateway.config.ws_max_queue_bytes:
             self._too_slow()
             return False
         return True
+
+    def _flush_outbox(self) -> None:
+        """Write this turn's frames in one write (called by the batcher, or before Autobahn writes)."""
+        outbox = self._outbox
+        if outbox is None:
+            return
+        self._outbox = None
+        if self.transport is None:
+            return
+        fastpath.write_now(self.transport, outbox[0] if len(outbox) == 1 else b"".join(outbox))
+
+    def sendData(self, data, sync=False, chopsize=None):
+        # Autobahn's own writes (pings, pongs, close) go after the frames already due.
+        if self._outbox is not None:
+            self._flush_outbox()
+        super().sendData(data, sync, chopsize)
 
     def _resume(self) -> None:
         self._paused = False
@@ -303,8 +359,9 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
 
     def _too_slow(self) -> None:
         self._log.info("closing connection {id}: outgoing queue full", id=self.connection_id)
-        self._queue.clear()
+        self._queue = _NO_QUEUE
         self._queued_bytes = 0
+        self._outbox = None
         self.close_with(CLOSE_TOO_SLOW, "too slow: outgoing queue full")
         # The client is not reading: it will not answer the close handshake either.
         self.dropConnection(abort=True)
@@ -314,16 +371,25 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             self.sendClose(code, reason[:120])
 
 
+#: the server factory, with the protocol options on the protocol class (realtime.fastpath)
+_Factory = fastpath.options_on_class_factory(WebSocketServerFactory)
+
 #: message type -> name of the method handling it once the client is authenticated
 _HANDLERS = {}
+
+#: the empty queue every connection shares until one of its own is needed (an idle
+#: connection then carries no deque: less memory per connection); immutable on purpose
+_NO_QUEUE = ()
 
 
 def make_factory(gateway, url: str = "ws://localhost/ws") -> WebSocketServerFactory:
     """The Autobahn factory with every protocol option set explicitly (see PITFALLS.md)."""
     config = gateway.config
-    factory = WebSocketServerFactory(url)
+    fastpath.lazy_autobahn_debug_formatting()
+    factory = _Factory(url)
     factory.protocol = RealtimeServerProtocol
     factory.gateway = gateway
+    factory.batcher = fastpath.TurnBatcher(gateway.clock)
     heartbeat = config.ws_heartbeat_ms / 1000.0
     factory.setProtocolOptions(
         webStatus=False,

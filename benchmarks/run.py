@@ -542,8 +542,9 @@ def markdown(summary: dict, couch: dict, ns, servers, meta: dict) -> str:
                       f"p50 {couch['p50_ms']:.1f} ms, p99 {couch['p99_ms']:.1f} ms, "
                       f"max {couch['max_ms']:.1f} ms" if couch.get("p50_ms") is not None
                   else "", ""]
-    lines += ["burst: N events published in one reactor callback; spread: one event per "
-              "reactor turn; events are "
+    lines += [f"burst: {BURST_EVENTS} events published in one reactor callback (repeated); "
+              "spread: one event per reactor turn (callLater(0) / setImmediate chained); "
+              "events are "
               f"{SIZE}-byte JSON text messages ({FRAME_LEN}-byte frames). CPU: share of one core "
               "used by the server / by all load clients during the fan-out. Latency: events "
               f"at {meta['latency_rate']:.0f}/s to N = {meta['latency_n']:,} clients, "
@@ -575,8 +576,8 @@ def main(argv=None) -> int:
     else:
         opts.n = opts.n or [1000, 5000, 10000]
         opts.rounds = opts.rounds or 2
-        opts.deliveries, opts.spread_deliveries = 1_000_000, 400_000
-        opts.repeats, opts.latency_seconds, opts.couch_updates = 2, 8, 50
+        opts.deliveries, opts.spread_deliveries = 600_000, 300_000
+        opts.repeats, opts.latency_seconds, opts.couch_updates = 1, 8, 50
     opts.concurrency = 100
     opts.settle = 1.5
     opts.fanout_timeout = 60

@@ -26,8 +26,6 @@ from twisted.internet import tcp
 from twisted.logger import Logger
 
 _log = Logger()
-import os
-_NO_DIRECT = bool(os.environ.get("XP_NO_DIRECT"))
 
 
 def supports_direct_send(transport) -> bool:
@@ -42,7 +40,7 @@ def write_now(transport, data: bytes) -> None:
     Order is kept: when Twisted still holds bytes for this socket, ``data`` queues behind
     them.  Any socket error is left to Twisted (it sees it on its own write path).
     """
-    if (_NO_DIRECT or transport.dataBuffer or transport._tempDataLen or not transport.connected
+    if (transport.dataBuffer or transport._tempDataLen or not transport.connected
             or transport.disconnecting):
         transport.write(data)
         return

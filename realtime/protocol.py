@@ -143,6 +143,8 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         try:
             for name in _HANDSHAKE_ATTRIBUTES:  # headers and raw request (with its token)
                 setattr(self, name, None)
+            if not self.send_queue:  # Autobahn's, used by sync/chopped writes only: lazily
+                self.send_queue = _NO_QUEUE
             self.transport.unregisterProducer()
             self.transport.registerProducer(_Throttle(self), True)
             if fastpath.supports_direct_send(self.transport):
@@ -347,6 +349,8 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         # Autobahn's own writes (pings, pongs, close) go after the frames already due.
         if self._outbox is not None:
             self._flush_outbox()
+        if (sync or chopsize) and self.send_queue is _NO_QUEUE:
+            self.send_queue = deque()  # the only writes that use Autobahn's send queue
         super().sendData(data, sync, chopsize)
 
     def _resume(self) -> None:

@@ -16,7 +16,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from realtime import auth, benchhook, broker as broker_module, protocol, registry as registry_module
+from realtime import auth, benchhook, broker as broker_module, fastpath, protocol, registry as registry_module
 from realtime.changes import ChangesFollower
 from realtime.gateway import Gateway
 from realtime.web import make_site
@@ -143,9 +143,11 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
 
     factory = protocol.make_factory(gateway)
     site = make_site(gateway, factory)
+    # /ws handshakes go straight to Autobahn, the rest to the site (realtime.fastpath)
+    listener = fastpath.WebSocketFirstFactory(site, factory)
     for description in config.listen:
         endpoint = endpoints.serverFromString(reactor, description)
-        internet.StreamServerEndpointService(endpoint, site).setServiceParent(top)
+        internet.StreamServerEndpointService(endpoint, listener).setServiceParent(top)
 
     # Benchmark hook (realtime.benchhook): off unless REALTIME_BENCH_TRIGGER is set.
     bench_trigger = os.environ.get(benchhook.ENV)

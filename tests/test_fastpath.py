@@ -10,6 +10,7 @@ import socket
 import time
 
 import jwt
+import treq.client
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
@@ -270,3 +271,55 @@ class DeliveryEndToEndTests(unittest.TestCase):
         yield harness.wait_for(
             lambda: not any("_notify_bucket" in repr(c) for c in reactor.getDelayedCalls()),
             what="Autobahn's batched timers to fire")
+
+
+class WebSocketFirstFactoryTests(unittest.TestCase):
+    """One port: /ws straight to Autobahn, everything else to the web site."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self):
+        from twisted.internet import endpoints
+        self.gw = GatewayHarness(feeds=False, jwt_secret=SECRET)
+        yield self.gw.start()
+        self.addCleanup(self.gw.stop)
+        listener = fastpath.WebSocketFirstFactory(self.gw.site, self.gw.factory)
+        self.port = yield endpoints.serverFromString(
+            reactor, "tcp:0:interface=127.0.0.1").listen(listener)
+        self.addCleanup(self.port.stopListening)
+        self.gw.port = self.port.getHost().port  # clients of the harness use this port
+
+    def test_only_get_of_the_ws_path_is_routed_to_websocket(self):
+        """`GET /ws` and `GET /ws?…` are WebSocket; `/wsx`, `/ws/x`, POST and others are not."""
+        listener = fastpath.WebSocketFirstFactory(None, None)
+        for line, expected in ((b"GET /ws HTTP/1.1\r", True), (b"GET /ws?token=a HTTP/1.1", True),
+                               (b"GET /wsx HTTP/1.1", False), (b"GET /ws/x HTTP/1.1", False),
+                               (b"POST /ws HTTP/1.1", False), (b"GET / HTTP/1.1", False)):
+            self.assertEqual(listener.is_ws(line), expected, line)
+
+    @inlineCallbacks
+    def test_websocket_with_token_connects_and_receives(self):
+        """A JWT client connects through the router, gets `connected` and then a broadcast."""
+        client = yield self.gw.connect(query={"token": make_token("routed")})
+        message = yield client.next("connected")
+        self.assertEqual(message["user"]["id"], "routed")
+        [conn] = self.gw.gateway.registry.connections_of("routed")
+        self.assertIsNone(conn.http_headers)
+        self.gw.gateway.registry.dispatch({"t": "all", "msg": '{"type":"hello"}'})
+        yield client.next("hello")
+
+    @inlineCallbacks
+    def test_http_requests_still_reach_the_site(self):
+        """Other paths are served by the site, as before (JSON status, JSON 404)."""
+        from twisted.web.client import Agent, HTTPConnectionPool
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        http = treq.client.HTTPClient(Agent(reactor, pool=pool))
+        response = yield http.get(f"http://127.0.0.1:{self.gw.port}/websocket/status")
+        self.assertEqual(response.code, 200)
+        body = yield response.json()
+        self.assertIn("connections", body)
+        response = yield http.get(f"http://127.0.0.1:{self.gw.port}/wsx")
+        self.assertEqual(response.code, 404)
+        yield response.content()

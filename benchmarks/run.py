@@ -100,11 +100,12 @@ def wait_port(port: int, process, timeout: float = 30.0) -> None:
 class Server:
     """One server process under test, with its trigger connection."""
 
-    def __init__(self, kind: str, couch: PouchDBServer, log_dir: str):
+    def __init__(self, kind: str, couch: PouchDBServer, log_dir: str, gateway_root=None):
         self.kind = kind
         self.port = free_port()
         self.trigger_port = free_port()
         log = open(os.path.join(log_dir, f"{kind}.log"), "ab")
+        cwd = ROOT
         env = dict(os.environ)
         if kind == "gateway":
             env.update({
@@ -117,6 +118,7 @@ class Server:
                 "WS_HEARTBEAT_MS": "3600000",
             })
             argv = [sys.executable, "-m", "realtime"]
+            cwd = gateway_root or ROOT
         elif kind == "floor":
             argv = [sys.executable, os.path.join(HERE, "floor_server.py"),
                     str(self.port), str(self.trigger_port)]
@@ -125,7 +127,7 @@ class Server:
                     str(self.port), str(self.trigger_port)]
         else:
             raise ValueError(kind)
-        self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+        self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=log)
         self.pid = self.process.pid
         wait_port(self.trigger_port, self.process)
@@ -304,7 +306,7 @@ def token_file(log_dir: str, first_user: int, count: int) -> str:
 
 
 def session(kind: str, n: int, couch, opts, log_dir: str, first_user: int) -> dict:
-    server = Server(kind, couch, log_dir)
+    server = Server(kind, couch, log_dir, opts.gateway_root)
     clients = Clients(opts.client_procs, opts.client_binary)
     result = {"server": kind, "n": n}
     try:
@@ -566,6 +568,8 @@ def main(argv=None) -> int:
     parser.add_argument("--client-procs", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--profile", action="store_true",
                         help="record py-spy profiles of the Python servers during fan-out")
+    parser.add_argument("--gateway-root", help="run the gateway from another checkout "
+                        "(with realtime/benchhook.py), e.g. to compare before and after a change")
     parser.add_argument("--no-couch", action="store_true", help="skip the CouchDB latency")
     opts = parser.parse_args(argv)
     if opts.quick:

@@ -1,11 +1,12 @@
 """
-The write path for fan-out: one write per connection per reactor turn, straight to the socket.
+Fast paths for fan-out and connection set-up, each measured with the benchmark suite
+(``benchmarks/``, py-spy profiles in ``benchmarks/RESULTS.md``).
 
-Measured on the benchmark suite (``benchmarks/``, py-spy): with plain ``transport.write``
-each delivery costs Twisted a ``startWriting`` (``epoll_ctl``), a trip through the reactor's
-poll loop (``doWrite`` under ``callWithLogger``), a ``send`` and a ``stopWriting``
-(``epoll_ctl``).  When one event reaches thousands of connections per reactor turn, that
-machinery, not the socket I/O, is where the server's time goes.  So:
+The write path: one write per connection per reactor turn, straight to the socket.  With
+plain ``transport.write`` each delivery costs Twisted a ``startWriting`` (``epoll_ctl``), a
+trip through the reactor's poll loop (``doWrite`` under ``callWithLogger``), a ``send`` and
+a ``stopWriting`` (``epoll_ctl``).  When one event reaches thousands of connections per
+reactor turn, that machinery, not the socket I/O, is where the server's time goes.  So:
 
 - :class:`TurnBatcher`: frames due to a connection during one reactor turn are collected in
   its outbox (a list) and written together, once, when the turn ends (one ``callLater(0)``
@@ -18,6 +19,15 @@ machinery, not the socket I/O, is where the server's time goes.  So:
 
 Transports that are not plain TCP sockets (TLS, test transports) are not batched: their
 connections write through ``transport.write`` at once, as before.
+
+Connection set-up and memory per connection:
+
+- :class:`WebSocketFirstFactory`: ``GET /ws`` handshakes go to Autobahn directly instead of
+  through Twisted Web (which parsed each handshake a second time);
+- :func:`lazy_autobahn_debug_formatting`: Autobahn's debug-log arguments are formatted only
+  when a debug observer renders them;
+- :func:`options_on_class_factory`: the protocol options live on the protocol class, not in
+  a copy per connection.
 """
 
 from __future__ import annotations

@@ -336,7 +336,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         return True
 
     def _flush_outbox(self) -> None:
-        """Write this turn's frames in one write (called by the batcher, or before Autobahn writes)."""
+        """Write this turn's frames at once (from the batcher, or before Autobahn writes)."""
         outbox = self._outbox
         if outbox is None:
             return

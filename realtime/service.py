@@ -16,7 +16,8 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from realtime import auth, benchhook, broker as broker_module, fastpath, protocol, registry as registry_module
+from realtime import auth, benchhook, broker as broker_module, fastpath, protocol
+from realtime import registry as registry_module
 from realtime.changes import ChangesFollower
 from realtime.gateway import Gateway
 from realtime.web import make_site

@@ -458,7 +458,8 @@ def summarise(sessions: list, ns, servers) -> dict:
     summary = {}
     for n in ns:
         for kind in servers:
-            mine = [s for s in sessions if s["n"] == n and s["server"] == kind]
+            mine = [s for s in sessions if s["n"] == n and s["server"] == kind
+                    and "error" not in s]
             if not mine:
                 continue
             row = {
@@ -538,7 +539,9 @@ def markdown(summary: dict, couch: dict, ns, servers, meta: dict) -> str:
             f"{ratio(g['burst_rate'], f.get('burst_rate'))} | "
             f"{ratio(g['spread_rate'], nd.get('spread_rate'))} | "
             f"{ratio(g.get('p99_ms'), f.get('p99_ms')) if g.get('p99_ms') is not None else '–'} |")
-    if couch:
+    if couch.get("error"):
+        lines += ["", f"CouchDB write → client receipt: failed ({couch['error']})"]
+    elif couch:
         lines += ["", f"CouchDB write → client receipt (gateway, `_users` doc PUT → "
                       f"`user-change`, {couch['received']}/{couch['updates']} received): "
                       f"p50 {couch['p50_ms']:.1f} ms, p99 {couch['p99_ms']:.1f} ms, "
@@ -609,7 +612,11 @@ def main(argv=None) -> int:
             for round_ in range(opts.rounds):
                 for kind in servers:
                     t = time.monotonic()
-                    result = session(kind, n, couch, opts, log_dir, first_user)
+                    try:
+                        result = session(kind, n, couch, opts, log_dir, first_user)
+                    except Exception as e:  # one failed session must not lose the run
+                        result = {"server": kind, "n": n, "error": repr(e)[:300]}
+                        print(f"  N={n} {kind}: FAILED {e!r}", file=sys.stderr, flush=True)
                     result["round"] = round_
                     first_user += n
                     sessions.append(result)
@@ -618,7 +625,11 @@ def main(argv=None) -> int:
                           f"spread {fmt_rate(result.get('spread', {}).get('rate'))}/s "
                           f"({time.monotonic() - t:.0f} s)", file=sys.stderr, flush=True)
         if "gateway" in servers and not opts.no_couch:
-            couch_result = couch_latency(couch, log_dir, opts.couch_updates)
+            try:
+                couch_result = couch_latency(couch, log_dir, opts.couch_updates)
+            except Exception as e:
+                couch_result = {"error": repr(e)[:300]}
+                print(f"  CouchDB latency: FAILED {e!r}", file=sys.stderr, flush=True)
     finally:
         couch.stop()
 

@@ -161,7 +161,12 @@ def build_client(results_dir: str) -> str:
     binary = os.path.join(results_dir, ".build", "loadclient")
     if not os.path.exists(binary) or os.path.getmtime(binary) < os.path.getmtime(source):
         os.makedirs(os.path.dirname(binary), exist_ok=True)
-        subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", binary, source], check=True)
+        compiler = os.environ.get("CC", "cc")
+        try:
+            subprocess.run([compiler, "-O2", "-o", binary, source], check=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise SystemExit(f"cannot build the load client with {compiler!r} ({e}); "
+                             "install a C compiler (apt-get install build-essential) or set CC")
     return binary
 
 

@@ -71,9 +71,13 @@ class TurnBatcher:
 
     A connection calls :meth:`due` when its outbox gets its first frame of the turn; the
     batcher then calls its ``_flush_outbox()`` from a single ``callLater(0)``.
+
+    :param clock: what schedules the flush; by default the reactor of the transport of the
+        first connection due -- the reactor that will write the bytes, even where the
+        gateway was given another clock (tests).
     """
 
-    def __init__(self, clock):
+    def __init__(self, clock=None):
         self._clock = clock
         self._due = []
         self._call = None
@@ -81,7 +85,8 @@ class TurnBatcher:
     def due(self, conn) -> None:
         self._due.append(conn)
         if self._call is None:
-            self._call = self._clock.callLater(0, self.flush)
+            clock = self._clock if self._clock is not None else conn.transport.reactor
+            self._call = clock.callLater(0, self.flush)
 
     def flush(self) -> None:
         self._call = None

@@ -393,7 +393,7 @@ def make_factory(gateway, url: str = "ws://localhost/ws") -> WebSocketServerFact
     factory = _Factory(url)
     factory.protocol = RealtimeServerProtocol
     factory.gateway = gateway
-    factory.batcher = fastpath.TurnBatcher(gateway.clock)
+    factory.batcher = fastpath.TurnBatcher()  # flushes on the transports' reactor
     heartbeat = config.ws_heartbeat_ms / 1000.0
     factory.setProtocolOptions(
         webStatus=False,

@@ -14,7 +14,9 @@ import treq.client
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.tcp import Server
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.test.proto_helpers import StringTransport
 from twisted.trial import unittest
 
@@ -323,3 +325,65 @@ class WebSocketFirstFactoryTests(unittest.TestCase):
         response = yield http.get(f"http://127.0.0.1:{self.gw.port}/wsx")
         self.assertEqual(response.code, 404)
         yield response.content()
+
+
+class _Recorder(Protocol):
+    def __init__(self, name):
+        self.name = name
+        self.received = b""
+
+    def dataReceived(self, data):
+        self.received += data
+
+
+class _RecordingFactory(Factory):
+    def __init__(self, name):
+        self.name = name
+        self.built = []
+
+    def buildProtocol(self, addr):
+        proto = _Recorder(self.name)
+        self.built.append(proto)
+        return proto
+
+
+class FirstRequestRouterTests(unittest.TestCase):
+    """The router hands the connection over whole, also under a wrapping (TLS) transport."""
+
+    def route(self, chunks, wrapped=False):
+        site, ws = _RecordingFactory("site"), _RecordingFactory("ws")
+        listener = fastpath.WebSocketFirstFactory(site, ws)
+        router = listener.buildProtocol(None)
+        if wrapped:
+            wrapper = ProtocolWrapper(WrappingFactory(listener), router)
+            wrapper.makeConnection(StringTransport())
+            feed = wrapper.dataReceived
+        else:
+            transport = StringTransport()
+            transport.protocol = router
+            router.makeConnection(transport)
+            feed = router.dataReceived
+        for chunk in chunks:
+            feed(chunk)
+        built = site.built + ws.built
+        self.assertEqual(len(built), 1)
+        return built[0], (wrapper.wrappedProtocol if wrapped else transport.protocol)
+
+    def test_request_line_split_across_reads(self):
+        """Bytes before the end of the request line are kept and passed on unchanged."""
+        proto, current = self.route([b"GE", b"T /ws?token=x HT", b"TP/1.1\r\nHost: a\r\n\r\n"])
+        self.assertEqual(proto.name, "ws")
+        self.assertIs(current, proto)
+        self.assertEqual(proto.received, b"GET /ws?token=x HTTP/1.1\r\nHost: a\r\n\r\n")
+
+    def test_other_requests_go_to_the_site(self):
+        """A REST request is given to the site's protocol, with every byte."""
+        proto, current = self.route([b"POST /websocket/publish HTTP/1.1\r\n\r\n"])
+        self.assertEqual(proto.name, "site")
+        self.assertEqual(proto.received, b"POST /websocket/publish HTTP/1.1\r\n\r\n")
+
+    def test_under_a_protocol_wrapper(self):
+        """Under TLS (a ProtocolWrapper) the wrapper's wrapped protocol is replaced."""
+        proto, current = self.route([b"GET /ws HTTP/1.1\r\n\r\n"], wrapped=True)
+        self.assertEqual(proto.name, "ws")
+        self.assertIs(current, proto)

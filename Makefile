@@ -27,5 +27,10 @@ node_modules/.bin/pouchdb-server: package.json package-lock.json
 	$(NPM) ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The benchmark suite (benchmarks/, see benchmarks/RESULTS.md): full run < 10 min;
+# `make bench BENCH_ARGS=--quick` < 2 min; BENCH_ARGS=--profile needs py-spy (pip install py-spy).
+bench: deps
+	$(PYTHON) -m benchmarks.run $(BENCH_ARGS)
+
 redis-server:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }

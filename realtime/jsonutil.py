@@ -7,8 +7,15 @@ JSON in one place, so that the codec can be swapped for a faster one without tou
 
 import json
 
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-_decoder = json.JSONDecoder()
+# One decoder for every call: json.loads with an argument builds a new JSONDecoder each time.
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def dumps(obj) -> bytes:
@@ -26,8 +33,8 @@ def loads(data):
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data).decode("utf-8")
-    return json.loads(data, parse_constant=_reject_constant)
-
-
-def _reject_constant(name):
-    raise ValueError(f"{name} is not JSON")
+    if not isinstance(data, str):
+        raise TypeError(f"JSON text must be str or bytes, not {type(data).__name__}")
+    if data.startswith("\ufeff"):
+        raise ValueError("unexpected UTF-8 BOM")
+    return _decoder.decode(data)

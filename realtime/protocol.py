@@ -31,9 +31,13 @@ connections: :mod:`realtime.expiry`; signed messages: :mod:`realtime.signing`; a
 token's connections are told ``auth_failed`` ``revoked`` (4001) through the broker.
 
 Delivery: a message bound for many connections is framed once (:mod:`realtime.registry`)
-and written to each as bytes.  Every connection registers a push producer on its transport:
-when Twisted's write buffer fills, frames wait in a bounded per-connection queue; a client
-that lets that queue pass ``WS_MAX_QUEUE_BYTES`` is closed 4100 and its queue freed.
+and written to each as bytes.  On a plain TCP transport, the frames due to one connection in
+one reactor turn are written together at the end of the turn, straight to the socket when
+Twisted holds nothing for it (:mod:`realtime.fastpath`); Autobahn's own writes (pings,
+close) flush them first, so order is kept.  Every connection registers a push producer on
+its transport: when Twisted's write buffer fills, frames wait in a bounded per-connection
+queue; a client that lets that queue pass ``WS_MAX_QUEUE_BYTES`` is closed 4100 and its
+queue freed.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-from realtime import jsonutil, ratelimit, topics
+from realtime import fastpath, jsonutil, ratelimit, topics
 from realtime.auth import AuthFailure, Identity, OriginRefused
 from realtime.expiry import SessionWatch
 from realtime.signing import SignatureError, new_session_secret
@@ -70,6 +74,15 @@ PREAUTH_MAX_MESSAGE_BYTES = 8 * 1024
 PREAUTH_MAX_TOTAL_BYTES = 32 * 1024
 #: most frames one (fragmented) message may have: a flood of tiny fragments closes 4008
 MAX_FRAGMENTS = 1024
+
+#: an outbox holding more than this is written at once rather than at the end of the turn
+#: (Twisted's own buffer size: past it, the producer is paused and frames queue, bounded)
+OUTBOX_FLUSH_BYTES = 64 * 1024
+
+#: what Autobahn keeps of the opening handshake; unused once the connection is open
+_HANDSHAKE_ATTRIBUTES = ("http_status_line", "http_headers", "http_request_data",
+                         "http_request_uri", "http_request_path", "http_request_params",
+                         "http_request_host", "http_response_data")
 
 
 @implementer(IPushProducer)
@@ -107,7 +120,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self._registered = False
         self._counted = False
         self._paused = False
-        self._queue: deque = deque()
+        self._queue = _NO_QUEUE  # a deque of its own once frames must wait
         self._queued_bytes = 0
         self._limiter = None
         self._watch: Optional[SessionWatch] = None
@@ -119,6 +132,9 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self._held: list = []  # client messages received while admission was pending
         self._present_as: Optional[str] = None  # user id recorded in presence
         self.session_seq = 0  # single-session mode: this session's number
+        self._outbox: Optional[list] = None  # frames due this reactor turn (fastpath)
+        self._outbox_bytes = 0
+        self._batcher = None
 
     # -- identity -----------------------------------------------------------------------
 
@@ -159,8 +175,14 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self):
         try:
+            for name in _HANDSHAKE_ATTRIBUTES:  # headers and raw request (with its token)
+                setattr(self, name, None)
+            if not self.send_queue:  # Autobahn's, used by sync/chopped writes only: lazily
+                self.send_queue = _NO_QUEUE
             self.transport.unregisterProducer()
             self.transport.registerProducer(_Throttle(self), True)
+            if fastpath.supports_direct_send(self.transport):
+                self._batcher = getattr(self.factory, "batcher", None)
             self.gateway.open_connections += 1
             self._counted = True
             config = self.gateway.config
@@ -233,8 +255,9 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             if self._present_as is not None:
                 user_id, self._present_as = self._present_as, None
                 self.gateway.connection_left(self, user_id)
-            self._queue.clear()
+            self._queue = _NO_QUEUE
             self._queued_bytes = 0
+            self._outbox = None
         except Exception:
             self._log.failure("onClose failed")
 
@@ -469,18 +492,55 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         topics.handle_publish(self, message)
 
     def deliver_frame(self, frame: bytes) -> bool:
-        """Write a pre-framed message, or queue it while the transport is full."""
+        """
+        Write a pre-framed message, or queue it while the transport is full.
+
+        On a plain TCP transport the frame joins this turn's outbox, written with the others
+        due to this connection in one write at the end of the turn (:mod:`realtime.fastpath`).
+        """
         if self.state != self.STATE_OPEN:
             return False
         if not self._paused and not self._queue:
-            self.transport.write(frame)
+            outbox = self._outbox
+            if outbox is not None:
+                outbox.append(frame)
+                self._outbox_bytes += len(frame)
+                if self._outbox_bytes > OUTBOX_FLUSH_BYTES:
+                    self._flush_outbox()
+                return True
+            if self._batcher is None:
+                self.transport.write(frame)
+                return True
+            self._outbox = [frame]
+            self._outbox_bytes = len(frame)
+            self._batcher.due(self)
             return True
+        if self._queue is _NO_QUEUE:
+            self._queue = deque()
         self._queue.append(frame)
         self._queued_bytes += len(frame)
         if self._queued_bytes > self.gateway.config.ws_max_queue_bytes:
             self._too_slow()
             return False
         return True
+
+    def _flush_outbox(self) -> None:
+        """Write this turn's frames at once (from the batcher, or before Autobahn writes)."""
+        outbox = self._outbox
+        if outbox is None:
+            return
+        self._outbox = None
+        if self.transport is None:
+            return
+        fastpath.write_now(self.transport, outbox[0] if len(outbox) == 1 else b"".join(outbox))
+
+    def sendData(self, data, sync=False, chopsize=None):
+        # Autobahn's own writes (pings, pongs, close) go after the frames already due.
+        if self._outbox is not None:
+            self._flush_outbox()
+        if (sync or chopsize) and self.send_queue is _NO_QUEUE:
+            self.send_queue = deque()  # the only writes that use Autobahn's send queue
+        super().sendData(data, sync, chopsize)
 
     def _resume(self) -> None:
         self._paused = False
@@ -492,8 +552,9 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
 
     def _too_slow(self) -> None:
         self._log.info("closing connection {id}: outgoing queue full", id=self.connection_id)
-        self._queue.clear()
+        self._queue = _NO_QUEUE
         self._queued_bytes = 0
+        self._outbox = None
         self.close_with(CLOSE_TOO_SLOW, "too slow: outgoing queue full")
         # The client is not reading: it will not answer the close handshake either.
         self.dropConnection(abort=True)
@@ -514,6 +575,9 @@ def _can_hold(held: list) -> bool:
     return len(held) < MAX_HELD_MESSAGES
 
 
+#: the server factory, with the protocol options on the protocol class (realtime.fastpath)
+_Factory = fastpath.options_on_class_factory(WebSocketServerFactory)
+
 #: message type -> name of the method handling it once the client is authenticated
 _HANDLERS = {
     "subscribe": "_on_subscribe",
@@ -521,13 +585,19 @@ _HANDLERS = {
     "publish": "_on_publish",
 }
 
+#: the empty queue every connection shares until one of its own is needed (an idle
+#: connection then carries no deque: less memory per connection); immutable on purpose
+_NO_QUEUE = ()
+
 
 def make_factory(gateway, url: str = "ws://localhost/ws") -> WebSocketServerFactory:
     """The Autobahn factory with every protocol option set explicitly (see PITFALLS.md)."""
     config = gateway.config
-    factory = WebSocketServerFactory(url)
+    fastpath.lazy_autobahn_debug_formatting()
+    factory = _Factory(url)
     factory.protocol = RealtimeServerProtocol
     factory.gateway = gateway
+    factory.batcher = fastpath.TurnBatcher()  # flushes on the transports' reactor
     heartbeat = config.ws_heartbeat_ms / 1000.0
     factory.setProtocolOptions(
         webStatus=False,

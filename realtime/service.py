@@ -9,13 +9,16 @@ arguments; only this module knows about the Config and the reactor.
 
 from __future__ import annotations
 
+import os
+
 
 from twisted.application import internet, service
-from twisted.internet import defer, endpoints
+from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from realtime import auth, jwks, protocol, registry as registry_module, revocation, signing
+from realtime import auth, benchhook, fastpath, jwks, protocol, registry as registry_module
+from realtime import revocation, signing
 from realtime.changes import ChangesFollower
 from realtime.cluster import ClusterState, make_cluster_state
 from realtime.gateway import Gateway
@@ -176,7 +179,14 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
 
     factory = protocol.make_factory(gateway)
     site = make_site(gateway, factory, api_resource=make_api(gateway))
+    # /ws handshakes go straight to Autobahn, the rest to the site (realtime.fastpath)
+    listener = fastpath.WebSocketFirstFactory(site, factory)
     for description in config.listen:
         endpoint = endpoints.serverFromString(reactor, description)
-        internet.StreamServerEndpointService(endpoint, site).setServiceParent(top)
+        internet.StreamServerEndpointService(endpoint, listener).setServiceParent(top)
+
+    # Benchmark hook (realtime.benchhook): off unless REALTIME_BENCH_TRIGGER is set.
+    bench_trigger = os.environ.get(benchhook.ENV)
+    if bench_trigger:
+        benchhook.make_trigger_service(reactor, gateway, bench_trigger).setServiceParent(top)
     return top

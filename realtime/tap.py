@@ -14,7 +14,7 @@ import secrets
 import sys
 
 from twisted.application import service
-from twisted.internet import defer, threads
+from twisted.internet import threads
 from twisted.python import usage
 
 from realtime import config as config_module

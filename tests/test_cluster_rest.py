@@ -20,8 +20,7 @@ import jwt
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 
-from tests import harness
-from tests.cluster_harness import JWT_SECRET, Cluster
+from tests.cluster_harness import JWT_SECRET
 from tests.harness import RedisServer, unique
 from tests.test_redis_cluster import ClusterTestCase, token
 

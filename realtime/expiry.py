@@ -44,6 +44,10 @@ GRACE_SECONDS = 300.0
 
 class SessionWatch:
     _log = Logger()
+    # one per connection: no per-instance __dict__
+    __slots__ = ("_check_timer", "_clock", "_due_since", "_generation", "_on_failure",
+                 "_revocations", "_session_checker", "_timer", "grace", "identity", "leeway",
+                 "retry_interval", "revalidate_interval", "stopped")
 
     def __init__(self, clock, on_failure: Callable[[AuthFailure], None],
                  session_checker=None, revalidate_interval: float = REVALIDATE_SECONDS,

@@ -125,11 +125,11 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self._limiter = None
         self._watch: Optional[SessionWatch] = None
         self._session_secret: Optional[str] = None
-        self._inbox = succeed(None)  # signed messages are handled in arrival order
+        self._inbox = None  # a Deferred chaining signed messages, handled in arrival order
         self._fragments = 0
         self._preauth_bytes = 0
         self._admitting = False
-        self._held: list = []  # client messages received while admission was pending
+        self._held: tuple = ()  # client messages received while admission was pending
         self._present_as: Optional[str] = None  # user id recorded in presence
         self.session_seq = 0  # single-session mode: this session's number
         self._outbox: Optional[list] = None  # frames due this reactor turn (fastpath)
@@ -280,7 +280,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
     def _admitted(self, verdict: str, identity: Identity) -> None:
         from realtime.gateway import ADMITTED, REPLACED
         self._admitting = False
-        held, self._held = self._held, []
+        held, self._held = self._held, ()
         gateway = self.gateway
         config = gateway.config
         if verdict == REPLACED:
@@ -321,7 +321,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
 
     def _admission_failed(self, failure) -> None:
         self._admitting = False
-        self._held = []
+        self._held = ()
         self._log.failure("admitting a connection failed", failure)
         if self.state == self.STATE_OPEN:
             self._refuse(AuthFailure("unavailable", "admission failed"))
@@ -414,7 +414,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             self.send_json({"type": "pong", "timestamp": self.gateway.timestamp()})
             return
         if self.identity is None and self._admitting and _can_hold(self._held):
-            self._held.append(message)
+            self._held += (message,)
             return
         if self.identity is None:
             self.send_error("not_authenticated", "authenticate first")
@@ -449,6 +449,8 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             self._log.failure("handling a signed message failed", failure)
             self.send_error("internal", "the server failed to handle that message")
 
+        if self._inbox is None:
+            self._inbox = succeed(None)
         d = self._inbox.addCallback(verify)
         d.addCallbacks(handle, refused)
         d.addErrback(failed)
@@ -571,7 +573,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
 MAX_HELD_MESSAGES = 16
 
 
-def _can_hold(held: list) -> bool:
+def _can_hold(held: tuple) -> bool:
     return len(held) < MAX_HELD_MESSAGES
 
 

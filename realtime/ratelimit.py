@@ -3,8 +3,9 @@ Per-connection rate limiting: pure arithmetic on an injected clock.
 
 :class:`SlidingWindow` is an exact sliding window: at most ``limit`` events in any interval
 of ``window`` seconds.  It keeps the times of the last ``limit`` accepted events in a ring
-buffer (8 bytes per allowed event per connection: 2.4 KB at the default 300), so accepting
-is O(1) and the retry advice is exact: the moment the oldest of them leaves the window.
+buffer that grows as events come (8 bytes per event, up to ``limit``: an idle connection
+holds an empty one), so accepting is O(1) and the retry advice is exact: the moment the
+oldest of them leaves the window.
 
 :class:`MessageLimiter` is what a connection holds.  Every client message counts, before or
 after authentication, and so does every WebSocket ping frame (a ping flood would otherwise
@@ -35,7 +36,7 @@ class SlidingWindow:
         self.limit = limit
         self.window = float(window)
         self._clock = clock
-        self._times = array("d", bytes(8 * limit))
+        self._times = array("d")  # grows to ``limit`` entries, then used as a ring
         self._next = 0  # index of the oldest stored time once the ring is full
         self._count = 0
 
@@ -51,10 +52,13 @@ class SlidingWindow:
         wait = self.retry_after()
         if wait > 0:
             return wait
-        self._times[self._next] = self._clock.seconds()
-        self._next = (self._next + 1) % self.limit
+        now = self._clock.seconds()
         if self._count < self.limit:
+            self._times.append(now)  # the oldest stays at index 0 (= _next) until full
             self._count += 1
+        else:
+            self._times[self._next] = now
+            self._next = (self._next + 1) % self.limit
         return 0.0
 
 

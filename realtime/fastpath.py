@@ -205,12 +205,28 @@ class _FirstRequestRouter(Protocol):
         self._factory = factory
         self._addr = addr
         self._buffer = b""
+        self._timeout = None
+
+    def connectionMade(self):
+        # A client that connects and sends nothing must not hold its socket for ever.
+        clock = self._factory.clock or self.transport.reactor
+        self._timeout = clock.callLater(self._factory.first_line_timeout, self._timed_out)
+
+    def _timed_out(self):
+        self._timeout = None
+        self.transport.abortConnection()
+
+    def _stop_timeout(self):
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
 
     def dataReceived(self, data: bytes) -> None:
         self._buffer += data
         end = self._buffer.find(b"\n")
         if end < 0 and len(self._buffer) < self._MAX_REQUEST_LINE:
             return
+        self._stop_timeout()
         line = self._buffer[:end if end >= 0 else len(self._buffer)]
         target = self._factory.ws_factory if self._factory.is_ws(line) else self._factory.site
         protocol = target.buildProtocol(self._addr)
@@ -224,6 +240,7 @@ class _FirstRequestRouter(Protocol):
         protocol.dataReceived(data)
 
     def connectionLost(self, reason):
+        self._stop_timeout()
         self._buffer = b""
 
 
@@ -243,10 +260,18 @@ class WebSocketFirstFactory(ServerFactory):
 
     noisy = False
 
-    def __init__(self, site, ws_factory, ws_path: bytes = b"/ws"):
+    def __init__(self, site, ws_factory, ws_path: bytes = b"/ws", clock=None,
+                 first_line_timeout: float = 10.0):
+        """
+        :param clock: schedules the first-line timeout (default: the transport's reactor).
+        :param first_line_timeout: a connection that has not sent its request line within
+            this many seconds is aborted.
+        """
         self.site = site
         self.ws_factory = ws_factory
         self._prefix = b"GET " + ws_path
+        self.clock = clock
+        self.first_line_timeout = first_line_timeout
 
     def is_ws(self, line: bytes) -> bool:
         rest = line[len(self._prefix):len(self._prefix) + 1]

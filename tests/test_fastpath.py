@@ -18,6 +18,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.tcp import Server
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.test.proto_helpers import StringTransport
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from realtime import fastpath, jsonutil, protocol as protocol_module
@@ -352,7 +353,8 @@ class FirstRequestRouterTests(unittest.TestCase):
 
     def route(self, chunks, wrapped=False):
         site, ws = _RecordingFactory("site"), _RecordingFactory("ws")
-        listener = fastpath.WebSocketFirstFactory(site, ws)
+        self.clock = Clock()
+        listener = fastpath.WebSocketFirstFactory(site, ws, clock=self.clock)
         router = listener.buildProtocol(None)
         if wrapped:
             wrapper = ProtocolWrapper(WrappingFactory(listener), router)
@@ -387,3 +389,21 @@ class FirstRequestRouterTests(unittest.TestCase):
         proto, current = self.route([b"GET /ws HTTP/1.1\r\n\r\n"], wrapped=True)
         self.assertEqual(proto.name, "ws")
         self.assertIs(current, proto)
+
+    def test_silent_connection_is_aborted(self):
+        """A connection that sends no request line within the timeout is aborted."""
+        listener = fastpath.WebSocketFirstFactory(_RecordingFactory("site"),
+                                                  _RecordingFactory("ws"), clock=Clock())
+        router = listener.buildProtocol(None)
+        transport = StringTransport()
+        router.makeConnection(transport)
+        router.dataReceived(b"GET /w")  # no end of line yet
+        listener.clock.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        listener.clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_timeout_cancelled_once_routed(self):
+        """Once the request line is in, the timeout is gone."""
+        self.route([b"GET /ws HTTP/1.1\r\n\r\n"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -46,7 +46,7 @@ MAX_TOKEN_LENGTH = 16384
 JWT_LEEWAY_SECONDS = 5.0
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Identity:
     """An authenticated user, as one connection knows them."""
 

@@ -300,10 +300,13 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self._registered = True
         self.maxMessagePayloadSize = self.factory.maxMessagePayloadSize
         self.maxFramePayloadSize = self.factory.maxFramePayloadSize
+        revocations = gateway.authenticator.revocations
+        if not getattr(revocations, "recheck_live_connections", True):
+            revocations = None  # no periodic re-check timer: see the store's docstring
         self._watch = SessionWatch(
             gateway.clock, self.fail_auth, gateway.authenticator.session_checker,
             revalidate_interval=config.ws_session_revalidate_ms / 1000.0,
-            revocations=gateway.authenticator.revocations)
+            revocations=revocations)
         self._watch.watch(identity)
         connected = {
             "type": "connected",

@@ -44,6 +44,10 @@ def _nonce_key(nonce: str) -> str:
 
 
 class RedisRevocationStore:
+    #: Several processes: a process that missed the revocation event (away from Redis for
+    #: longer than the stream covers) still finds the revocation when it re-checks.
+    recheck_live_connections = True
+
     def __init__(self, client, clock, prefix: str = "realtime:"):
         self._client = client
         self._clock = clock
@@ -103,6 +107,10 @@ class _Expiring:
 
 
 class MemoryRevocationStore:
+    #: One process: a revocation reaches that process's connections at once (the memory
+    #: broker cannot lose the event), so live connections need no periodic re-check.
+    recheck_live_connections = False
+
     def __init__(self, clock):
         self._clock = clock
         self._revoked = _Expiring(clock)

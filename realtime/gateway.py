@@ -12,7 +12,7 @@ import itertools
 import os
 from typing import List
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from realtime import jsonutil
@@ -50,11 +50,40 @@ class Gateway:
         self.presence = presence if presence is not None else LocalPresence(clock)
         self.followers: List = []
         self.started_at = clock.seconds()
-        self.open_connections = 0  # every open WebSocket, authenticated or not
+        self._open = set()  # every open WebSocket, authenticated or not
+        self._drained = []  # Deferreds waiting for the last connection to close
         self._ids = itertools.count(1)
         self._process_tag = os.urandom(4).hex()
 
     # -- connections --------------------------------------------------------------------
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    def connection_opened(self, conn) -> None:
+        self._open.add(conn)
+
+    def connection_closed(self, conn) -> None:
+        self._open.discard(conn)
+        if not self._open and self._drained:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def close_all(self, code: int, reason: str, timeout: float = 3.0) -> Deferred:
+        """
+        Close every open connection with ``code`` (shutdown: 4200, "reconnect now with
+        jitter"); fires when the last one has closed, or after ``timeout`` seconds.
+        """
+        for conn in list(self._open):
+            conn.close_with(code, reason)
+        if not self._open:
+            return succeed(None)
+        d = Deferred()
+        self._drained.append(d)
+        timer = self.clock.callLater(timeout, lambda: d.called or d.callback(None))
+        return d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
 
     def new_connection_id(self) -> str:
         return f"{self._process_tag}-{next(self._ids)}"

@@ -183,7 +183,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             self.transport.registerProducer(_Throttle(self), True)
             if fastpath.supports_direct_send(self.transport):
                 self._batcher = getattr(self.factory, "batcher", None)
-            self.gateway.open_connections += 1
+            self.gateway.connection_opened(self)
             self._counted = True
             config = self.gateway.config
             self._limiter = ratelimit.MessageLimiter(
@@ -248,7 +248,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
                 self._watch.stop()
             if self._counted:
                 self._counted = False
-                self.gateway.open_connections -= 1
+                self.gateway.connection_closed(self)
             if self._registered:
                 self._registered = False
                 self.gateway.registry.remove(self)

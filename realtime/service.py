@@ -132,6 +132,23 @@ class ClusterService(service.Service):
         return self._cluster.stop()
 
 
+class ShutdownService(service.Service):
+    """
+    On stop, closes every WebSocket with 4200 ("server shutting down: reconnect now, with
+    jitter") and waits, a few seconds at most, for the clients to close.  It stops after
+    the listeners (it is added before them), so no new connection arrives meanwhile.
+    """
+
+    def __init__(self, gateway, timeout: float = 3.0):
+        self._gateway = gateway
+        self._timeout = timeout
+
+    def stopService(self):
+        super().stopService()
+        return self._gateway.close_all(protocol.CLOSE_SHUTDOWN, "server shutting down",
+                                       self._timeout)
+
+
 def _safe_heartbeat(gateway):
     try:
         gateway.heartbeat()
@@ -181,6 +198,7 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
     site = make_site(gateway, factory, api_resource=make_api(gateway))
     # /ws handshakes go straight to Autobahn, the rest to the site (realtime.fastpath)
     listener = fastpath.WebSocketFirstFactory(site, factory, clock=reactor)
+    ShutdownService(gateway).setServiceParent(top)
     for description in config.listen:
         endpoint = endpoints.serverFromString(reactor, description)
         internet.StreamServerEndpointService(endpoint, listener).setServiceParent(top)

@@ -211,3 +211,34 @@ class ConnectionLifecycleTests(unittest.TestCase):
                                gw.gateway.open_connections == 0,
                                what="the registry to be empty")
         self.assertEqual(gw.gateway.status()["connections"], {"total": 0, "authenticated": 0})
+
+    @inlineCallbacks
+    def test_shutdown_closes_every_connection_4200(self):
+        """
+        Stopping the service closes every WebSocket, authenticated or not, with 4200 (reconnect
+        now, with jitter), and waits for them to close.
+        """
+        from realtime.service import ShutdownService
+        gw = GatewayHarness(jwt_secret=SECRET, feeds=False)
+        yield gw.start()
+        self.addCleanup(gw.stop)
+        authenticated = yield gw.connect(query={"token": make_token(unique("bye"))})
+        yield authenticated.next("connected")
+        anonymous = yield gw.connect()
+        yield anonymous.next("connection_established")
+        shutdown = ShutdownService(gw.gateway, timeout=5)
+        shutdown.startService()
+        yield shutdown.stopService()
+        self.assertEqual(gw.gateway.open_connections, 0)
+        for client in (authenticated, anonymous):
+            code, _ = yield client.wait_closed()
+            self.assertEqual(code, 4200)
+
+    def test_shutdown_service_stops_after_the_listeners(self):
+        """make_service adds the shutdown step before the listeners: it stops after them."""
+        from twisted.application.internet import StreamServerEndpointService
+        from realtime import config as config_module
+        from realtime.service import ShutdownService, make_service
+        top = make_service(config_module.defaults(listen=("tcp:0:interface=127.0.0.1",)))
+        kinds = [type(s) for s in top]
+        self.assertLess(kinds.index(ShutdownService), kinds.index(StreamServerEndpointService))

@@ -102,6 +102,16 @@ class API:
                                     "timestamp": self.gateway.timestamp()})
 
     @inlineCallbacks
+    def send_to_connected_user(self, user_id: str, kind: str, data):
+        """Send to every connection of a connected user: the 200 answer, or 404."""
+        count = yield self.connection_count(user_id)
+        if not count:
+            raise HTTPError(404, "not_connected", "the user is not connected")
+        yield self.publish({"t": "users", "to": [user_id], "type": kind,
+                            "msg": self.message_text(kind, data)})
+        returnValue((200, {"userId": user_id, "delivered": True, "connections": count}))
+
+    @inlineCallbacks
     def publish(self, event: dict):
         """Hand an event to the broker; 503 when it is refused."""
         try:
@@ -163,12 +173,8 @@ class MessageUser(Endpoint):
         user_id = user_id_field(body.get("userId"))
         kind = message_type(body)
         data = present_field(body, "data")
-        count = yield api.connection_count(user_id)
-        if not count:
-            raise HTTPError(404, "not_connected", "the user is not connected")
-        yield api.publish({"t": "users", "to": [user_id], "type": kind,
-                           "msg": api.message_text(kind, data)})
-        returnValue((200, {"userId": user_id, "delivered": True, "connections": count}))
+        answer = yield api.send_to_connected_user(user_id, kind, data)
+        returnValue(answer)
 
 
 class MessageUsers(Endpoint):
@@ -222,12 +228,8 @@ class Notification(Endpoint):
         string_field(body, "title")
         string_field(body, "body")
         data = {key: value for key, value in body.items() if key != "userId"}
-        count = yield api.connection_count(user_id)
-        if not count:
-            raise HTTPError(404, "not_connected", "the user is not connected")
-        yield api.publish({"t": "users", "to": [user_id], "type": "notification",
-                           "msg": api.message_text("notification", data)})
-        returnValue((200, {"userId": user_id, "delivered": True, "connections": count}))
+        answer = yield api.send_to_connected_user(user_id, "notification", data)
+        returnValue(answer)
 
 
 class Publish(Endpoint):

@@ -171,6 +171,13 @@ def bearer_token(request) -> Optional[str]:
     return token
 
 
+def _credentials_error(failure: AuthFailure) -> HTTPError:
+    """503 when the credentials could not be checked (CouchDB, JWKS or Redis away), else 401."""
+    if failure.reason == "unavailable":
+        return HTTPError(503, "unavailable", "credentials cannot be checked now; try again")
+    return HTTPError(401, "unauthorized", "invalid credentials", headers=_UNAUTHORIZED_HEADERS)
+
+
 class Credentials:
     """Checks the credentials of REST requests against the gateway's configuration."""
 
@@ -190,11 +197,7 @@ class Credentials:
         try:
             identity = yield self._gateway.authenticator.verify_token(token)
         except AuthFailure as failure:
-            if failure.reason == "unavailable":
-                raise HTTPError(503, "unavailable",
-                                "credentials cannot be checked now; try again") from None
-            raise HTTPError(401, "unauthorized", "invalid credentials",
-                            headers=_UNAUTHORIZED_HEADERS) from None
+            raise _credentials_error(failure) from None
         returnValue(identity)
 
     @inlineCallbacks
@@ -249,11 +252,7 @@ class Credentials:
         except OriginRefused:
             raise HTTPError(403, "forbidden", "Origin not allowed") from None
         except AuthFailure as failure:
-            if failure.reason == "unavailable":
-                raise HTTPError(503, "unavailable",
-                                "credentials cannot be checked now; try again") from None
-            raise HTTPError(401, "unauthorized", "invalid credentials",
-                            headers=_UNAUTHORIZED_HEADERS) from None
+            raise _credentials_error(failure) from None
         if identity is None:
             raise HTTPError(401, "unauthorized", "user credentials required",
                             headers=_UNAUTHORIZED_HEADERS)

@@ -83,10 +83,17 @@ class OriginRefused(Exception):
 
 
 def token_id(claims: dict, token: str) -> str:
+    """
+    What names a token for revocation: ``jti:<jti>``, or ``sha256:`` of its signed part
+    (``header.payload``).  Not of the whole text: the same token can be written with a
+    different signature text (base64 padding, for one) and still verify, while the signed
+    part is exactly what the signature covers.
+    """
     jti = claims.get("jti")
     if isinstance(jti, str) and jti:
         return "jti:" + jti
-    return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()
+    signed_part = token.strip().rsplit(".", 1)[0]
+    return "sha256:" + hashlib.sha256(signed_part.encode("utf-8")).hexdigest()
 
 
 class JWTVerifier:

@@ -7,8 +7,11 @@ number of WebSocket clients, and hands every change to a callback.
 
 Behaviour:
 
-- The first start asks ``since=now``; later connections resume from the ``seq`` of the last
-  change the callback fully processed.  ``seq`` is opaque (an integer on pouchdb-server, a
+- The first start begins at "now": the feed first asks CouchDB where that is
+  (``_changes?descending=true&limit=1`` -> ``last_seq``), then streams from there; later
+  connections resume from the ``seq`` of the last change the callback fully processed.
+  (Streaming with ``since=now`` itself would lose, on a quiet database, every change made
+  while the feed is cut: a heartbeat carries no seq, so "now" would be asked again.)  ``seq`` is opaque (an integer on pouchdb-server, a
   string on CouchDB 2/3): stored and sent back unchanged, never compared or parsed.
 - Lines are parsed incrementally: a change may be split across chunks, heartbeats are bare
   newlines, and a partial line left when the stream ends is discarded (its change will come
@@ -34,7 +37,7 @@ from urllib.parse import quote, urlencode
 from twisted.internet.defer import CancelledError
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.client import ResponseDone
+from twisted.web.client import ResponseDone, readBody
 from twisted.web.http_headers import Headers
 
 from realtime import jsonutil
@@ -204,6 +207,11 @@ class ChangesFollower:
     def watchdog_seconds(self) -> float:
         return 3 * self.heartbeat_ms / 1000.0
 
+    def position_url(self) -> bytes:
+        """Where "now" is: the newest change's seq (``last_seq``)."""
+        query = urlencode({"descending": "true", "limit": "1"})
+        return f"{self._base}/{quote(self.db, safe='')}/_changes?{query}".encode("ascii")
+
     def url(self) -> bytes:
         query = urlencode({
             "feed": "continuous",
@@ -254,22 +262,56 @@ class ChangesFollower:
         if self._admin_auth:
             headers.addRawHeader(b"Authorization", b"Basic " + self._admin_auth.encode("ascii"))
         self._arm_watchdog()
-        d = self._agent.request(b"GET", self.url(), headers, None)
+        if self.last_seq == "now":  # our own marker: CouchDB never names a seq "now"
+            url, answered = self.position_url(), self._got_position
+        else:
+            url, answered = self.url(), self._got_response
+        d = self._agent.request(b"GET", url, headers, None)
         self._request = d
-        d.addCallbacks(self._got_response, self._request_failed,
-                       callbackArgs=(d,), errbackArgs=(d,))
+        d.addCallbacks(answered, self._request_failed, callbackArgs=(d,), errbackArgs=(d,))
+
+    def _got_position(self, response, d) -> None:
+        if self._request is not d:
+            return
+        if response.code != 200:
+            self._request = None
+            self._refused(response)
+            return
+        body = readBody(response)
+        self._request = body
+        body.addCallbacks(self._read_position, self._request_failed,
+                          callbackArgs=(body,), errbackArgs=(body,))
+
+    def _read_position(self, data: bytes, d) -> None:
+        if self._request is not d:
+            return
+        self._request = None
+        try:
+            seq = jsonutil.loads(data)["last_seq"]
+        except (ValueError, KeyError, TypeError):
+            seq = None
+        if seq is None or seq == "now":
+            self.last_error = "CouchDB gave no last_seq"
+            self._log.warn("changes feed of {db}: no last_seq in the answer", db=self.db)
+            self._schedule_reconnect()
+            return
+        self.last_seq = seq
+        self._connect()
+
+    def _refused(self, response) -> None:
+        self.last_error = f"HTTP {response.code}"
+        self._log.warn("changes feed of {db} answered HTTP {code}; retrying",
+                       db=self.db, code=response.code)
+        # Drain and drop the body; the connection is not reused for the stream.
+        response.deliverBody(_Discard())
+        self._schedule_reconnect()
 
     def _got_response(self, response, d) -> None:
         if self._request is not d:
             return
         self._request = None
         if response.code != 200:
-            self.last_error = f"HTTP {response.code}"
-            self._log.warn("changes feed of {db} answered HTTP {code}; retrying",
-                           db=self.db, code=response.code)
-            # Drain and drop the body; the connection is not reused for the stream.
-            response.deliverBody(_Discard())
-            self._schedule_reconnect()
+            self._refused(response)
             return
         self._arm_watchdog()
         response.deliverBody(_FeedBody(self))

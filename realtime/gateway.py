@@ -159,7 +159,8 @@ class Gateway:
 
     # -- status -------------------------------------------------------------------------
 
-    def couchdb_status(self) -> dict:
+    def couchdb_status(self, detail: bool = False) -> dict:
+        """The feeds' state; ``detail`` adds each feed's reconnects and last error (admin)."""
         states = [f.state for f in self.followers]
         if not states:
             state = "off"
@@ -167,13 +168,20 @@ class Gateway:
             state = "connected"
         else:
             state = next(s for s in states if s != "connected")
-        return {
+        body = {
             "state": state,
             "lastSeq": {f.db: f.last_seq for f in self.followers},
-            "feeds": {f.db: f.status() for f in self.followers},
         }
+        if detail:
+            body["feeds"] = {f.db: f.status() for f in self.followers}
+        return body
 
-    def status(self, include_users: bool = False) -> dict:
+    def status(self, detail: bool = False) -> dict:
+        """
+        Health for ``GET /websocket/status``.  Public by default; ``detail`` (admin
+        credentials) adds each feed's reconnects and last error, which may name internal
+        hosts.  Connection counts are this process's (presence has the cluster's).
+        """
         uptime = self.clock.seconds() - self.started_at
         body = {
             "status": "healthy" if self.couchdb_status()["state"] in ("connected", "off")
@@ -184,14 +192,9 @@ class Gateway:
             },
             "uptime": _uptime_text(uptime),
             "uptimeSeconds": round(uptime, 3),
-            "couchdb": self.couchdb_status(),
+            "couchdb": self.couchdb_status(detail),
             "redis": {"state": getattr(self.broker, "redis_state", "off")},
         }
-        if include_users:
-            body["connections"]["perUser"] = [
-                {"userId": user, "deviceCount": count}
-                for user, count in sorted(self.registry.users().items())
-            ]
         return body
 
 

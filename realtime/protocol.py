@@ -123,6 +123,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self._queue = _NO_QUEUE  # a deque of its own once frames must wait
         self._queued_bytes = 0
         self._limiter = None
+        self._closed = False  # onClose has run (it may run before onOpen: see onOpen)
         self._watch: Optional[SessionWatch] = None
         self._session_secret: Optional[str] = None
         self._inbox = None  # a Deferred chaining signed messages, handled in arrival order
@@ -174,6 +175,16 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         return d.addCallbacks(authenticated, refused)
 
     def onOpen(self):
+        if self._closed:
+            # The client went away while the handshake's credentials were being checked:
+            # Autobahn still completes the handshake and calls onOpen after onClose.
+            # Nothing may be registered for a connection that is already gone, and the
+            # auto-ping Autobahn has just scheduled for it is cancelled.
+            if self.autoPingPendingCall is not None:
+                self.autoPingPendingCall.cancel()
+                self.autoPingPendingCall = None
+            self.state = self.STATE_CLOSED
+            return
         try:
             for name in _HANDSHAKE_ATTRIBUTES:  # headers and raw request (with its token)
                 setattr(self, name, None)
@@ -207,6 +218,8 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             self.close_with(1011, "internal error")
 
     def onMessage(self, payload, isBinary):
+        if self.state != self.STATE_OPEN:
+            return  # closing (revoked, replaced, disconnected...): nothing more is done for it
         try:
             if self.identity is None:
                 self._preauth_bytes += len(payload)
@@ -223,6 +236,8 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
     def onPing(self, payload):
         # A ping is answered only within the rate limit: a ping flood cannot make the
         # server write pongs without end.
+        if self.state != self.STATE_OPEN:
+            return
         try:
             if self._within_rate_limit(tell=False):
                 super().onPing(payload)
@@ -240,6 +255,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         super().onMessageFrameBegin(length)
 
     def onClose(self, wasClean, code, reason):
+        self._closed = True
         try:
             if self._auth_timer is not None and self._auth_timer.active():
                 self._auth_timer.cancel()
@@ -293,6 +309,11 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             return
         if self.state != self.STATE_OPEN:  # closed while admission waited
             self.gateway.connection_left(self, identity.user_id)
+            return
+        if identity.token_id is not None and gateway.registry.revoked(identity.token_id):
+            # revoked while admission waited: the revocation event found no connection
+            self.gateway.connection_left(self, identity.user_id)
+            self._refuse(AuthFailure("revoked", "token revoked"))
             return
         self._present_as = identity.user_id
         self.identity = identity
@@ -416,8 +437,14 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         if kind == "ping":
             self.send_json({"type": "pong", "timestamp": self.gateway.timestamp()})
             return
-        if self.identity is None and self._admitting and _can_hold(self._held):
-            self._held += (message,)
+        if self.identity is None and self._admitting:
+            # Authenticated, admission pending (presence in Redis): hold a few messages.
+            # Not with signed messages (they could not have been signed yet: the secret
+            # comes with `connected`), and not past the few: refused, the connection stays.
+            if not self.gateway.config.ws_signed_messages and _can_hold(self._held):
+                self._held += (message,)
+            else:
+                self.send_error("not_ready", "wait for `connected` before sending this")
             return
         if self.identity is None:
             self.send_error("not_authenticated", "authenticate first")

@@ -77,6 +77,9 @@ class Registry:
         # here (see :meth:`replaced`).
         self._replaced_before: "OrderedDict[str, int]" = OrderedDict()
         self.max_replaced_remembered = 10000
+        # token ids revoked lately (bounded, oldest dropped first): a connection still being
+        # admitted when its token's revocation came learns it here (see :meth:`revoked`)
+        self._recently_revoked: "OrderedDict[str, None]" = OrderedDict()
 
     # -- membership ---------------------------------------------------------------------
 
@@ -198,6 +201,9 @@ class Registry:
         from realtime.auth import AuthFailure
         if not isinstance(token_id, str):
             raise TypeError("token_id must be a string")
+        self._recently_revoked[token_id] = None
+        while len(self._recently_revoked) > self.max_replaced_remembered:
+            self._recently_revoked.popitem(last=False)
         conns = [c for c in self._by_id.values() if getattr(c, "token_id", None) == token_id]
         for conn in conns:
             conn.fail_auth(AuthFailure("revoked", "token revoked"))
@@ -207,6 +213,10 @@ class Registry:
         self._replaced_before[user_id] = max(known, before)
         while len(self._replaced_before) > self.max_replaced_remembered:
             self._replaced_before.popitem(last=False)
+
+    def revoked(self, token_id: str) -> bool:
+        """Whether a revocation of ``token_id`` was seen (recently: bounded memory)."""
+        return token_id in self._recently_revoked
 
     def replaced(self, user_id: str, session_seq: int) -> bool:
         """Whether a session of the user newer than ``session_seq`` was announced."""

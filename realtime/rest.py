@@ -366,7 +366,7 @@ class Status(Endpoint):
     def handle_GET(self, request):
         api = self.api
         admin = yield api.credentials.is_admin(request)
-        body = api.gateway.status()
+        body = api.gateway.status(detail=admin)
         if admin:
             users = yield api.users()
             body["connections"]["perUser"] = [

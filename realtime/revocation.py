@@ -27,7 +27,7 @@ import jwt
 from twisted.internet.defer import inlineCallbacks, returnValue
 from twisted.logger import Logger
 
-from realtime.auth import MAX_TOKEN_LENGTH, token_id as token_id_of
+from realtime.auth import JWT_LEEWAY_SECONDS, MAX_TOKEN_LENGTH, token_id as token_id_of
 
 MAX_JTI_LENGTH = 256
 
@@ -45,7 +45,8 @@ class Revoker:
     @inlineCallbacks
     def revoke(self, token_id: str, expires_at: float):
         """Fires with the number of local connections closed; fails if not stored."""
-        yield self.store.revoke(token_id, expires_at)
+        # Kept as long as the token could still be accepted: its exp plus the leeway.
+        yield self.store.revoke(token_id, expires_at + JWT_LEEWAY_SECONDS + 1)
         self._log.info("token {token_id} revoked", token_id=_short(token_id))
         try:
             closed = yield self._broker.publish({"t": "revoke", "token_id": token_id})

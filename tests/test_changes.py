@@ -102,6 +102,8 @@ class FakeBodyTransport:
 class FakeResponse:
     def __init__(self, code=200):
         self.code = code
+        self.phrase = b"OK"
+        self.length = None
         self.protocol = None
         self.transport = FakeBodyTransport()
 
@@ -136,6 +138,13 @@ class FakeAgent:
         self.requests[-1][3].callback(response)
         return response
 
+    def answer_position(self, last_seq) -> None:
+        """Answer the "where is now" request with a whole JSON body."""
+        import json
+        response = self.respond()
+        response.send(json.dumps({"results": [], "last_seq": last_seq}).encode())
+        response.end()
+
 
 class FollowerTests(unittest.TestCase):
     def setUp(self):
@@ -148,18 +157,55 @@ class FollowerTests(unittest.TestCase):
             heartbeat_ms=1000, backoff=Backoff(random=lambda: 1.0))
         self.follower.start()
         self.addCleanup(self.follower.stop)
+        self.agent.answer_position("1-start")
 
-    def test_first_request(self):
-        """The first request is continuous, include_docs, heartbeat, since=now, authorised."""
+    def test_first_requests(self):
+        """
+        The first start asks where "now" is, then streams from there: continuous,
+        include_docs, heartbeat, since=<that seq>, every request authorised.
+        """
         method, uri, headers, _ = self.agent.requests[0]
         self.assertEqual(method, b"GET")
+        self.assertEqual(parse_qs(urlsplit(uri.decode()).query),
+                         {"descending": ["true"], "limit": ["1"]})
+        self.assertEqual(headers.getRawHeaders(b"authorization"), [b"Basic YWRtaW46cHc="])
+        method, uri, headers, _ = self.agent.requests[1]
         self.assertTrue(uri.startswith(b"http://couch.test:5984/_users/_changes?"))
         query = self.agent.last_query()
         self.assertEqual(query["feed"], ["continuous"])
         self.assertEqual(query["include_docs"], ["true"])
         self.assertEqual(query["heartbeat"], ["1000"])
-        self.assertEqual(query["since"], ["now"])
+        self.assertEqual(query["since"], ["1-start"])
         self.assertEqual(headers.getRawHeaders(b"authorization"), [b"Basic YWRtaW46cHc="])
+
+    def test_quiet_feed_cut_resumes_from_the_start_position(self):
+        """
+        A feed cut before any change resumes from the position found at start, never from
+        "now" again: changes made while it was cut are not lost.
+        """
+        response = self.agent.respond()
+        response.send(b"\n")  # heartbeats only
+        response.end(ResponseFailed([ConnectionLost()]))
+        self.clock.advance(1.0)
+        self.assertEqual(self.agent.last_query()["since"], ["1-start"])
+
+    def test_position_failures_back_off_and_retry(self):
+        """No usable position (500, garbage): back off, then ask again."""
+        follower = ChangesFollower(self.agent, self.clock, "http://couch.test", "app",
+                                   lambda db, change: None,
+                                   backoff=Backoff(random=lambda: 1.0))
+        follower.start()
+        self.addCleanup(follower.stop)
+        self.agent.respond(500).end()
+        self.assertEqual(follower.last_error, "HTTP 500")
+        self.clock.advance(1.0)
+        response = self.agent.respond()
+        response.send(b"not json")
+        response.end()
+        self.assertEqual(follower.last_error, "CouchDB gave no last_seq")
+        self.clock.advance(2.0)
+        self.agent.answer_position(7)
+        self.assertEqual(self.agent.last_query()["since"], ["7"])
 
     def test_changes_delivered_and_resume_from_last_seq(self):
         """Changes go to the callback; after the stream ends the feed resumes at the last seq."""
@@ -172,9 +218,9 @@ class FollowerTests(unittest.TestCase):
         # Cut mid-line: the partial change 8 is not counted as processed.
         response.end(ResponseFailed([ConnectionLost()]))
         self.assertEqual(self.follower.state, "reconnecting")
-        self.assertEqual(len(self.agent.requests), 1)
-        self.clock.advance(1.0)
         self.assertEqual(len(self.agent.requests), 2)
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.agent.requests), 3)
         self.assertEqual(self.agent.last_query()["since"], ["7-abc"])
 
     def test_seq_is_opaque(self):
@@ -199,7 +245,7 @@ class FollowerTests(unittest.TestCase):
         response.end(ResponseFailed([ConnectionLost()]))
         self.assertEqual(self.follower.last_error, "heartbeat timeout")
         self.clock.advance(1.0)
-        self.assertEqual(len(self.agent.requests), 2)
+        self.assertEqual(len(self.agent.requests), 3)
 
     def test_watchdog_covers_waiting_for_headers(self):
         """A server that never answers the request is given up on after 3 heartbeats."""
@@ -207,26 +253,26 @@ class FollowerTests(unittest.TestCase):
         self.assertEqual(self.follower.state, "reconnecting")
         self.assertEqual(self.follower.last_error, "heartbeat timeout")
         self.clock.advance(1.0)
-        self.assertEqual(len(self.agent.requests), 2)
+        self.assertEqual(len(self.agent.requests), 3)
 
     def test_backoff_grows_and_resets(self):
         """Failures back off 1, 2, 4 s...; a delivering connection resets the backoff."""
         self.agent.requests[-1][3].errback(ConnectionRefusedError())
         self.clock.advance(0.99)
-        self.assertEqual(len(self.agent.requests), 1)
-        self.clock.advance(0.01)
-        self.assertEqual(len(self.agent.requests), 2)
-        self.agent.respond(500).end()
-        self.clock.advance(1.99)
         self.assertEqual(len(self.agent.requests), 2)
         self.clock.advance(0.01)
         self.assertEqual(len(self.agent.requests), 3)
+        self.agent.respond(500).end()
+        self.clock.advance(1.99)
+        self.assertEqual(len(self.agent.requests), 3)
+        self.clock.advance(0.01)
+        self.assertEqual(len(self.agent.requests), 4)
         self.assertEqual(self.follower.last_error, "HTTP 500")
         response = self.agent.respond()
         response.send(b"\n")
         response.end()
         self.clock.advance(1.0)
-        self.assertEqual(len(self.agent.requests), 4)
+        self.assertEqual(len(self.agent.requests), 5)
 
     def test_bad_lines_do_not_stall_the_feed(self):
         """Unparsable lines are dropped; a failing callback still advances the seq."""
@@ -259,6 +305,6 @@ class FollowerTests(unittest.TestCase):
         self.assertTrue(response.transport.stopped)
         response.end(ResponseFailed([ConnectionLost()]))
         self.clock.advance(100)
-        self.assertEqual(len(self.agent.requests), 1)
+        self.assertEqual(len(self.agent.requests), 2)
         self.assertEqual(self.follower.state, "stopped")
         self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -524,3 +524,71 @@ class CookieSessionTests(AuthCase):
             yield harness.connect(self.gw.port, headers={"Cookie": "AuthSession=" + cookie},
                                   origin="https://app.example.evil")
         self.assertIn("403", str(caught.exception.reason))
+
+
+class ReviewRegressionTests(AuthCase):
+    """Races found in review: each test fails without its fix."""
+
+    @inlineCallbacks
+    def test_client_gone_during_async_auth_leaves_nothing(self):
+        """
+        A client that drops while its cookie is being checked leaves no connection, no
+        registry entry and no presence behind (Autobahn opens it after it closed).
+        """
+        from twisted.internet import protocol as ip, endpoints as ep
+        from twisted.internet.defer import Deferred
+        from realtime.auth import Identity
+        pending, asked = Deferred(), Deferred()
+
+        class SlowSessions:
+            def check(self, cookie):
+                asked.callback(None)
+                return pending
+
+        self.gw.gateway.authenticator.session_checker = SlowSessions()
+        user = unique("gone")
+        handshake = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 13\r\nCookie: AuthSession=YWJjOmRlZg\r\n\r\n")
+        lost = Deferred()
+
+        class Raw(ip.Protocol):
+            def connectionMade(self):
+                self.transport.write(handshake)
+
+            def connectionLost(self, reason):
+                lost.callback(None)
+
+        raw = yield ep.connectProtocol(
+            ep.TCP4ClientEndpoint(reactor, "127.0.0.1", self.gw.port), Raw())
+        yield harness.with_timeout(asked, what="the server to check the cookie")
+        raw.transport.loseConnection()
+        yield lost
+        # The server's side of the loss has no event a test can wait on: a few reactor
+        # turns on loopback are plenty.
+        yield harness.sleep(0.2)
+        pending.callback(Identity(user_id=user, name=user, method="cookie", cookie="x"))
+        yield harness.sleep(0.2)
+        self.assertEqual(self.gw.gateway.open_connections, 0)
+        self.assertEqual(len(self.gw.gateway.registry), 0)
+        self.assertEqual((yield self.gw.gateway.presence.connection_count(user)), 0)
+
+    @inlineCallbacks
+    def test_no_publication_from_a_connection_being_closed(self):
+        """
+        Once the server closes a connection (here: an admin disconnect), messages the client
+        sends before it sees the close are not acted on: its publications reach nobody.
+        """
+        alice, _ = yield self.connected()
+        alice.send_json({"type": "subscribe", "topic": "public:room"})
+        yield alice.next("subscribed")
+        mallory_id = unique("mallory")
+        mallory, _ = yield self.connected(mallory_id)
+        self.gw.gateway.registry.dispatch(
+            {"t": "disconnect", "user": mallory_id, "code": 4003, "reason": "bye"})
+        for i in range(3):
+            mallory.send_json({"type": "publish", "topic": "public:room", "data": i})
+        yield mallory.wait_closed()
+        self.gw.gateway.registry.dispatch(
+            {"t": "topic", "topic": "public:room", "msg": '{"type":"marker"}'})
+        self.assertEqual((yield alice.next())["type"], "marker")

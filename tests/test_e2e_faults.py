@@ -106,6 +106,40 @@ class FeedCutTests(unittest.TestCase):
             self.assertEqual(ids, {"org.couchdb.user:" + name})
 
 
+class QuietFeedCutTests(unittest.TestCase):
+    timeout = 90
+
+    @inlineCallbacks
+    def test_quiet_feed_cut_loses_nothing(self):
+        """
+        A feed that has seen no change yet is cut; a user's document changes while it is
+        down; when the feed is back the user gets the change (no fallback to "now").
+        """
+        couch = harness.pouchdb()
+        name = unique("quiet")
+        couch.create_user(name, "pw")
+        proxy = CuttableProxy("127.0.0.1", couch.port)
+        listening = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(proxy)
+        self.addCleanup(listening.stopListening)
+        target = _Target(f"http://127.0.0.1:{listening.getHost().port}", couch.admin_auth)
+        gw = GatewayHarness(couchdb=target, jwt_secret=SECRET)
+        yield gw.start()  # the user's creation is older than the feed's start
+        self.addCleanup(gw.stop)
+        client = yield gw.connect(query={"token": make_token(name)})
+        yield client.next("connected")
+        follower = gw.followers[0]
+        proxy.cut()
+        yield harness.wait_for(lambda: follower.state != "connected", what="the feed to notice")
+        status, body = couch.request("GET", "/_users/org.couchdb.user:" + name)
+        doc = json.loads(body)
+        doc["changedWhileCut"] = True
+        status, body = couch.request("PUT", "/_users/org.couchdb.user:" + name, json.dumps(doc))
+        self.assertIn(status, (201, 202))
+        proxy.blocked = False
+        message = yield next_user_change(client, lambda m: m.get("doc", {}).get("changedWhileCut"))
+        self.assertEqual(message["id"], "org.couchdb.user:" + name)
+
+
 class CouchUnavailableTests(unittest.TestCase):
     timeout = 60
 

@@ -256,3 +256,21 @@ class RedisDownTests(unittest.TestCase):
         with self.assertRaises(AuthFailure) as caught:
             yield authenticator.verify_token(hs_token("alice"))
         self.assertEqual(caught.exception.reason, "unavailable")
+
+
+class TokenIdTests(unittest.TestCase):
+    def test_same_token_written_differently_has_one_id(self):
+        """
+        A token whose signature is written with extra base64 padding still verifies, so it
+        must have the same id: revoking one revokes the other.
+        """
+        token = hs_token("alice")
+        padded = token + "="
+        verifier = JWTVerifier(HS_SECRET, ["HS256"])
+        claims = verifier.decode(padded)  # PyJWT accepts it
+        self.assertEqual(token_id(claims, padded), token_id(verifier.decode(token), token))
+
+    def test_different_tokens_have_different_ids(self):
+        """Two tokens of one user (different claims) are revoked separately."""
+        one, two = hs_token("alice", n=1), hs_token("alice", n=2)
+        self.assertNotEqual(token_id({}, one), token_id({}, two))

@@ -42,6 +42,8 @@ from realtime import jsonutil
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_AUTH_UNAVAILABLE = 4101
 MAX_TOKEN_LENGTH = 16384
+#: the latest exp accepted (seconds since the epoch: year 5138); revocations use it too
+MAX_EXP = 1e11
 #: clock skew tolerated on exp, nbf and iat (and so on a live connection's expiry)
 JWT_LEEWAY_SECONDS = 5.0
 
@@ -176,6 +178,10 @@ class JWTVerifier:
             raise AuthFailure("token-expired", "token expired")
         if not isinstance(claims.get("exp"), (int, float)) or isinstance(claims["exp"], bool):
             raise AuthFailure("auth-failed", "bad exp")
+        if not claims["exp"] < MAX_EXP:
+            # exp in milliseconds (a common mistake) would make a token that never expires
+            # and could not be revoked: refused.
+            raise AuthFailure("auth-failed", "exp out of range")
         return claims
 
     def identity(self, token: str, claims: dict) -> Identity:

@@ -32,6 +32,8 @@ Connection set-up and memory per connection:
 
 from __future__ import annotations
 
+import types
+
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
@@ -181,7 +183,8 @@ def options_on_class_factory(base):
             cls = self._options_class
             if cls is None or cls.__bases__[0] is not self.protocol:
                 protocol = self.protocol
-                options = {name: getattr(self, name) for name in protocol.CONFIG_ATTRS}
+                options = {name: _as_class_attribute(getattr(self, name))
+                           for name in protocol.CONFIG_ATTRS}
                 cls = self._options_class = type(protocol.__name__, (protocol,), options)
             proto = cls()
             proto.factory = self
@@ -190,6 +193,13 @@ def options_on_class_factory(base):
     OptionsOnClassFactory.__name__ = base.__name__
     OptionsOnClassFactory.__qualname__ = base.__qualname__
     return OptionsOnClassFactory
+
+
+def _as_class_attribute(value):
+    """A plain function stays a plain function on the class (not a method taking self)."""
+    if isinstance(value, types.FunctionType):
+        return staticmethod(value)
+    return value
 
 
 class _FirstRequestRouter(Protocol):

@@ -72,6 +72,8 @@ CLOSE_SHUTDOWN = 4200
 PREAUTH_MAX_MESSAGE_BYTES = 8 * 1024
 #: all an unauthenticated client may send before authenticating; past it, close 4008
 PREAUTH_MAX_TOTAL_BYTES = 32 * 1024
+#: largest opening handshake (request line and headers) a client may send: past it, 431
+MAX_HANDSHAKE_BYTES = 32 * 1024
 #: most frames one (fragmented) message may have: a flood of tiny fragments closes 4008
 MAX_FRAGMENTS = 1024
 
@@ -152,6 +154,19 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         return self.factory.gateway
 
     # -- Autobahn callbacks -------------------------------------------------------------
+
+    def dataReceived(self, data):
+        # Autobahn buffers the opening handshake without limit, rescanning it at each read:
+        # a client that never ends its headers would grow memory and burn CPU.  Bounded
+        # here, before anything is authenticated (431, as Twisted Web answers long headers).
+        if self.state == self.STATE_CONNECTING and \
+                len(self.data) + len(data) > MAX_HANDSHAKE_BYTES:
+            self.data = b""
+            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                                 b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            self.transport.loseConnection()
+            return
+        super().dataReceived(data)
 
     def onConnect(self, request):
         gateway = self.gateway

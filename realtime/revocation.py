@@ -27,7 +27,7 @@ import jwt
 from twisted.internet.defer import inlineCallbacks, returnValue
 from twisted.logger import Logger
 
-from realtime.auth import JWT_LEEWAY_SECONDS, MAX_TOKEN_LENGTH, token_id as token_id_of
+from realtime.auth import JWT_LEEWAY_SECONDS, MAX_EXP, MAX_TOKEN_LENGTH, token_id as token_id_of
 
 MAX_JTI_LENGTH = 256
 
@@ -59,8 +59,13 @@ class Revoker:
 
 
 def _short(token_id: str) -> str:
-    """A token id for logs: a jti as is (not a secret), a hash prefix otherwise."""
-    return token_id if token_id.startswith("jti:") else token_id[:23]
+    """
+    A token id for logs: a jti (not a secret; escaped, since an admin-given jti may hold
+    anything, a newline included) or a hash prefix.
+    """
+    if token_id.startswith("jti:"):
+        return token_id[:80].encode("unicode_escape").decode("ascii")
+    return token_id[:23]
 
 
 def revocation_target(body) -> tuple:
@@ -93,4 +98,4 @@ def revocation_target(body) -> tuple:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
-        and abs(value) < 1e11  # a datetime can show it (year < 9999)
+        and abs(value) < MAX_EXP  # as the verifier accepts it

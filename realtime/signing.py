@@ -77,12 +77,10 @@ def envelope(secret: str, payload, timestamp: int, nonce: str) -> str:
                                 "timestamp": timestamp, "nonce": nonce})
 
 
-_decoder = json.JSONDecoder(parse_constant=lambda name: _reject(name))
+# The same refusals as realtime.jsonutil.loads (NaN, 1e400, lone surrogates: see below).
+_decoder = json.JSONDecoder(parse_constant=jsonutil.reject_constant,
+                            parse_float=jsonutil.finite_float)
 _WHITESPACE = " \t\n\r"
-
-
-def _reject(name):
-    raise ValueError(f"{name} is not JSON")
 
 
 def parse_envelope(text: str) -> Tuple[Dict[str, object], Dict[str, str]]:
@@ -127,6 +125,8 @@ def parse_envelope(text: str) -> Tuple[Dict[str, object], Dict[str, str]]:
             raise ValueError("expected ',' or '}'")
     if _skip(text, i) != n:
         raise ValueError("extra data after the object")
+    if "\\u" in text and jsonutil.has_lone_surrogate(values):
+        raise ValueError("a string holds a lone surrogate (not valid Unicode)")
     return values, raw
 
 

@@ -32,7 +32,7 @@ from realtime.embedded import PouchDBServer, free_port, stop_process
 from realtime.rest import make_api
 from realtime.service import make_followers, make_gateway, make_heartbeat_service
 from realtime.web import make_site
-from realtime import protocol as protocol_module
+from realtime import fastpath, protocol as protocol_module
 
 TIMEOUT = 10.0
 
@@ -210,7 +210,7 @@ class _ClientFactory(WebSocketClientFactory):
 
 @inlineCallbacks
 def connect(port: int, path: str = "/ws", headers=None, query=None, origin=None,
-            timeout: float = TIMEOUT):
+            timeout: float = TIMEOUT, options=None):
     """
     Open a WebSocket to the gateway on ``port``.  Fires with the open client protocol;
     fails with :class:`HandshakeFailed` when the handshake is refused (``.code`` is the
@@ -224,6 +224,8 @@ def connect(port: int, path: str = "/ws", headers=None, query=None, origin=None,
                                openHandshakeTimeout=timeout, closeHandshakeTimeout=2,
                                maxFramePayloadSize=64 * 1024 * 1024,
                                maxMessagePayloadSize=64 * 1024 * 1024)
+    if options:
+        factory.setProtocolOptions(**options)
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=timeout)
     proto = yield endpoint.connect(factory)
     result = yield with_timeout(proto.opened, timeout, "the WebSocket handshake")
@@ -278,7 +280,9 @@ class GatewayHarness:
         self.factory = protocol_module.make_factory(self.gateway)
         self.site = make_site(self.gateway, self.factory, **self.site_arguments())
         endpoint = endpoints.serverFromString(reactor, self.config.listen[0])
-        self.listening = yield endpoint.listen(self.site)
+        # The listener production uses: /ws handshakes straight to Autobahn.
+        self.listener = fastpath.WebSocketFirstFactory(self.site, self.factory)
+        self.listening = yield endpoint.listen(self.listener)
         self.port = self.listening.getHost().port
         self.heartbeat = make_heartbeat_service(self.gateway, reactor)
         self.heartbeat.startService()

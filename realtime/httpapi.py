@@ -142,6 +142,8 @@ class Endpoint(JSONResource):
                 request.setHeader(b"Access-Control-Max-Age", b"600")
             request.setResponseCode(204)
             return b""
+        if method == "HEAD":  # a GET whose body Twisted does not send
+            method = "GET"
         handler = getattr(self, "handle_" + method, None) if method.isupper() else None
         if handler is None:
             request.setHeader(b"Allow", self._allowed().encode("ascii"))

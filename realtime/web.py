@@ -51,9 +51,12 @@ class JSONResource(Resource):
         handler = getattr(self, "render_" + method, None)
         if handler is None:
             allowed = sorted(m[len("render_"):] for m in dir(self)
-                             if m.startswith("render_") and m[len("render_"):].isupper())
+                             if m.startswith("render_") and m[len("render_"):].isupper()
+                             and m != "render_HEAD")  # every Resource has that one
+            if not allowed:  # a folder of the tree (``/websocket/users``), not an endpoint
+                return json_error(request, 404, "not_found", "no such resource")
             request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
-            return json_error(request, 405, "method_not_allowed", f"{method} not allowed")
+            return json_error(request, 405, "method_not_allowed", f"{method[:16]} not allowed")
         return handler(request)
 
 

@@ -110,3 +110,25 @@ class ServerTests(unittest.TestCase):
                      b'{"type":"subscribe","topic":"public:\\ud800"}'):
             client.sendMessage(text)
             self.assertEqual((yield client.next("error"))["code"], "invalid_json")
+
+
+class HTTPShapeTests(unittest.TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self):
+        self.gw = GatewayHarness(feeds=False, jwt_secret=HS_SECRET, admin_key=ADMIN_KEY)
+        yield self.gw.start()
+        self.addCleanup(self.gw.stop)
+
+    @inlineCallbacks
+    def test_folders_are_404_and_head_works(self):
+        """A folder of the API is 404 (not 405); HEAD on a GET endpoint answers 200."""
+        base = f"http://127.0.0.1:{self.gw.port}"
+        for path in ("/websocket/users", "/websocket/users/a", "/websocket", "/websocket/me"):
+            response = yield treq.get(base + path, persistent=False)
+            body = yield response.json()
+            self.assertEqual((response.code, body["error"]), (404, "not_found"), path)
+        response = yield treq.head(base + "/websocket/status", persistent=False)
+        yield response.content()
+        self.assertEqual(response.code, 200)

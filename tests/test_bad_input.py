@@ -111,16 +111,6 @@ class ServerTests(unittest.TestCase):
             client.sendMessage(text)
             self.assertEqual((yield client.next("error"))["code"], "invalid_json")
 
-
-class HTTPShapeTests(unittest.TestCase):
-    timeout = 60
-
-    @inlineCallbacks
-    def setUp(self):
-        self.gw = GatewayHarness(feeds=False, jwt_secret=HS_SECRET, admin_key=ADMIN_KEY)
-        yield self.gw.start()
-        self.addCleanup(self.gw.stop)
-
     @inlineCallbacks
     def test_folders_are_404_and_head_works(self):
         """A folder of the API is 404 (not 405); HEAD on a GET endpoint answers 200."""

@@ -8,13 +8,12 @@ import time
 import jwt
 import treq
 from autobahn.websocket.compress import PerMessageDeflateOffer
-from twisted.internet import reactor, threads
+from twisted.internet import threads
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from realtime import jsonutil
 from realtime.auth import AuthFailure, JWTVerifier
-from tests import harness
 from tests.harness import GatewayHarness, unique
 from tests.keys import HS_SECRET, hs_token
 

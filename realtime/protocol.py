@@ -135,6 +135,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self._held: tuple = ()  # client messages received while admission was pending
         self._present_as: Optional[str] = None  # user id recorded in presence
         self.session_seq = 0  # single-session mode: this session's number
+        self.admitted_at = 0.0  # when admitted (gateway clock): see Registry.dispatch
         self._outbox: Optional[list] = None  # frames due this reactor turn (fastpath)
         self._outbox_bytes = 0
         self._batcher = None
@@ -331,6 +332,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             self._refuse(AuthFailure("revoked", "token revoked"))
             return
         self._present_as = identity.user_id
+        self.admitted_at = gateway.now()
         self.identity = identity
         self.gateway.registry.add(self)
         self._registered = True

@@ -15,6 +15,9 @@ Events are plain dicts so that a broker can carry them between processes unchang
 ``{"t": "disconnect", "user": id, "code": n, "reason": text}``  close that user's connections
 ``{"t": "revoke", "token_id": id}``                 ``auth_failed`` ``revoked`` (4001) to the
                                                    connections authenticated with that token
+``{"t": "disconnect", "user": id, "code": n, "reason": text, "at": seconds}``
+                    close only the connections admitted at or before ``at`` (an event
+                    replayed late, after a Redis blip, spares newer ones)
 ``{"t": "disconnect", "user": id, "code": 4004, "reason": text, "before": n}``
                     single-session mode: close the user's connections whose
                     ``session_seq`` is below n (the newer session, numbered n, stays)
@@ -178,6 +181,9 @@ class Registry:
                     before = int(event["before"])
                     self._remember_replacement(str(event["user"]), before)
                     conns = [c for c in conns if getattr(c, "session_seq", 0) < before]
+                if event.get("at") is not None:
+                    at = float(event["at"])
+                    conns = [c for c in conns if getattr(c, "admitted_at", 0.0) <= at]
                 for conn in conns:
                     conn.close_with(int(event.get("code", 4000)), str(event.get("reason", "")))
                 return len(conns)

@@ -323,9 +323,11 @@ class Disconnect(Endpoint):
         count = yield api.connection_count(user_id)
         if not count:
             raise HTTPError(404, "not_connected", "the user is not connected")
+        # "at": a process replaying the event after a Redis blip must not close the
+        # connections the user opened after it (see Registry.dispatch).
         yield api.publish({"t": "disconnect", "user": user_id,
                            "code": CLOSE_DISCONNECTED_BY_ADMIN,
-                           "reason": "disconnected by admin"})
+                           "reason": "disconnected by admin", "at": api.gateway.now()})
         returnValue((200, {"userId": user_id, "disconnected": count}))
 
 

@@ -141,6 +141,14 @@ class RegistryTests(unittest.TestCase):
         self.assertEqual(self.a1.closed, (4003, "bye"))
         self.assertIsNone(self.b1.closed)
 
+    def test_disconnect_spares_connections_admitted_after_it(self):
+        """A disconnect event stamped `at` closes only connections admitted by then."""
+        self.a1.admitted_at, self.a2.admitted_at = 50.0, 200.0
+        self.assertEqual(self.registry.dispatch(
+            {"t": "disconnect", "user": "alice", "code": 4003, "reason": "bye", "at": 100.0}), 1)
+        self.assertEqual(self.a1.closed, (4003, "bye"))
+        self.assertIsNone(self.a2.closed)
+
     def test_malformed_events_ignored(self):
         """Unknown kinds and malformed events reach nobody and do not raise."""
         for event in ({"t": "nope"}, {"t": "users"}, {"t": "users", "to": "alice", "msg": "{}"},

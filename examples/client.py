@@ -59,7 +59,7 @@ class Printer(WebSocketClientProtocol):
             reactor.stop()
 
 
-def main():
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--couchdb", default="http://127.0.0.1:5984")
@@ -70,7 +70,11 @@ def main():
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--touch", action="store_true",
                         help="change the user's own _users document and exit")
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = make_parser().parse_args()
 
     headers = {}
     path = "/ws"

@@ -103,9 +103,9 @@ Log in and connect:
   curl -si -X POST {server.url}/_session -H 'Content-Type: application/json' \\
        -d '{{"name":"{user}","password":"{password}"}}' | grep -i set-cookie
   then open {scheme}://127.0.0.1:{port}/ws with that AuthSession cookie
-  (python examples/client.py --couchdb {server.url} --user {user} --password {password} --port {port})
+  (python examples/client.py --couchdb {server.url} --user {user} --password={password} --port {port})
 Change the user's document (in another terminal) and watch it arrive:
-  python examples/client.py --couchdb {server.url} --user {user} --password {password} --touch
+  python examples/client.py --couchdb {server.url} --user {user} --password={password} --touch
 Status: curl http://127.0.0.1:{port}/websocket/status
 """)
     sys.stdout.flush()
@@ -123,7 +123,7 @@ def makeService(options) -> service.MultiService:
     config = config.replace(couchdb_url=server.url, couchdb_admin_auth=server.admin_auth)
     embedded = _EmbeddedCouchDBService(server, os.environ.get("REALTIME_DEMO_USER", "demo"),
                                        os.environ.get("REALTIME_DEMO_PASSWORD")
-                                       or secrets.token_urlsafe(9), config.listen)
+                                       or secrets.token_hex(8), config.listen)  # never starts with '-'
     top = service.MultiService()
     embedded.setServiceParent(top)
     make_service(config, ready=embedded.ready).setServiceParent(top)

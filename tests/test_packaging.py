@@ -92,3 +92,27 @@ class ReadmeTests(unittest.TestCase):
             readme = f.read()
         missing = [o.env for o in config_module.OPTIONS if f"   * - ``{o.env}``" not in readme]
         self.assertEqual(missing, [])
+
+
+class BannerTests(unittest.TestCase):
+    def test_printed_commands_work_with_any_password(self):
+        """The run command's printed client commands parse, even for a password like '-x'."""
+        import io
+        import runpy
+        import shlex
+        from contextlib import redirect_stdout
+        from realtime.tap import _print_banner
+
+        class Server:
+            url, admin = "http://127.0.0.1:5999", "admin"
+
+        out = io.StringIO()
+        with redirect_stdout(out):
+            _print_banner(Server(), "demo", "-dash-first", ("tcp:8080",))
+        client = runpy.run_path(os.path.join(REPO, "examples", "client.py"))
+        commands = [line.split("python examples/client.py", 1)[1].rstrip(")")
+                    for line in out.getvalue().splitlines() if "examples/client.py" in line]
+        self.assertEqual(len(commands), 2)
+        for command in commands:
+            args = client["make_parser"]().parse_args(shlex.split(command))
+            self.assertEqual((args.user, args.password), ("demo", "-dash-first"))

@@ -29,7 +29,6 @@ continuous feed back.  Short requests elsewhere use treq.
 
 from __future__ import annotations
 
-import base64
 import random
 from typing import Callable, Optional
 from urllib.parse import quote, urlencode
@@ -409,7 +408,3 @@ class _Discard(Protocol):
     def connectionLost(self, reason):
         pass
 
-
-def basic_auth_header(user: str, password: str) -> str:
-    """The ``COUCHDB_ADMIN_AUTH`` value for a user and password."""
-    return base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import jwt
-from twisted.internet.defer import Deferred, inlineCallbacks, returnValue, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, returnValue
 from twisted.logger import Logger
 
 from realtime import jsonutil
@@ -163,9 +163,6 @@ class JWKSKeySource:
         self._last_fetch_failed = False
         self._log.info("JWKS loaded: {count} keys", count=len(keys))
 
-    def prime(self) -> Deferred:
-        """Fetch now (e.g. at start-up); fires when done, whatever the outcome."""
-        return self._fetch() if self._may_fetch() else succeed(None)
 
 
 def _describe(error: Exception) -> str:

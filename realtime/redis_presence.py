@@ -417,12 +417,6 @@ class RedisPresence:
 
         return d.addCallbacks(int, local)
 
-    # -- for tests and status -----------------------------------------------------------
-
-    def local_users(self) -> Dict[str, int]:
-        return dict(self._counts.by_user)
-
-
 def _pairs_to_dict(flat) -> Dict[str, int]:
     flat = flat or []
     return {flat[i]: int(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}

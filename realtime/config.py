@@ -133,52 +133,30 @@ OPTIONS = (
 _BY_NAME = {option.name: option for option in OPTIONS}
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    listen: tuple
-    couchdb_url: str
-    couchdb_admin_auth: Optional[str]
-    couchdb_heartbeat_ms: int
-    watch_databases: tuple
-    ws_heartbeat_ms: int
-    jwt_secret: Optional[str]
-    jwt_public_key: Optional[str]
-    jwt_jwks_url: Optional[str]
-    jwt_algorithms: Optional[tuple]
-    jwt_audience: Optional[str]
-    jwt_issuer: Optional[str]
-    jwt_user_claim: str
-    jwt_roles_claim: str
-    redis_url: Optional[str]
-    redis_prefix: str
-    redis_timeout_ms: int
-    redis_stream_maxlen: int
-    presence_ttl_ms: int
-    admin_key: Optional[str]
-    rest_max_body_bytes: int
-    cors_origins: tuple
-    ws_rate_limit_max_messages: int
-    ws_rate_limit_window_ms: int
-    ws_max_connections_per_user: int
-    ws_max_message_bytes: int
-    ws_auth_timeout_ms: int
-    ws_max_queue_bytes: int
-    ws_session_revalidate_ms: int
-    ws_single_session: bool
-    ws_signed_messages: bool
-    embedded_couchdb: str
+#: option names whose values never appear in a repr (a Config may reach a log or traceback)
+_SECRETS = {"couchdb_admin_auth", "jwt_secret", "admin_key", "redis_url"}
 
-    def replace(self, **changes: Any) -> "Config":
-        return dataclasses.replace(self, **changes)
 
-    def __repr__(self) -> str:
-        # Never print secrets: a Config may end up in a log line or a traceback.
-        hidden = {"couchdb_admin_auth", "jwt_secret", "admin_key", "redis_url"}
-        fields = ", ".join(
-            f"{f.name}={'<hidden>' if f.name in hidden and getattr(self, f.name) else getattr(self, f.name)!r}"
-            for f in dataclasses.fields(self)
-        )
-        return f"Config({fields})"
+def _replace(self, **changes: Any) -> "Config":
+    return dataclasses.replace(self, **changes)
+
+
+def _repr(self) -> str:
+    fields = ", ".join(
+        f"{f.name}={'<hidden>' if f.name in _SECRETS and getattr(self, f.name) else getattr(self, f.name)!r}"
+        for f in dataclasses.fields(self)
+    )
+    return f"Config({fields})"
+
+
+#: The settings, one field per option of :data:`OPTIONS` (derived from it, so that an
+#: option is declared once).
+Config = dataclasses.make_dataclass(
+    "Config", [(option.name, Any) for option in OPTIONS], frozen=True,
+    namespace={"replace": _replace, "__repr__": _repr,
+               "__doc__": "The settings: one frozen field per option of OPTIONS."},
+    repr=False)
+Config.__module__ = __name__
 
 
 class ConfigError(ValueError):

@@ -128,6 +128,9 @@ OPTIONS = (
     Option("embedded_couchdb", "REALTIME_EMBEDDED_COUCHDB", "auto", str,
            "auto: start an in-memory pouchdb-server when COUCHDB_URL is unset; "
            "yes / no to force"),
+    Option("bench_trigger", "REALTIME_BENCH_TRIGGER", None, _optional,
+           "benchmarks only: a loopback endpoint taking unauthenticated fan-out commands "
+           "(realtime.benchhook); never set it in production"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}

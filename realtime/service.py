@@ -9,7 +9,6 @@ arguments; only this module knows about the Config and the reactor.
 
 from __future__ import annotations
 
-import os
 
 
 from twisted.application import internet, service
@@ -204,7 +203,6 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
         internet.StreamServerEndpointService(endpoint, listener).setServiceParent(top)
 
     # Benchmark hook (realtime.benchhook): off unless REALTIME_BENCH_TRIGGER is set.
-    bench_trigger = os.environ.get(benchhook.ENV)
-    if bench_trigger:
-        benchhook.make_trigger_service(reactor, gateway, bench_trigger).setServiceParent(top)
+    if config.bench_trigger:
+        benchhook.make_trigger_service(reactor, gateway, config.bench_trigger).setServiceParent(top)
     return top

@@ -93,9 +93,8 @@ class BenchHookTests(unittest.TestCase):
 
     def test_on_when_the_environment_names_an_endpoint(self):
         """With REALTIME_BENCH_TRIGGER set, the service tree listens for trigger commands."""
-        os.environ[benchhook.ENV] = "tcp:0:interface=127.0.0.1"
-        self.addCleanup(os.environ.pop, benchhook.ENV, None)
-        config = config_module.defaults(listen=("tcp:0:interface=127.0.0.1",))
+        config = config_module.load({}, {benchhook.ENV: "tcp:0:interface=127.0.0.1",
+                                         "REALTIME_LISTEN": "tcp:0:interface=127.0.0.1"})
         top = make_service(config, reactor=task.Clock())
         self.assertTrue(any(getattr(getattr(s, "factory", None), "protocol", None)
                             is benchhook._TriggerProtocol for s in top))

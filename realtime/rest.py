@@ -97,6 +97,12 @@ class API:
     def body(self, request) -> dict:
         return read_json_body(request, self.max_body_bytes)
 
+    @inlineCallbacks
+    def admin_body(self, request):
+        """The JSON body of a request with admin credentials (else the HTTPError)."""
+        yield self.credentials.require_admin(request)
+        returnValue(self.body(request))
+
     def message_text(self, kind: str, data) -> str:
         return jsonutil.dumps_text({"type": kind, "data": data,
                                     "timestamp": self.gateway.timestamp()})
@@ -168,8 +174,7 @@ class MessageUser(Endpoint):
     @inlineCallbacks
     def handle_POST(self, request):
         api = self.api
-        yield api.credentials.require_admin(request)
-        body = api.body(request)
+        body = yield api.admin_body(request)
         user_id = user_id_field(body.get("userId"))
         kind = message_type(body)
         data = present_field(body, "data")
@@ -181,8 +186,7 @@ class MessageUsers(Endpoint):
     @inlineCallbacks
     def handle_POST(self, request):
         api = self.api
-        yield api.credentials.require_admin(request)
-        body = api.body(request)
+        body = yield api.admin_body(request)
         user_ids = body.get("userIds")
         if not isinstance(user_ids, list) or not user_ids:
             raise bad_field("userIds", "userIds must be a non-empty list of user ids")
@@ -208,8 +212,7 @@ class Broadcast(Endpoint):
     @inlineCallbacks
     def handle_POST(self, request):
         api = self.api
-        yield api.credentials.require_admin(request)
-        body = api.body(request)
+        body = yield api.admin_body(request)
         kind = message_type(body)
         data = present_field(body, "data")
         users = yield api.users()
@@ -222,8 +225,7 @@ class Notification(Endpoint):
     @inlineCallbacks
     def handle_POST(self, request):
         api = self.api
-        yield api.credentials.require_admin(request)
-        body = api.body(request)
+        body = yield api.admin_body(request)
         user_id = user_id_field(body.get("userId"))
         string_field(body, "title")
         string_field(body, "body")
@@ -236,8 +238,7 @@ class Publish(Endpoint):
     @inlineCallbacks
     def handle_POST(self, request):
         api = self.api
-        yield api.credentials.require_admin(request)
-        body = api.body(request)
+        body = yield api.admin_body(request)
         topic = body.get("topic")
         problem = topics.topic_error(topic)
         if problem is not None:

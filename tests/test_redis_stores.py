@@ -91,7 +91,7 @@ class UnavailableTests(unittest.TestCase):
 
 class MemoryStoreTests(unittest.TestCase):
     def test_memory_revocation(self):
-        """Revoked until the token's expiry, then forgotten."""
+        """Revoked until the token's expiry, then forgotten (memory freed)."""
         clock = Clock()
         clock.advance(1000)
         store = MemoryRevocationStore(clock)
@@ -100,6 +100,15 @@ class MemoryStoreTests(unittest.TestCase):
         self.assertFalse(self.successResultOf(store.is_revoked("jti:b")))
         clock.advance(11)
         self.assertFalse(self.successResultOf(store.is_revoked("jti:a")))
+        self.assertEqual(len(store), 0)
+
+    def test_already_expired_not_stored(self):
+        """Revoking an expired token stores nothing (it is refused anyway)."""
+        clock = Clock()
+        clock.advance(1000)
+        store = MemoryRevocationStore(clock)
+        store.revoke("jti:old", 999)
+        self.assertEqual(len(store), 0)
 
     def test_memory_nonces(self):
         """A nonce is a replay within ttl, new again after; memory stays bounded."""

@@ -48,28 +48,6 @@ class FakeConnection:
         self.failures.append(failure.reason)
 
 
-class MemoryStoreTests(unittest.TestCase):
-    def test_revoked_until_expiry(self):
-        """A revoked token id is revoked until its exp, then forgotten."""
-        clock = Clock()
-        clock.advance(1000)
-        store = MemoryRevocationStore(clock)
-        store.revoke("jti:a", 1100)
-        self.assertTrue(self.successResultOf(store.is_revoked("jti:a")))
-        self.assertFalse(self.successResultOf(store.is_revoked("jti:b")))
-        clock.advance(100)
-        self.assertFalse(self.successResultOf(store.is_revoked("jti:a")))
-        self.assertEqual(len(store), 0)
-
-    def test_already_expired_not_stored(self):
-        """Revoking an expired token stores nothing (it is refused anyway)."""
-        clock = Clock()
-        clock.advance(1000)
-        store = MemoryRevocationStore(clock)
-        store.revoke("jti:old", 999)
-        self.assertEqual(len(store), 0)
-
-
 class RevocationTargetTests(unittest.TestCase):
     def test_token_body(self):
         """{token}: its jti (or hash) and exp are read without verifying it."""

@@ -1,0 +1,463 @@
+"""
+The rule file: which application databases are followed, and who may read (and write)
+their documents.
+
+The file is TOML (read with :mod:`tomllib`), named by ``REALTIME_CONFIG`` / ``--config``.
+One table per followed database::
+
+    [databases.notes]
+    users  = ["owner", "members"]     # fields naming users who may read
+    roles  = ["readers"]              # fields naming roles: any user holding one may read
+    public = false                    # true: every authenticated user may read every doc
+    hidden = ["secret", "acl.internal"]   # fields removed before a doc leaves the server
+    access = "myapp.rules:notes"      # optional callable doc -> principals; replaces
+                                      # users / roles / public
+    push   = "all"                    # or "subscribed" (only to db:/doc: subscribers)
+    write  = ["owner"]                # fields naming users who may write (document writes)
+    fields = ["title", "body"]        # the fields a client may set
+    owner  = "owner"                  # doc.create sets this field to the creating user
+
+Decisions (user-facing; also in ``docs/databases.rst``):
+
+- **Paths.**  ``users``, ``roles``, ``hidden``, ``write`` and ``owner`` name fields by
+  dotted paths (``acl.readers``): each segment reaches into an object.  When a value on
+  the way is a list, the path continues into each object of the list
+  (``members.name`` over ``{"members": [{"name": "a"}, {"name": "b"}]}`` names a and b).
+  A field naming users or roles may hold a string or a list of strings; anything else
+  (numbers, objects, empty strings, a missing field) names nobody.  Each key takes a list
+  of paths or a single path string.
+- **Principals.**  The readers of a document are a frozenset of principals:
+  ``"user:NAME"``, ``"role:NAME"`` and ``"public"`` (every authenticated user).  They are
+  what the readers index stores: a user is matched against them with the roles the user
+  holds *now* (:func:`may_read`), so a role granted or taken away applies to every
+  document at once, without touching the index.
+- **access.**  ``"module:callable"`` (dots allowed in both parts: ``pkg.mod:Class.fn``),
+  imported when the file is loaded.  It is called with the document (a copy: it cannot
+  change what is sent) and returns an iterable of principals; it replaces ``users``,
+  ``roles`` and ``public`` (giving both is an error).  A result that is not an iterable of
+  valid principals, or an exception, raises :class:`AccessRuleFailed`: the caller treats
+  that revision as readable by nobody (never as readable by everyone).
+- **Admins.**  Nothing special: ``_admin`` is a role like any other, so an admin reads a
+  document only when a rule names that role (or the user).
+- **hidden.**  Removed from every document that leaves the server, at any depth (through
+  lists of objects too).  The document's ``_revisions`` / ``_revs_info`` (present when the
+  gateway read it with ``?revs=true``) are removed as well.
+- **Writes** (``write``, ``fields``, ``owner``) are validated here and used by
+  :mod:`realtime.databases.writes`: ``write`` and ``fields`` go together (one without the
+  other is an error); ``fields`` are top-level field names, none starting with ``_``;
+  ``owner`` needs ``write``.
+- **Errors.**  Any problem raises one :class:`RuleFileError` whose text names the file, the
+  table and the key (``rules.toml: [databases.notes] users: must be a string or a list of
+  strings``); the server prints that one line and exits non-zero.  Unknown keys are
+  errors (a typo must not silently open or close a database).  Database names follow
+  CouchDB's rule (``^[a-z][a-z0-9_$()+/-]*$``), which also keeps ``_users`` and every
+  system database out.
+
+API (pure: no I/O except importing ``access`` callables at load time):
+
+- :func:`load_rules(path) <load_rules>` / :func:`parse_rules(text, source)
+  <parse_rules>` -> :class:`RuleSet` (a mapping db -> :class:`DatabaseRule`);
+- :meth:`DatabaseRule.readers` (doc -> principals), :func:`may_read` (principals, user,
+  roles -> bool), :meth:`DatabaseRule.sanitise` (doc -> copy without hidden fields),
+  :meth:`DatabaseRule.writers` (doc -> principals of users who may write),
+  :meth:`DatabaseRule.may_write`, :func:`principals_of` (a user's own principals).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+import tomllib
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, Mapping, Optional, Tuple
+
+PUBLIC = "public"
+USER = "user:"
+ROLE = "role:"
+
+PUSH_ALL = "all"
+PUSH_SUBSCRIBED = "subscribed"
+
+#: CouchDB's rule for database names (system databases start with ``_``: never followed
+#: through a rule table; ``_users`` has its own routing).
+DB_NAME = re.compile(r"^[a-z][a-z0-9_$()+/-]*$")
+
+#: keys a ``[databases.NAME]`` table may hold
+TABLE_KEYS = ("users", "roles", "public", "hidden", "access", "push", "write", "fields",
+              "owner")
+
+#: top-level keys of the file
+TOP_LEVEL_KEYS = ("databases",)
+
+#: metadata CouchDB adds when asked (``?revs=true``, ``?revs_info=true``): never sent on
+_META_REMOVED = ("_revisions", "_revs_info")
+
+Path = Tuple[str, ...]
+Principals = FrozenSet[str]
+
+NOBODY: Principals = frozenset()
+
+
+class RuleFileError(ValueError):
+    """The rule file cannot be used.  The text is one line naming file, table and key."""
+
+
+class AccessRuleFailed(Exception):
+    """An ``access`` callable raised, or returned something that is not principals."""
+
+
+# -- principals ---------------------------------------------------------------------------
+
+def user_principal(name: str) -> str:
+    return USER + name
+
+
+def role_principal(name: str) -> str:
+    return ROLE + name
+
+
+def principals_of(user_id: str, roles: Iterable[str]) -> Principals:
+    """Every principal a user holds: ``public``, ``user:<id>`` and one ``role:`` per role."""
+    return frozenset((PUBLIC, USER + user_id, *(ROLE + role for role in roles)))
+
+
+def may_read(principals: Principals, user_id: str, roles: Iterable[str]) -> bool:
+    """
+    Whether a user with these (current) roles is one of ``principals`` (the readers of a
+    revision).  ``public`` means any authenticated user.
+    """
+    if not principals:
+        return False
+    if PUBLIC in principals or USER + user_id in principals:
+        return True
+    return any(ROLE + role in principals for role in roles)
+
+
+def valid_principal(value) -> bool:
+    if not isinstance(value, str):
+        return False
+    if value == PUBLIC:
+        return True
+    for prefix in (USER, ROLE):
+        if value.startswith(prefix) and len(value) > len(prefix):
+            return True
+    return False
+
+
+# -- paths --------------------------------------------------------------------------------
+
+def values_at(doc, path: Path) -> Iterator[Any]:
+    """Every value a dotted path reaches in ``doc`` (into objects, and across lists)."""
+    if not path:
+        yield doc
+        return
+    if isinstance(doc, dict):
+        if path[0] in doc:
+            yield from values_at(doc[path[0]], path[1:])
+    elif isinstance(doc, list):
+        for item in doc:
+            if isinstance(item, dict):
+                yield from values_at(item, path)
+
+
+def names_at(doc, path: Path) -> Iterator[str]:
+    """The non-empty strings a field holds (a string, or the strings of a list)."""
+    for value in values_at(doc, path):
+        if isinstance(value, str):
+            if value:
+                yield value
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, str) and item:
+                    yield item
+
+
+def without_paths(value, paths: Tuple[Path, ...]):
+    """A copy of ``value`` without the given paths (depth-first; lists crossed)."""
+    if not paths:
+        return value
+    if isinstance(value, list):
+        return [without_paths(item, paths) if isinstance(item, (dict, list)) else item
+                for item in value]
+    if not isinstance(value, dict):
+        return value
+    here = {path[0] for path in paths if len(path) == 1}
+    deeper: Dict[str, list] = {}
+    for path in paths:
+        if len(path) > 1:
+            deeper.setdefault(path[0], []).append(path[1:])
+    out = {}
+    for key, item in value.items():
+        if key in here:
+            continue
+        rest = deeper.get(key)
+        out[key] = without_paths(item, tuple(rest)) if rest else item
+    return out
+
+
+# -- the rule of one database ---------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseRule:
+    """The rule of one followed database (see the module docstring)."""
+
+    db: str
+    users: Tuple[Path, ...] = ()
+    roles: Tuple[Path, ...] = ()
+    public: bool = False
+    hidden: Tuple[Path, ...] = ()
+    access: Optional[Callable[[dict], Iterable[str]]] = None
+    access_name: Optional[str] = None
+    push: str = PUSH_ALL
+    write: Tuple[Path, ...] = ()
+    fields: Tuple[str, ...] = ()
+    owner: Optional[Path] = None
+
+    def readers(self, doc) -> Principals:
+        """
+        The principals who may read this revision.  A deletion (``_deleted``) or a missing
+        document has no readers.  Raises :class:`AccessRuleFailed` when ``access`` fails.
+        """
+        if not isinstance(doc, dict) or doc.get("_deleted"):
+            return NOBODY
+        if self.access is not None:
+            return self._call_access(doc)
+        if self.public:
+            return frozenset((PUBLIC,))
+        found = set()
+        for path in self.users:
+            for name in names_at(doc, path):
+                found.add(USER + name)
+        for path in self.roles:
+            for name in names_at(doc, path):
+                found.add(ROLE + name)
+        return frozenset(found) if found else NOBODY
+
+    def _call_access(self, doc: dict) -> Principals:
+        import copy
+        try:
+            result = self.access(copy.deepcopy(doc))
+            principals = frozenset(result)
+        except Exception as e:
+            raise AccessRuleFailed(f"{self.access_name} raised {type(e).__name__}") from e
+        for value in principals:
+            if not valid_principal(value):
+                raise AccessRuleFailed(
+                    f"{self.access_name} returned {value!r}: principals are 'user:NAME', "
+                    "'role:NAME' or 'public'")
+        return principals
+
+    def sanitise(self, doc: dict) -> dict:
+        """A copy of ``doc`` as it may leave the server: hidden fields (at any depth) and
+        revision metadata removed."""
+        out = without_paths(doc, self.hidden) if self.hidden else dict(doc)
+        for key in _META_REMOVED:
+            out.pop(key, None)
+        return out
+
+    # sanitize: the spelling of the rest of the code base (realtime.feeds' users routing)
+    sanitize = sanitise
+
+    def writers(self, doc) -> Principals:
+        """``user:NAME`` principals of the users named in ``write`` fields of ``doc``."""
+        if not isinstance(doc, dict) or doc.get("_deleted"):
+            return NOBODY
+        return frozenset(USER + name for path in self.write for name in names_at(doc, path))
+
+    def may_write(self, doc, user_id: str) -> bool:
+        """Whether ``user_id`` is named in a ``write`` field of ``doc``."""
+        return USER + user_id in self.writers(doc)
+
+    @property
+    def writable(self) -> bool:
+        """Whether clients may write documents of this database through the gateway."""
+        return bool(self.write) and bool(self.fields)
+
+    @property
+    def push_all(self) -> bool:
+        return self.push == PUSH_ALL
+
+    def describe(self) -> dict:
+        """A JSON-able summary (for status and logs): no callable objects."""
+        return {
+            "users": [".".join(p) for p in self.users],
+            "roles": [".".join(p) for p in self.roles],
+            "public": self.public,
+            "hidden": [".".join(p) for p in self.hidden],
+            "access": self.access_name,
+            "push": self.push,
+            "writable": self.writable,
+        }
+
+
+class RuleSet(Mapping[str, DatabaseRule]):
+    """The rules of every followed application database, by database name."""
+
+    def __init__(self, rules: Mapping[str, DatabaseRule] = (), source: Optional[str] = None):
+        self._rules = dict(rules)
+        self.source = source
+
+    def __getitem__(self, db: str) -> DatabaseRule:
+        return self._rules[db]
+
+    def __iter__(self):
+        return iter(self._rules)
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def __repr__(self) -> str:
+        return f"RuleSet({sorted(self._rules)!r}, source={self.source!r})"
+
+
+EMPTY = RuleSet()
+
+
+# -- parsing -----------------------------------------------------------------------------
+
+def load_rules(path: str) -> RuleSet:
+    """Read and validate a rule file; raises :class:`RuleFileError` (one line)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise RuleFileError(f"{path}: cannot be read: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RuleFileError(f"{path}: not UTF-8 text") from None
+    return parse_rules(text, path)
+
+
+def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
+    """Parse and validate the text of a rule file (``source`` names it in errors)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise RuleFileError(f"{source}: not valid TOML: {_one_line(str(e))}") from None
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            raise RuleFileError(f"{source}: unknown top-level key {key!r} "
+                                f"(expected [databases.NAME] tables)")
+    databases = data.get("databases", {})
+    if not isinstance(databases, dict):
+        raise RuleFileError(f"{source}: databases: must be a table of [databases.NAME] tables")
+    rules = {}
+    for db, table in databases.items():
+        rules[db] = _parse_table(source, db, table)
+    return RuleSet(rules, source)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _Where:
+    def __init__(self, source: str, db: str):
+        self.source = source
+        self.db = db
+
+    def error(self, key: Optional[str], problem: str) -> RuleFileError:
+        where = f"{self.source}: [databases.{self.db}]"
+        if key is not None:
+            where += f" {key}"
+        return RuleFileError(f"{where}: {problem}")
+
+
+def _parse_table(source: str, db: str, table) -> DatabaseRule:
+    where = _Where(source, db)
+    if not DB_NAME.match(db):
+        raise where.error(None, "not a CouchDB database name (lower case letter first, then "
+                                "a-z 0-9 _ $ ( ) + - /)")
+    if not isinstance(table, dict):
+        raise where.error(None, "must be a table")
+    for key in table:
+        if key not in TABLE_KEYS:
+            raise where.error(key, f"unknown key (known: {', '.join(TABLE_KEYS)})")
+    users = _paths(where, table, "users")
+    roles = _paths(where, table, "roles")
+    hidden = _paths(where, table, "hidden")
+    write = _paths(where, table, "write")
+    public = table.get("public", False)
+    if not isinstance(public, bool):
+        raise where.error("public", "must be true or false")
+    push = table.get("push", PUSH_ALL)
+    if push not in (PUSH_ALL, PUSH_SUBSCRIBED):
+        raise where.error("push", f'must be "{PUSH_ALL}" or "{PUSH_SUBSCRIBED}"')
+    access, access_name = None, None
+    if "access" in table:
+        for other in ("users", "roles", "public"):
+            if other in table:
+                raise where.error("access", f"replaces users, roles and public: give "
+                                            f"access or {other}, not both")
+        access_name = table["access"]
+        access = _import_access(where, access_name)
+    fields = _field_names(where, table)
+    if write and not fields:
+        raise where.error("write", "needs fields (the fields a client may set)")
+    if fields and not write:
+        raise where.error("fields", "needs write (the fields naming users who may write)")
+    owner = None
+    if "owner" in table:
+        owner_paths = table["owner"]
+        if not isinstance(owner_paths, str):
+            raise where.error("owner", "must be a string (one field)")
+        owner = _path(where, "owner", owner_paths)
+        if not write:
+            raise where.error("owner", "needs write and fields (document writes)")
+    return DatabaseRule(db=db, users=users, roles=roles, public=public, hidden=hidden,
+                        access=access, access_name=access_name, push=push, write=write,
+                        fields=fields, owner=owner)
+
+
+def _path(where: _Where, key: str, text) -> Path:
+    if not isinstance(text, str) or not text:
+        raise where.error(key, "must be a string or a list of strings, none empty")
+    parts = tuple(text.split("."))
+    if any(not part for part in parts):
+        raise where.error(key, f"{text!r} is not a dotted path (an empty segment)")
+    return parts
+
+
+def _paths(where: _Where, table: dict, key: str) -> Tuple[Path, ...]:
+    value = table.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise where.error(key, "must be a string or a list of strings")
+    return tuple(_path(where, key, item) for item in value)
+
+
+def _field_names(where: _Where, table: dict) -> Tuple[str, ...]:
+    value = table.get("fields", [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise where.error("fields", "must be a string or a list of strings")
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise where.error("fields", "must be a string or a list of strings, none empty")
+        if item.startswith("_"):
+            raise where.error("fields", f"{item!r}: fields starting with _ belong to CouchDB")
+    return tuple(value)
+
+
+def _import_access(where: _Where, name) -> Callable:
+    if not isinstance(name, str) or name.count(":") != 1:
+        raise where.error("access", 'must be "module:callable"')
+    module_name, attribute = name.split(":")
+    if not module_name or not attribute:
+        raise where.error("access", 'must be "module:callable"')
+    try:
+        target = importlib.import_module(module_name)
+    except Exception as e:
+        raise where.error("access", f"cannot import {module_name}: "
+                                    f"{type(e).__name__}: {_one_line(str(e))}") from None
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise where.error("access", f"{module_name} has no {attribute}") from None
+    if not callable(target):
+        raise where.error("access", f"{name} is not callable")
+    return target

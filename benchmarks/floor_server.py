@@ -4,7 +4,7 @@ The floor: the least a Twisted WebSocket broadcast server can do.
 A plain Twisted protocol that does the WebSocket opening handshake by hand (no Autobahn, no
 auth, no parsing of client frames), sends ``{"type":"connected"}``, and writes pre-framed
 bytes to every connection.  It speaks the same trigger protocol as the gateway's benchmark
-hook (:mod:`realtime.benchhook`): ``burst N SIZE``, ``spread N SIZE``, ``stamp SIZE TIME``.
+hook (:mod:`realtime.dev.benchhook`): ``burst N SIZE``, ``spread N SIZE``, ``stamp SIZE TIME``.
 
     python benchmarks/floor_server.py WS_PORT TRIGGER_PORT
 """
@@ -20,8 +20,8 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.basic import LineOnlyReceiver
 
-from realtime.benchhook import bench_message
-from realtime.registry import frame_text
+from realtime.dev.benchhook import bench_message
+from realtime.hub.registry import frame_text
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CONNECTED = frame_text(b'{"type":"connected"}')

@@ -3,11 +3,11 @@ The benchmark suite: ``python -m benchmarks.run [--quick]`` (or ``make bench``).
 
 It starts, as real processes on loopback:
 
-- pouchdb-server (in memory; :class:`realtime.embedded.PouchDBServer`), once;
+- pouchdb-server (in memory; :class:`realtime.dev.embedded.PouchDBServer`), once;
 - for each measurement session, one of three servers:
 
   ``gateway``  ``python -m realtime`` with ``JWT_SECRET``, ``COUCHDB_URL`` and the benchmark
-               hook ``REALTIME_BENCH_TRIGGER`` (see :mod:`realtime.benchhook`); clients
+               hook ``REALTIME_BENCH_TRIGGER`` (see :mod:`realtime.dev.benchhook`); clients
                authenticate with a JWT in the ``token`` query parameter;
   ``floor``    ``benchmarks/floor_server.py``: raw Twisted, handshake by hand, pre-framed
                bytes; no auth;
@@ -49,9 +49,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from realtime.benchhook import bench_message  # noqa: E402
-from realtime.embedded import PouchDBServer, free_port  # noqa: E402
-from realtime.registry import frame_text  # noqa: E402
+from realtime.dev.benchhook import bench_message  # noqa: E402
+from realtime.dev.embedded import PouchDBServer, free_port  # noqa: E402
+from realtime.hub.registry import frame_text  # noqa: E402
 
 SECRET = "benchmark-secret-not-for-production"
 SIZE = 128  # payload bytes of every benchmark event

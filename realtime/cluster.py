@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from realtime.broker import BrokerUnavailable, MemoryBroker
-from realtime.redis_client import RedisUnavailable
-from realtime.redis_presence import LocalPresence
-from realtime.redis_stores import MemoryNonceStore, MemoryRevocationStore
+from realtime.hub.broker import BrokerUnavailable, MemoryBroker
+from realtime.redis.client import RedisUnavailable
+from realtime.hub.presence import LocalPresence
+from realtime.auth.stores import MemoryNonceStore, MemoryRevocationStore
 
 
 #: Failures meaning "Redis cannot answer now": REST answers 503, auth answers no (4101).
@@ -44,10 +44,10 @@ def make_cluster_state(config, reactor, registry) -> ClusterState:
     if not config.redis_url:
         return ClusterState(MemoryBroker(registry), LocalPresence(reactor),
                             MemoryRevocationStore(reactor), MemoryNonceStore(reactor))
-    from realtime.redis_broker import RedisBroker
-    from realtime.redis_presence import RedisPresence
-    from realtime.redis_stores import RedisNonceStore, RedisRevocationStore
-    from realtime.redis_url import parse_redis_url
+    from realtime.redis.broker import RedisBroker
+    from realtime.redis.presence import RedisPresence
+    from realtime.redis.stores import RedisNonceStore, RedisRevocationStore
+    from realtime.redis.url import parse_redis_url
 
     broker = RedisBroker(registry, reactor, parse_redis_url(config.redis_url),
                          prefix=config.redis_prefix, timeout=config.redis_timeout_ms / 1000.0,

@@ -44,7 +44,7 @@ def _redis_url(text: str) -> Optional[str]:
     """Checked at start-up (a clear error, never showing the password); kept as text."""
     if not text:
         return None
-    from realtime.redis_url import parse_redis_url
+    from realtime.redis.url import parse_redis_url
     parse_redis_url(text)
     return text
 
@@ -130,7 +130,7 @@ OPTIONS = (
            "yes / no to force"),
     Option("bench_trigger", "REALTIME_BENCH_TRIGGER", None, _optional,
            "benchmarks only: a loopback endpoint taking unauthenticated fan-out commands "
-           "(realtime.benchhook); never set it in production"),
+           "(realtime.dev.benchhook); never set it in production"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}

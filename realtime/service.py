@@ -9,20 +9,22 @@ arguments; only this module knows about the Config and the reactor.
 
 from __future__ import annotations
 
-
-
 from twisted.application import internet, service
 from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from realtime import auth, benchhook, fastpath, jwks, protocol, registry as registry_module
-from realtime import revocation, signing
-from realtime.changes import ChangesFollower
+from realtime.auth import authenticator as auth
+from realtime.auth import jwks, revocation, signing
 from realtime.cluster import ClusterState, make_cluster_state
-from realtime.gateway import Gateway
-from realtime.rest import make_api
-from realtime.web import make_site
+from realtime.dev import benchhook
+from realtime.feeds.changes import ChangesFollower
+from realtime.http.rest import make_api
+from realtime.http.site import make_site
+from realtime.hub import registry as registry_module
+from realtime.hub.gateway import Gateway
+from realtime.transport import fastpath
+from realtime.transport import websocket as protocol
 
 _log = Logger()
 
@@ -185,7 +187,7 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
 
     ClusterService(gateway.cluster).setServiceParent(top)
 
-    # The feeds use a plain Agent (no gzip: see realtime.changes) with their own pool.
+    # The feeds use a plain Agent (no gzip: see realtime.feeds.changes) with their own pool.
     feed_pool = HTTPConnectionPool(reactor, persistent=False)
     followers = make_followers(config, reactor, gateway, Agent(reactor, pool=feed_pool))
     gateway.followers = followers
@@ -195,14 +197,14 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
 
     factory = protocol.make_factory(gateway)
     site = make_site(gateway, factory, api_resource=make_api(gateway))
-    # /ws handshakes go straight to Autobahn, the rest to the site (realtime.fastpath)
+    # /ws handshakes go straight to Autobahn, the rest to the site (realtime.transport.fastpath)
     listener = fastpath.WebSocketFirstFactory(site, factory, clock=reactor)
     ShutdownService(gateway).setServiceParent(top)
     for description in config.listen:
         endpoint = endpoints.serverFromString(reactor, description)
         internet.StreamServerEndpointService(endpoint, listener).setServiceParent(top)
 
-    # Benchmark hook (realtime.benchhook): off unless REALTIME_BENCH_TRIGGER is set.
+    # Benchmark hook (realtime.dev.benchhook): off unless REALTIME_BENCH_TRIGGER is set.
     if config.bench_trigger:
         benchhook.make_trigger_service(reactor, gateway, config.bench_trigger).setServiceParent(top)
     return top

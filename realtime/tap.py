@@ -117,7 +117,7 @@ def makeService(options) -> service.MultiService:
     config = options.config
     if not options.embedded:
         return make_service(config)
-    from realtime.embedded import PouchDBServer
+    from realtime.dev.embedded import PouchDBServer
 
     server = PouchDBServer(port=int(os.environ.get("REALTIME_EMBEDDED_PORT", "0")) or None)
     config = config.replace(couchdb_url=server.url, couchdb_admin_auth=server.admin_auth)

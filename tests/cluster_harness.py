@@ -28,7 +28,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from realtime.embedded import free_port, stop_process
+from realtime.dev.embedded import free_port, stop_process
 from tests import harness
 from tests.harness import close_clients
 

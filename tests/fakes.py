@@ -11,10 +11,10 @@ import jwt
 from twisted.internet.task import Clock
 
 from realtime import config as config_module, jsonutil
-from realtime.auth import Authenticator, Identity, JWTVerifier
-from realtime.broker import MemoryBroker
-from realtime.gateway import Gateway
-from realtime.registry import Registry
+from realtime.auth.authenticator import Authenticator, Identity, JWTVerifier
+from realtime.hub.broker import MemoryBroker
+from realtime.hub.gateway import Gateway
+from realtime.hub.registry import Registry
 
 SECRET = "test-secret-for-unit-tests-only-0123456789"
 ADMIN_KEY = "admin-key-for-tests-0123456789"

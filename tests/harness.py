@@ -28,11 +28,12 @@ from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks, ret
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from realtime import config as config_module, jsonutil
-from realtime.embedded import PouchDBServer, free_port, stop_process
-from realtime.rest import make_api
+from realtime.dev.embedded import PouchDBServer, free_port, stop_process
+from realtime.http.rest import make_api
 from realtime.service import make_followers, make_gateway, make_heartbeat_service
-from realtime.web import make_site
-from realtime import fastpath, protocol as protocol_module
+from realtime.http.site import make_site
+from realtime.transport import fastpath
+from realtime.transport import websocket as protocol_module
 
 TIMEOUT = 10.0
 

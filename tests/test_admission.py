@@ -8,11 +8,11 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from realtime import config as config_module
-from realtime.auth import Identity
-from realtime.broker import MemoryBroker
-from realtime.gateway import ADMITTED, REPLACED, TOO_MANY_CONNECTIONS, Gateway
-from realtime.redis_presence import LocalPresence
-from realtime.registry import Registry
+from realtime.auth.authenticator import Identity
+from realtime.hub.broker import MemoryBroker
+from realtime.hub.gateway import ADMITTED, REPLACED, TOO_MANY_CONNECTIONS, Gateway
+from realtime.hub.presence import LocalPresence
+from realtime.hub.registry import Registry
 from tests.redis_helpers import FakeConnection
 
 

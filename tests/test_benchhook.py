@@ -1,5 +1,5 @@
 """
-The benchmark hook (realtime.benchhook): off by default; its commands publish through the
+The benchmark hook (realtime.dev.benchhook): off by default; its commands publish through the
 broker like real events.
 """
 
@@ -9,7 +9,8 @@ from twisted.internet import task
 from twisted.test.proto_helpers import StringTransport
 from twisted.trial import unittest
 
-from realtime import benchhook, config as config_module, jsonutil
+from realtime import config as config_module, jsonutil
+from realtime.dev import benchhook
 from realtime.service import make_service
 
 

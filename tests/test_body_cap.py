@@ -1,5 +1,5 @@
 """
-The site's body cap (:class:`realtime.web.CappedRequest`), driven byte by byte through a
+The site's body cap (:class:`realtime.http.site.CappedRequest`), driven byte by byte through a
 real HTTPChannel over a StringTransport: oversized bodies are refused before they are
 buffered.
 """
@@ -11,8 +11,9 @@ import json
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from realtime.protocol import make_factory
-from realtime.web import make_site
+from realtime.transport.websocket import make_factory
+from realtime.http.rest import make_api
+from realtime.http.site import make_site
 from tests.fakes import ADMIN_KEY, FakeConnection, make_gateway
 
 CAP = 1000
@@ -22,7 +23,7 @@ class BodyCapTests(unittest.TestCase):
     def setUp(self):
         self.gateway = make_gateway(rest_max_body_bytes=CAP)
         self.alice = FakeConnection(self.gateway, "alice")
-        self.site = make_site(self.gateway, make_factory(self.gateway))
+        self.site = make_site(self.gateway, make_factory(self.gateway), make_api(self.gateway))
         self.transport = StringTransport()
         self.channel = self.site.buildProtocol(None)
         self.channel.makeConnection(self.transport)

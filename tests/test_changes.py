@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.internet.error import ConnectionRefusedError, ConnectionLost
 
-from realtime.changes import Backoff, ChangesFollower, LineParser
+from realtime.feeds.changes import Backoff, ChangesFollower, LineParser
 
 
 class LineParserTests(unittest.TestCase):

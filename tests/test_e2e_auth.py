@@ -14,7 +14,7 @@ from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 
 from realtime import jsonutil
-from realtime.signing import envelope
+from realtime.auth.signing import envelope
 from tests import harness
 from tests.harness import GatewayHarness, HandshakeFailed, sleep, unique, wait_for
 from tests.keys import HS_SECRET, hs_token
@@ -225,9 +225,9 @@ class RevocationTests(AuthCase):
     @inlineCallbacks
     def test_revocation_store_down_refuses_4101(self):
         """Redis (the revocation store) not answering: auth_failed unavailable, close 4101."""
-        from realtime.redis_client import RedisClient
-        from realtime.redis_stores import RedisRevocationStore
-        from realtime.redis_url import parse_redis_url
+        from realtime.redis.client import RedisClient
+        from realtime.redis.stores import RedisRevocationStore
+        from realtime.redis.url import parse_redis_url
         dead = RedisClient(reactor, parse_redis_url(harness.RedisServer().url), timeout=0.5)
         dead.start()
         self.addCleanup(dead.stop)
@@ -537,7 +537,7 @@ class ReviewRegressionTests(AuthCase):
         """
         from twisted.internet import protocol as ip, endpoints as ep
         from twisted.internet.defer import Deferred
-        from realtime.auth import Identity
+        from realtime.auth.authenticator import Identity
         pending, asked = Deferred(), Deferred()
 
         class SlowSessions:

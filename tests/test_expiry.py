@@ -6,8 +6,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from realtime.auth import AuthFailure, Identity
-from realtime.expiry import SessionWatch
+from realtime.auth.authenticator import AuthFailure, Identity
+from realtime.auth.expiry import SessionWatch
 
 
 def jwt_identity(user="alice", expires_at=1100.0, token="t1"):
@@ -146,7 +146,7 @@ class FakeRevocations:
     def is_revoked(self, token_id):
         self.asked.append(token_id)
         if self.down:
-            from realtime.redis_client import RedisUnavailable
+            from realtime.redis.client import RedisUnavailable
             return fail(RedisUnavailable("down"))
         return succeed(token_id in self.revoked)
 

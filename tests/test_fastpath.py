@@ -1,5 +1,5 @@
 """
-The fan-out write path (realtime.fastpath and its use in realtime.protocol).
+The fan-out write path (realtime.transport.fastpath and its use in realtime.transport.websocket).
 
 Deterministic tests of the pieces (a fake TCP transport, ``task.Clock``), then end-to-end
 tests over real loopback sockets, where the fast path is the one in use.
@@ -21,8 +21,10 @@ from twisted.test.proto_helpers import StringTransport
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from realtime import fastpath, jsonutil, protocol as protocol_module
-from realtime.registry import frame_text
+from realtime import jsonutil
+from realtime.transport import fastpath
+from realtime.transport import websocket as protocol_module
+from realtime.hub.registry import frame_text
 from tests import harness
 from tests.harness import GatewayHarness
 

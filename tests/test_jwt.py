@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from realtime.auth import AuthFailure, JWTVerifier, token_id
+from realtime.auth.authenticator import AuthFailure, JWTVerifier, token_id
 from tests import keys
 from tests.keys import HS_SECRET, claims, hs_token, raw_token
 

@@ -9,7 +9,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from realtime.signing import envelope, sign
+from realtime.auth.signing import envelope, sign
 from tests.harness import GatewayHarness, unique
 from tests.keys import HS_SECRET, hs_token
 

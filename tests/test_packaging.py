@@ -22,8 +22,9 @@ class PackagingTests(unittest.TestCase):
 
     def test_non_editable_install_lists_plugin(self):
         """
-        A wheel built from the repository holds the plugin (and no twisted/__init__.py);
-        installed into a fresh directory, twistd's plugin discovery finds `realtime` there.
+        A wheel built from the repository holds the plugin (and no twisted/__init__.py) and
+        every file of realtime/; installed into a fresh directory, twistd's plugin
+        discovery finds `realtime` there.
         """
         work = tempfile.mkdtemp(prefix="realtime-pkg-")
         self.addCleanup(shutil.rmtree, work, True)
@@ -43,6 +44,16 @@ class PackagingTests(unittest.TestCase):
         self.assertNotIn("twisted/__init__.py", names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
         self.assertIn("realtime/tap.py", names)
+        # Every file of the source tree ships: a subpackage left out of setup.cfg, or a
+        # static file not declared as package data, works from a checkout and is missing
+        # once installed.
+        source_files = sorted(
+            os.path.relpath(os.path.join(folder, name), REPO).replace(os.sep, "/")
+            for folder, dirs, files in os.walk(os.path.join(REPO, "realtime"))
+            if "__pycache__" not in folder
+            for name in files if not name.endswith((".pyc", "~")))
+        self.assertIn("realtime/transport/websocket.py", source_files)
+        self.assertEqual([f for f in source_files if f not in names], [])
 
         target = os.path.join(work, "site")
         subprocess.run(

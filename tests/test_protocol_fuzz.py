@@ -14,10 +14,10 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from realtime import config as config_module, jsonutil
-from realtime.auth import Identity
-from realtime.protocol import make_factory
+from realtime.auth.authenticator import Identity
+from realtime.transport.websocket import make_factory
 from realtime.service import make_gateway
-from realtime.signing import envelope
+from realtime.auth.signing import envelope
 from tests.keys import HS_SECRET, hs_token
 
 json_values = st.recursive(

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from realtime.ratelimit import ALLOW, CLOSE, REFUSE, MessageLimiter, SlidingWindow
+from realtime.transport.ratelimit import ALLOW, CLOSE, REFUSE, MessageLimiter, SlidingWindow
 
 
 class SlidingWindowTests(unittest.TestCase):

@@ -9,7 +9,7 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
 
 from realtime import jsonutil
-from realtime.redis_broker import BrokerUnavailable
+from realtime.redis.broker import BrokerUnavailable
 from tests import harness
 from tests.harness import RedisServer, unique, wait_for
 from tests.redis_helpers import start_nodes

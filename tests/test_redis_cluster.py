@@ -13,9 +13,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from realtime.redis_client import RedisClient, RedisUnavailable
-from realtime.redis_presence import RedisPresence
-from realtime.redis_url import parse_redis_url
+from realtime.redis.client import RedisClient, RedisUnavailable
+from realtime.redis.presence import RedisPresence
+from realtime.redis.url import parse_redis_url
 from tests import harness
 from tests.cluster_harness import JWT_SECRET, Cluster
 from tests.harness import RedisServer, unique, wait_for

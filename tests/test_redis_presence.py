@@ -8,9 +8,10 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from realtime.redis_client import RedisClient, RedisUnavailable
-from realtime.redis_presence import LocalPresence, RedisPresence
-from realtime.redis_url import parse_redis_url
+from realtime.redis.client import RedisClient, RedisUnavailable
+from realtime.hub.presence import LocalPresence
+from realtime.redis.presence import RedisPresence
+from realtime.redis.url import parse_redis_url
 from tests import harness
 from tests.harness import RedisServer, unique, wait_for
 

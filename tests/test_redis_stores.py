@@ -7,10 +7,10 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from realtime.redis_client import RedisClient, RedisUnavailable
-from realtime.redis_stores import (MemoryNonceStore, MemoryRevocationStore, RedisNonceStore,
-                                   RedisRevocationStore)
-from realtime.redis_url import parse_redis_url
+from realtime.auth.stores import MemoryNonceStore, MemoryRevocationStore
+from realtime.redis.client import RedisClient, RedisUnavailable
+from realtime.redis.stores import RedisNonceStore, RedisRevocationStore
+from realtime.redis.url import parse_redis_url
 from tests import harness
 from tests.harness import RedisServer, unique, wait_for
 

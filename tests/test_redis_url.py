@@ -6,7 +6,7 @@ from twisted.trial import unittest
 
 from tests import harness
 from tests.harness import wait_for
-from realtime.redis_url import RedisAddress, RedisURLError, client_endpoint, parse_redis_url
+from realtime.redis.url import RedisAddress, RedisURLError, client_endpoint, parse_redis_url
 
 
 class ParseTests(unittest.TestCase):
@@ -139,7 +139,7 @@ class TLSTests(unittest.TestCase):
         import tempfile
         import time
 
-        from realtime.embedded import free_port
+        from realtime.dev.embedded import free_port
 
         directory = tempfile.mkdtemp(prefix="realtime-tls-")
         self.addCleanup(shutil.rmtree, directory, True)
@@ -171,7 +171,7 @@ class TLSTests(unittest.TestCase):
     def client(self, url):
         from twisted.internet import reactor
 
-        from realtime.redis_client import RedisClient
+        from realtime.redis.client import RedisClient
         client = RedisClient(reactor, parse_redis_url(url), timeout=3.0, name="tls-test")
         client.start()
         self.addCleanup(client.stop)

@@ -12,10 +12,10 @@ from twisted.internet.defer import fail, succeed
 from twisted.trial import unittest
 from treq.testing import StubTreq
 
-from realtime.auth import AuthFailure, Identity
-from realtime.protocol import make_factory
-from realtime.rest import RESERVED_TYPES, make_api
-from realtime.web import make_site
+from realtime.auth.authenticator import AuthFailure, Identity
+from realtime.transport.websocket import make_factory
+from realtime.http.rest import RESERVED_TYPES, make_api
+from realtime.http.site import make_site
 from tests.fakes import ADMIN_KEY, FakeConnection, make_gateway, make_token
 
 BASE = "http://gateway.test"

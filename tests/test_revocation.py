@@ -13,17 +13,18 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from realtime.auth import AuthFailure, Authenticator, JWTVerifier, token_id
-from realtime.broker import MemoryBroker
-from realtime.registry import Registry
+from realtime.auth.authenticator import AuthFailure, Authenticator, JWTVerifier, token_id
+from realtime.hub.broker import MemoryBroker
+from realtime.hub.registry import Registry
 from realtime import config as config_module
-from realtime.rest import make_api
-from realtime.redis_client import RedisClient, RedisUnavailable
-from realtime.redis_stores import MemoryRevocationStore, RedisRevocationStore
-from realtime.redis_url import parse_redis_url
-from realtime.revocation import Revoker, revocation_target
+from realtime.http.rest import make_api
+from realtime.redis.client import RedisClient, RedisUnavailable
+from realtime.auth.stores import MemoryRevocationStore
+from realtime.redis.stores import RedisRevocationStore
+from realtime.redis.url import parse_redis_url
+from realtime.auth.revocation import Revoker, revocation_target
 from realtime.service import make_gateway
-from realtime.web import JSONResource
+from realtime.http.resource import JSONResource
 from tests import harness
 from tests.keys import HS_SECRET, hs_token
 

@@ -12,8 +12,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from realtime import jsonutil
-from realtime.redis_stores import MemoryNonceStore
-from realtime.signing import (MessageVerifier, SignatureError, envelope,
+from realtime.auth.stores import MemoryNonceStore
+from realtime.auth.signing import (MessageVerifier, SignatureError, envelope,
                               new_session_secret, parse_envelope, sign)
 
 SECRET = "c2Vzc2lvbi1zZWNyZXQtZm9yLXRlc3Rz"

@@ -1,6 +1,6 @@
 """
 What every REST endpoint shares: asynchronous JSON answers, credentials, request bodies and
-field checks.  The endpoints themselves are in :mod:`realtime.rest`.
+field checks.  The endpoints themselves are in :mod:`realtime.http.rest`.
 
 Errors are :class:`HTTPError`, answered as ``{"error": code, "message": text}`` (plus
 ``"field"`` naming the offending field of a 400).
@@ -26,7 +26,7 @@ the answer from the page).
 
 Bodies (:func:`read_json_body`): ``Content-Type: application/json`` only (415 otherwise;
 a ``charset`` other than UTF-8 too), at most ``max_bytes`` (413).  The size is enforced
-twice: :class:`realtime.web.CappedRequest` refuses a request whose ``Content-Length``
+twice: :class:`realtime.http.site.CappedRequest` refuses a request whose ``Content-Length``
 exceeds the cap as soon as its headers are read (413, connection closed, nothing buffered)
 and stops buffering a chunked body once it passes the cap; here, the header and the
 buffered size are checked again, for requests that came another way (tests, other sites).
@@ -42,8 +42,8 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
 from realtime import jsonutil
-from realtime.auth import AuthFailure, OriginRefused, cookie_value, origin_allowed
-from realtime.web import JSONResource, json_error, json_response
+from realtime.auth.authenticator import AuthFailure, OriginRefused, cookie_value, origin_allowed
+from realtime.http.resource import JSONResource, json_error, json_response
 
 
 class HTTPError(Exception):

@@ -1,10 +1,7 @@
 """
-Presence: which users are connected, with how many connections, across every process.
-
-Two implementations, one interface (the gateway holds one as ``gateway.presence``):
-
-- :class:`LocalPresence`: one process (the memory broker); answers from its own counts.
-- :class:`RedisPresence`: every process of a deployment shares Redis.
+Presence across every process: :class:`RedisPresence`, the Redis implementation of the
+presence interface (the one-process one is :class:`realtime.hub.presence.LocalPresence`;
+the gateway holds one as ``gateway.presence``).
 
 Interface::
 
@@ -61,7 +58,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from realtime.redis_client import RedisUnavailable
+from realtime.hub.presence import ConnectionCounts, SessionNumbers
+from realtime.redis.client import RedisUnavailable
 
 # Sum the user's counts over the live processes (and forget the dead ones).
 _LIVE_PROCS = """
@@ -178,90 +176,11 @@ return string.format('%.0f', now)
 """
 
 
-class _Counts:
-    """This process's connections: conn id -> user, user -> count."""
-
-    def __init__(self):
-        self.by_conn: Dict[str, str] = {}
-        self.by_user: Dict[str, int] = {}
-
-    def add(self, conn_id: str, user_id: str) -> int:
-        self.by_conn[conn_id] = user_id
-        self.by_user[user_id] = self.by_user.get(user_id, 0) + 1
-        return self.by_user[user_id]
-
-    def remove(self, conn_id: str) -> Optional[str]:
-        user_id = self.by_conn.pop(conn_id, None)
-        if user_id is None:
-            return None
-        left = self.by_user.get(user_id, 1) - 1
-        if left > 0:
-            self.by_user[user_id] = left
-        else:
-            self.by_user.pop(user_id, None)
-        return user_id
-
-    def count(self, user_id: str) -> int:
-        return self.by_user.get(user_id, 0)
-
-
-class _SessionNumbers:
-    def __init__(self, clock):
-        self._clock = clock
-        self._last = 0
-
-    def next(self) -> int:
-        now = int(self._clock.seconds() * 1e6)
-        self._last = max(now, self._last + 1)
-        return self._last
-
-
-class LocalPresence:
-    """Presence of one process (no Redis): every answer comes from its own counts."""
-
-    def __init__(self, clock):
-        self._counts = _Counts()
-        self._sessions = _SessionNumbers(clock)
-        self.process_id = "local"
-
-    def connection_opened(self, conn_id, user_id, limit=None) -> Deferred:
-        if conn_id in self._counts.by_conn:
-            return succeed(True)
-        if limit is not None and self._counts.count(user_id) >= limit:
-            return succeed(False)
-        self._counts.add(conn_id, user_id)
-        return succeed(True)
-
-    def connection_closed(self, conn_id, user_id=None) -> None:
-        self._counts.remove(conn_id)
-
-    def connection_count(self, user_id) -> Deferred:
-        return succeed(self._counts.count(user_id))
-
-    def users(self) -> Deferred:
-        return succeed(dict(self._counts.by_user))
-
-    def total(self) -> Deferred:
-        return succeed(len(self._counts.by_conn))
-
-    def processes(self) -> Deferred:
-        return succeed([self.process_id])
-
-    def new_session(self, user_id) -> Deferred:
-        return succeed(self._sessions.next())
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> Deferred:
-        return succeed(None)
-
-
 class RedisPresence:
     """
     Presence shared by every process through Redis (see the module docstring).
 
-    :param client: a :class:`realtime.redis_client.RedisClient` (the broker's command
+    :param client: a :class:`realtime.redis.client.RedisClient` (the broker's command
         connection can be shared).
     :param ttl: lease time in seconds; renewed every ``ttl / 3``.
     """
@@ -275,8 +194,8 @@ class RedisPresence:
         self.prefix = prefix
         self.process_id = process_id or f"{socket.gethostname()}-{os.getpid()}"
         self.ttl = ttl
-        self._counts = _Counts()
-        self._sessions = _SessionNumbers(clock)
+        self._counts = ConnectionCounts()
+        self._sessions = SessionNumbers(clock)
         self._dirty = True  # the hash in Redis may not match the local counts
         self._lease = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                   "started": clock.seconds()})

@@ -204,7 +204,7 @@ class Registry:
         return count
 
     def _revoke(self, token_id: str) -> int:
-        from realtime.auth import AuthFailure
+        from realtime.auth.authenticator import AuthFailure
         if not isinstance(token_id, str):
             raise TypeError("token_id must be a string")
         self._recently_revoked[token_id] = None

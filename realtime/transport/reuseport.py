@@ -5,7 +5,7 @@ Several realtime processes on one host can then listen on the same port, and the
 (Linux) spreads incoming connections over them; with ``REDIS_URL`` set they behave as one
 service.  Twisted's ``tcp:`` endpoint string has no such option (Twisted 26 supports
 SO_REUSEPORT only through ``tcp.makeBinding``), hence this endpoint, registered as a Twisted
-plugin (``twisted/plugins/realtime_endpoints.py``) so that ``REALTIME_LISTEN`` accepts it::
+plugin (``twisted/plugins/realtime_reuseport.py``) so that ``REALTIME_LISTEN`` accepts it::
 
     REALTIME_LISTEN=reuseport:8080 REDIS_URL=redis://127.0.0.1:6379/0 python -m realtime &
     REALTIME_LISTEN=reuseport:8080 REDIS_URL=redis://127.0.0.1:6379/0 python -m realtime &

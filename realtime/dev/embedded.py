@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from typing import Optional
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class EmbeddedError(RuntimeError):

@@ -14,7 +14,7 @@ reactor turn, that machinery, not the socket I/O, is where the server's time goe
 - :func:`write_now`: that write goes straight to the socket with ``send`` when Twisted's own
   buffer for it is empty (the common case), and whatever the kernel did not take is handed
   to ``transport.write`` -- so Twisted's buffering, its producer pause (the slow-client
-  backpressure of :mod:`realtime.protocol`) and its error handling apply exactly as before
+  backpressure of :mod:`realtime.transport.websocket`) and its error handling apply exactly as before
   from the first byte that could not be sent at once.
 
 Transports that are not plain TCP sockets (TLS, test transports) are not batched: their

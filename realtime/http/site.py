@@ -1,6 +1,7 @@
 """
 The web site: the WebSocket resource at ``/ws``, the HTTP API under ``/websocket/``
-(:mod:`realtime.rest`) and Prometheus metrics at ``/metrics``.
+(:mod:`realtime.http.rest`, given to :func:`make_site` by the wiring) and Prometheus
+metrics at ``/metrics``.
 
 Every HTTP answer is JSON, errors included (``{"error": code, "message": text}``), except
 ``/metrics`` (Prometheus text).
@@ -15,49 +16,11 @@ import io
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.http import _escape
-from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from realtime import jsonutil
+from realtime.http.resource import DEFAULT_MAX_BODY_BYTES, JSONResource
 from realtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-
-
-def json_response(request, status: int, body) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-    request.setHeader(b"Cache-Control", b"no-store")
-    return jsonutil.dumps(body)
-
-
-def json_error(request, status: int, code: str, message: str) -> bytes:
-    return json_response(request, status, {"error": code, "message": message})
-
-
-class JSONNotFound(Resource):
-    isLeaf = True
-
-    def render(self, request):
-        return json_error(request, 404, "not_found", "no such resource")
-
-
-class JSONResource(Resource):
-    """A resource whose unknown children and unsupported methods answer in JSON."""
-
-    def getChild(self, path, request):
-        return JSONNotFound()
-
-    def render(self, request):
-        method = request.method.decode("ascii", "replace")
-        handler = getattr(self, "render_" + method, None)
-        if handler is None:
-            allowed = sorted(m[len("render_"):] for m in dir(self)
-                             if m.startswith("render_") and m[len("render_"):].isupper()
-                             and m != "render_HEAD")  # every Resource has that one
-            if not allowed:  # a folder of the tree (``/websocket/users``), not an endpoint
-                return json_error(request, 404, "not_found", "no such resource")
-            request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
-            return json_error(request, 405, "method_not_allowed", f"{method[:16]} not allowed")
-        return handler(request)
 
 
 class MetricsResource(JSONResource):
@@ -73,9 +36,6 @@ class MetricsResource(JSONResource):
         request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE.encode("ascii"))
         request.setHeader(b"Cache-Control", b"no-store")
         return self._gateway.metrics.render()
-
-
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 
 class CappedRequest(Request):
@@ -157,16 +117,14 @@ def redacted_log_formatter(timestamp, request) -> str:
     )
 
 
-def make_site(gateway, ws_factory, api_resource=None) -> Site:
+def make_site(gateway, ws_factory, api_resource) -> Site:
     """
-    The site.  ``api_resource`` is the ``/websocket`` resource; by default the REST API
-    (:func:`realtime.rest.make_api`).
+    The site.  ``api_resource`` is the ``/websocket`` resource: the REST API
+    (:func:`realtime.http.rest.make_api`), built by the caller (so that the site does not
+    import the API, which imports the resource kit).
     """
     root = JSONResource()
     root.putChild(b"ws", WebSocketResource(ws_factory))
-    if api_resource is None:
-        from realtime.rest import make_api
-        api_resource = make_api(gateway)
     root.putChild(b"websocket", api_resource)
     root.putChild(b"metrics", MetricsResource(gateway))
     site = Site(root, logFormatter=redacted_log_formatter)

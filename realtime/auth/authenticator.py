@@ -17,11 +17,11 @@ Every failure is an :class:`AuthFailure` with the reason the client is told
 code (4001; 4101 when CouchDB or Redis cannot answer: the answer is then no).
 
 JWT keys: ``JWT_SECRET`` (HS256/384/512), ``JWT_PUBLIC_KEY`` (a PEM: RS/PS/ES/EdDSA) or
-``JWT_JWKS_URL`` (:mod:`realtime.jwks`), always with an explicit algorithm allow-list.
-Revocation (:mod:`realtime.revocation`) is checked after the signature, for every way a
+``JWT_JWKS_URL`` (:mod:`realtime.auth.jwks`), always with an explicit algorithm allow-list.
+Revocation (:mod:`realtime.auth.revocation`) is checked after the signature, for every way a
 token arrives (handshake, ``auth`` message, refresh); a revocation store that cannot answer
 refuses (``unavailable``, 4101).  Credentials that end on a live connection:
-:mod:`realtime.expiry`.
+:mod:`realtime.auth.expiry`.
 
 Nothing here logs a token or cookie.
 """
@@ -105,7 +105,7 @@ class JWTVerifier:
 
     :param key: the HMAC secret or a PEM public key (None with ``key_source``).
     :param key_source: instead of ``key``, an object with ``key_for(kid, alg) ->
-        Deferred[key]`` (:class:`realtime.jwks.JWKSKeySource`).
+        Deferred[key]`` (:class:`realtime.auth.jwks.JWKSKeySource`).
     :param user_claim: the claim naming the user; with the default ``sub``, a token with
         no ``sub`` but a ``userId`` (as some seeds issued) is accepted too.
 

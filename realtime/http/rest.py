@@ -3,7 +3,7 @@ The REST API under ``/websocket``: applications push messages and notifications 
 and topics, and inspect and manage connections.  :func:`make_api` builds the resource tree
 (the service and the test harness both use it).
 
-Admin endpoints (credentials: :mod:`realtime.httpapi`), body -> answer::
+Admin endpoints (credentials: :mod:`realtime.http.endpoint`), body -> answer::
 
   POST   /websocket/message/user       {userId, type, data}
          -> 200 {userId, delivered: true, connections}
@@ -65,14 +65,16 @@ from twisted.internet.defer import (CancelledError, FirstError, gatherResults, i
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from realtime import jsonutil, revocation, topics
-from realtime.httpapi import (
+from realtime import jsonutil
+from realtime.auth import revocation
+from realtime.hub import topics
+from realtime.http.endpoint import (
     MAX_TYPE_LENGTH, MAX_USER_IDS, Credentials, Endpoint, HTTPError, bad_field,
     present_field, read_json_body, string_field, user_id_field,
 )
 from realtime.cluster import UNAVAILABLE
-from realtime.router import utc_timestamp
-from realtime.web import DEFAULT_MAX_BODY_BYTES, JSONResource
+from realtime.feeds.routing import utc_timestamp
+from realtime.http.resource import DEFAULT_MAX_BODY_BYTES, JSONResource
 
 #: Message types the protocol itself uses: REST messages may not take them.
 RESERVED_TYPES = frozenset({
@@ -251,7 +253,7 @@ class Publish(Endpoint):
 
 class RevokeToken(Endpoint):
     """
-    Revoke a token until its own expiry (:mod:`realtime.revocation`); its live connections,
+    Revoke a token until its own expiry (:mod:`realtime.auth.revocation`); its live connections,
     on every process, get ``auth_failed`` ``revoked`` and close 4001.  The posted token's
     ``jti``/``exp`` are read without verifying its signature: the caller is an admin.
     """

@@ -1,8 +1,7 @@
 """
-Small shared stores for auth: revoked tokens and signed-message nonces.
-
-Each comes in two implementations with one interface: in memory (one process) and in Redis
-(every process of a deployment sees the same answers).
+Small stores for auth: revoked tokens and signed-message nonces, in memory (one process).
+The Redis implementations (every process of a deployment) are in
+:mod:`realtime.redis.stores`; both answer the same interface.
 
 Revocation::
 
@@ -16,15 +15,6 @@ Nonces::
     seen(nonce, ttl) -> Deferred[bool]          True when the nonce was seen before (within
                                                 ttl seconds, on any process): a replay.
                                                 False: first time; it is now remembered.
-
-Redis: ``SET P revoked:<token id> 1 EXAT <exp>`` / ``EXISTS``; ``SET P nonce:<sha256> 1 NX
-PX <ttl>`` (one round trip, atomic, so two processes racing on one nonce cannot both accept
-it).  Keys hold a SHA-256 of the nonce, so a client cannot choose key names or sizes;
-token ids are already ``jti:…`` or ``sha256:…`` (never the token).
-
-When Redis cannot answer, the Deferred fails with
-:class:`realtime.redis_client.RedisUnavailable`: an auth question Redis cannot answer is
-answered no (DESIGN.md: close 4101 / ``unavailable``; a signed message is refused).
 """
 
 from __future__ import annotations
@@ -39,42 +29,8 @@ from twisted.internet.defer import Deferred, succeed
 DEFAULT_REVOCATION_TTL = 7 * 24 * 3600
 
 
-def _nonce_key(nonce: str) -> str:
+def nonce_key(nonce: str) -> str:
     return hashlib.sha256(nonce.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-class RedisRevocationStore:
-    #: Several processes: a process that missed the revocation event (away from Redis for
-    #: longer than the stream covers) still finds the revocation when it re-checks.
-    recheck_live_connections = True
-
-    def __init__(self, client, clock, prefix: str = "realtime:"):
-        self._client = client
-        self._clock = clock
-        self._prefix = prefix + "revoked:"
-
-    def revoke(self, token_id: str, exp: Optional[float] = None) -> Deferred:
-        now = self._clock.seconds()
-        if exp is not None and exp <= now:
-            return succeed(None)  # expired already: refused for that reason anyway
-        seconds = int(exp - now) + 1 if exp is not None else DEFAULT_REVOCATION_TTL
-        d = self._client.execute("SET", self._prefix + token_id, "1", "EX", str(seconds))
-        return d.addCallback(lambda _: None)
-
-    def is_revoked(self, token_id: str) -> Deferred:
-        d = self._client.execute("EXISTS", self._prefix + token_id)
-        return d.addCallback(lambda n: int(n) > 0)
-
-
-class RedisNonceStore:
-    def __init__(self, client, prefix: str = "realtime:"):
-        self._client = client
-        self._prefix = prefix + "nonce:"
-
-    def seen(self, nonce: str, ttl: float) -> Deferred:
-        ms = str(max(1, int(ttl * 1000)))
-        d = self._client.execute("SET", self._prefix + _nonce_key(nonce), "1", "NX", "PX", ms)
-        return d.addCallback(lambda answer: answer is None)
 
 
 class _Expiring:
@@ -138,7 +94,7 @@ class MemoryNonceStore:
         return len(self._seen)
 
     def seen(self, nonce: str, ttl: float) -> Deferred:
-        key = _nonce_key(nonce)
+        key = nonce_key(nonce)
         if key in self._seen:
             return succeed(True)
         self._seen.put(key, self._clock.seconds() + ttl)

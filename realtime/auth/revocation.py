@@ -2,20 +2,20 @@
 Token revocation: a revoked JWT is refused until its own expiry, and the live connections
 that authenticated with it are closed (``auth_failed`` reason ``revoked``, 4001).
 
-A token is known by its *token id* (:func:`realtime.auth.token_id`): ``jti:<jti>`` when the
+A token is known by its *token id* (:func:`realtime.auth.authenticator.token_id`): ``jti:<jti>`` when the
 token has a ``jti``, else ``sha256:<hex digest of the token>``; the token itself is never
 stored or logged.
 
-- The stores (:mod:`realtime.redis_stores`: in memory for one process, in Redis for many,
+- The stores (:mod:`realtime.redis.stores`: in memory for one process, in Redis for many,
   key ``<prefix>revoked:<token_id>`` with the token's remaining lifetime) answer
   ``revoke(token_id, expires_at)`` and ``is_revoked(token_id) -> Deferred[bool]``.  A check
   that cannot be answered fails, and the authenticator then refuses with ``unavailable``
   (4101): fail closed.
 - :class:`Revoker` stores the revocation, then publishes ``{"t": "revoke", "token_id": …}``
   on the broker so that every process closes the connections using the token
-  (:meth:`realtime.registry.Registry.dispatch`).
+  (:meth:`realtime.hub.registry.Registry.dispatch`).
 - :func:`revocation_target` reads what ``POST /websocket/tokens/revoke``
-  (:class:`realtime.rest.RevokeToken`) was given: ``{"token": …}`` or
+  (:class:`realtime.http.rest.RevokeToken`) was given: ``{"token": …}`` or
   ``{"jti": …, "exp": <seconds since the epoch>}``.  The token is not verified (the caller
   is an admin; a token that does not verify is refused anyway): only its ``jti`` and
   ``exp`` are read.
@@ -27,7 +27,7 @@ import jwt
 from twisted.internet.defer import inlineCallbacks, returnValue
 from twisted.logger import Logger
 
-from realtime.auth import JWT_LEEWAY_SECONDS, MAX_EXP, MAX_TOKEN_LENGTH, token_id as token_id_of
+from realtime.auth.authenticator import JWT_LEEWAY_SECONDS, MAX_EXP, MAX_TOKEN_LENGTH, token_id as token_id_of
 
 MAX_JTI_LENGTH = 256
 

@@ -25,7 +25,7 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError as Def
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from realtime.redis_url import RedisAddress, client_endpoint
+from realtime.redis.url import RedisAddress, client_endpoint
 
 
 class RedisUnavailable(Exception):

@@ -17,8 +17,8 @@ from twisted.logger import Logger
 
 from realtime import jsonutil
 from realtime.metrics import Metrics
-from realtime.redis_presence import LocalPresence
-from realtime.router import router_for, utc_timestamp
+from realtime.hub.presence import LocalPresence
+from realtime.feeds.routing import router_for, utc_timestamp
 
 #: answers of :meth:`Gateway.admit`
 ADMITTED = "admitted"
@@ -29,9 +29,9 @@ REPLACED = "replaced"
 class Gateway:
     _log = Logger()
 
-    #: a :class:`realtime.revocation.Revoker` (set by :func:`realtime.service.make_gateway`)
+    #: a :class:`realtime.auth.revocation.Revoker` (set by :func:`realtime.service.make_gateway`)
     revoker = None
-    #: a :class:`realtime.signing.MessageVerifier` when signed messages are on
+    #: a :class:`realtime.auth.signing.MessageVerifier` when signed messages are on
     message_verifier = None
 
     def __init__(self, config, clock, registry, broker, authenticator, metrics=None,

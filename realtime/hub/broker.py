@@ -1,5 +1,5 @@
 """
-Brokers deliver an event (see :mod:`realtime.registry`) to every process.
+Brokers deliver an event (see :mod:`realtime.hub.registry`) to every process.
 
 :class:`MemoryBroker` is the one-process default: publishing dispatches to the local registry
 at once.  A Redis broker (several processes) implements the same interface.

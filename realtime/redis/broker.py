@@ -52,9 +52,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from realtime import jsonutil
-from realtime.broker import BrokerUnavailable, IBroker
-from realtime.redis_client import RedisClient, RedisUnavailable
-from realtime.redis_url import RedisAddress
+from realtime.hub.broker import BrokerUnavailable, IBroker
+from realtime.redis.client import RedisClient, RedisUnavailable
+from realtime.redis.url import RedisAddress
 
 
 def new_process_id() -> str:

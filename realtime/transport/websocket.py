@@ -5,7 +5,7 @@ Wire protocol (v1; the contract is ``DESIGN.md``).  Every message is a JSON obje
 ``type``, both ways; timestamps are ISO 8601 UTC strings.
 
 Connecting:
-  credentials are taken from the handshake (see :mod:`realtime.auth`).  Success:
+  credentials are taken from the handshake (see :mod:`realtime.auth.authenticator`).  Success:
   ``{"type":"connected","user":{"id","name","roles"},"connectionId","timestamp"}``.
   Failure: ``{"type":"auth_failed","reason":…}`` then close 4001 (4101 when CouchDB or
   Redis could not answer).  No credentials: ``{"type":"connection_established",
@@ -15,25 +15,25 @@ Connecting:
   anything else gets ``error`` ``not_authenticated`` and close 4001.
 
 Client -> server: ``auth``, ``ping``, ``subscribe``, ``unsubscribe``, ``publish`` (topics:
-see :mod:`realtime.topics` for names, permissions and answers).
+see :mod:`realtime.hub.topics` for names, permissions and answers).
 Server -> client: ``connected``, ``user-change``, ``ping`` (every heartbeat interval, to
 every connection), ``pong`` (answer to ``ping``), ``error`` ``{code, message}`` for a
 refused request (the connection stays open), plus what the REST API and topics send.
 
-Limits (see :mod:`realtime.ratelimit`): every client message and every WebSocket ping
+Limits (see :mod:`realtime.transport.ratelimit`): every client message and every WebSocket ping
 counts against the per-connection rate limit (``error`` ``rate_limited`` with
 ``retryAfterMs``; a client that keeps going is closed 4008).  Before authentication a
 message may be at most 8 KiB (``PREAUTH_MAX_MESSAGE_BYTES``; larger: close 1009, the same
 reaction as any message over ``WS_MAX_MESSAGE_BYTES``), and all its messages together at
 most 32 KiB (``PREAUTH_MAX_TOTAL_BYTES``; more: close 4008).  A message of more than
 ``MAX_FRAGMENTS`` frames closes 4008.  JWT expiry and cookie revalidation on live
-connections: :mod:`realtime.expiry`; signed messages: :mod:`realtime.signing`; a revoked
+connections: :mod:`realtime.auth.expiry`; signed messages: :mod:`realtime.auth.signing`; a revoked
 token's connections are told ``auth_failed`` ``revoked`` (4001) through the broker.
 
-Delivery: a message bound for many connections is framed once (:mod:`realtime.registry`)
+Delivery: a message bound for many connections is framed once (:mod:`realtime.hub.registry`)
 and written to each as bytes.  On a plain TCP transport, the frames due to one connection in
 one reactor turn are written together at the end of the turn, straight to the socket when
-Twisted holds nothing for it (:mod:`realtime.fastpath`); Autobahn's own writes (pings,
+Twisted holds nothing for it (:mod:`realtime.transport.fastpath`); Autobahn's own writes (pings,
 close) flush them first, so order is kept.  Every connection registers a push producer on
 its transport: when Twisted's write buffer fills, frames wait in a bounded per-connection
 queue; a client that lets that queue pass ``WS_MAX_QUEUE_BYTES`` is closed 4100 and its
@@ -52,11 +52,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-from realtime import fastpath, jsonutil, ratelimit, topics
-from realtime.auth import AuthFailure, Identity, OriginRefused
-from realtime.expiry import SessionWatch
-from realtime.signing import SignatureError, new_session_secret
-from realtime.registry import frame_text
+from realtime import jsonutil
+from realtime.transport import fastpath
+from realtime.transport import ratelimit
+from realtime.hub import topics
+from realtime.auth.authenticator import AuthFailure, Identity, OriginRefused
+from realtime.auth.expiry import SessionWatch
+from realtime.auth.signing import SignatureError, new_session_secret
+from realtime.hub.registry import frame_text
 
 CLOSE_NORMAL = 1000
 CLOSE_UNAUTHORIZED = 4001
@@ -310,7 +313,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         d.addErrback(self._admission_failed)
 
     def _admitted(self, verdict: str, identity: Identity) -> None:
-        from realtime.gateway import ADMITTED, REPLACED
+        from realtime.hub.gateway import ADMITTED, REPLACED
         self._admitting = False
         held, self._held = self._held, ()
         gateway = self.gateway
@@ -529,7 +532,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self.gateway.metrics.error(code)
         return self.send_json({"type": "error", "code": code, "message": text})
 
-    # -- topics (the logic is in realtime.topics) ---------------------------------------
+    # -- topics (the logic is in realtime.hub.topics) ---------------------------------------
 
     def _on_subscribe(self, message: dict) -> None:
         topics.handle_subscribe(self, message)
@@ -545,7 +548,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         Write a pre-framed message, or queue it while the transport is full.
 
         On a plain TCP transport the frame joins this turn's outbox, written with the others
-        due to this connection in one write at the end of the turn (:mod:`realtime.fastpath`).
+        due to this connection in one write at the end of the turn (:mod:`realtime.transport.fastpath`).
         """
         if self.state != self.STATE_OPEN:
             return False
@@ -624,7 +627,7 @@ def _can_hold(held: tuple) -> bool:
     return len(held) < MAX_HELD_MESSAGES
 
 
-#: the server factory, with the protocol options on the protocol class (realtime.fastpath)
+#: the server factory, with the protocol options on the protocol class (realtime.transport.fastpath)
 _Factory = fastpath.options_on_class_factory(WebSocketServerFactory)
 
 #: message type -> name of the method handling it once the client is authenticated

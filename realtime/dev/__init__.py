@@ -1,0 +1,1 @@
+"""For development and benchmarks only: the embedded pouchdb-server and the benchmark hook."""

@@ -1,0 +1,1 @@
+"""CouchDB ``_changes`` feeds: following a feed, and routing a change to its recipients."""

@@ -1,0 +1,1 @@
+"""HTTP: the JSON resource kit, the REST API under ``/websocket`` and the site."""

@@ -1,0 +1,91 @@
+"""
+Presence in one process: :class:`LocalPresence` answers from its own counts (no Redis; the
+Redis implementation, for every process of a deployment, is
+:class:`realtime.redis.presence.RedisPresence`).  :class:`ConnectionCounts` and
+:class:`SessionNumbers` are shared by both.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+from twisted.internet.defer import Deferred, succeed
+
+
+class ConnectionCounts:
+    """This process's connections: conn id -> user, user -> count."""
+
+    def __init__(self):
+        self.by_conn: Dict[str, str] = {}
+        self.by_user: Dict[str, int] = {}
+
+    def add(self, conn_id: str, user_id: str) -> int:
+        self.by_conn[conn_id] = user_id
+        self.by_user[user_id] = self.by_user.get(user_id, 0) + 1
+        return self.by_user[user_id]
+
+    def remove(self, conn_id: str) -> Optional[str]:
+        user_id = self.by_conn.pop(conn_id, None)
+        if user_id is None:
+            return None
+        left = self.by_user.get(user_id, 1) - 1
+        if left > 0:
+            self.by_user[user_id] = left
+        else:
+            self.by_user.pop(user_id, None)
+        return user_id
+
+    def count(self, user_id: str) -> int:
+        return self.by_user.get(user_id, 0)
+
+
+class SessionNumbers:
+    def __init__(self, clock):
+        self._clock = clock
+        self._last = 0
+
+    def next(self) -> int:
+        now = int(self._clock.seconds() * 1e6)
+        self._last = max(now, self._last + 1)
+        return self._last
+
+
+class LocalPresence:
+    """Presence of one process (no Redis): every answer comes from its own counts."""
+
+    def __init__(self, clock):
+        self._counts = ConnectionCounts()
+        self._sessions = SessionNumbers(clock)
+        self.process_id = "local"
+
+    def connection_opened(self, conn_id, user_id, limit=None) -> Deferred:
+        if conn_id in self._counts.by_conn:
+            return succeed(True)
+        if limit is not None and self._counts.count(user_id) >= limit:
+            return succeed(False)
+        self._counts.add(conn_id, user_id)
+        return succeed(True)
+
+    def connection_closed(self, conn_id, user_id=None) -> None:
+        self._counts.remove(conn_id)
+
+    def connection_count(self, user_id) -> Deferred:
+        return succeed(self._counts.count(user_id))
+
+    def users(self) -> Deferred:
+        return succeed(dict(self._counts.by_user))
+
+    def total(self) -> Deferred:
+        return succeed(len(self._counts.by_conn))
+
+    def processes(self) -> Deferred:
+        return succeed([self.process_id])
+
+    def new_session(self, user_id) -> Deferred:
+        return succeed(self._sessions.next())
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> Deferred:
+        return succeed(None)

@@ -1,0 +1,1 @@
+"""Redis implementations only: the client, ``REDIS_URL`` parsing, broker, presence, stores."""

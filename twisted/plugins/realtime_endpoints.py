@@ -1,3 +1,0 @@
-from realtime.reuseport import ReusePortParser
-
-reuseport = ReusePortParser()

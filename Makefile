@@ -1,7 +1,9 @@
 # The README's commands.  `make run` serves on the embedded default; `make test` runs the
-# whole trial suite (CI calls it); `make bench` runs the benchmark suite.
+# whole test suite (CI calls it): trial, then the JavaScript client's tests on Node's test
+# runner; `make bench` runs the benchmark suite.
 PYTHON ?= python3
 NPM ?= npm
+NODE ?= node
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test deps python-deps node-deps redis-server bench
@@ -11,6 +13,7 @@ run: deps
 
 test: deps redis-server
 	$(PYTHON) -m twisted.trial tests
+	PYTHON=$(PYTHON) $(NODE) --test --test-concurrency=1 clients/js/test/*.test.js
 
 deps: python-deps node-deps
 

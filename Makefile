@@ -1,6 +1,7 @@
 # The README's commands.  `make run` serves on the embedded default; `make test` runs the
-# whole test suite (CI calls it): trial, then the JavaScript client's tests on Node's test
-# runner; `make bench` runs the benchmark suite.
+# linter (ruff, configured in pyproject.toml; a finding fails it), then the whole test suite
+# (CI calls it): trial, then the JavaScript client's tests on Node's test runner;
+# `make bench` runs the benchmark suite.
 PYTHON ?= python3
 NPM ?= npm
 NODE ?= node
@@ -12,6 +13,7 @@ run: deps
 	$(PYTHON) -m realtime
 
 test: deps redis-server
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m twisted.trial tests
 	PYTHON=$(PYTHON) $(NODE) --test --test-concurrency=1 clients/js/test/*.test.js
 

@@ -482,9 +482,9 @@ def summarise(sessions: list, ns, servers) -> dict:
             }
             lat = [s["latency"] for s in mine if "latency" in s]
             if lat:
-                row["p50_ms"] = median(l["p50_ms"] for l in lat)
-                row["p99_ms"] = median(l["p99_ms"] for l in lat)
-                row["max_ms"] = median(l["max_ms"] for l in lat)
+                row["p50_ms"] = median(one["p50_ms"] for one in lat)
+                row["p99_ms"] = median(one["p99_ms"] for one in lat)
+                row["max_ms"] = median(one["max_ms"] for one in lat)
             summary[f"{n}/{kind}"] = row
     return summary
 

@@ -6,8 +6,8 @@ and to hold, without sockets: for developing (``make bench`` has the figures of 
 
 N connections are opened through the real listener (:class:`WebSocketFirstFactory` ->
 Autobahn -> :class:`RealtimeServerProtocol`, JWT in the ``token`` query parameter) on
-``StringTransport`` objects; the reactor is the gateway's clock but is never run.  Printed: CPU microseconds per
-connection, from the first byte of the request to ``connected`` written (median of the
+``StringTransport`` objects; the reactor is the gateway's clock but is never run.  Printed:
+CPU microseconds per connection, from the first byte of the request to ``connected`` written (median of the
 repeats), and with ``--memory`` the bytes each open connection holds (tracemalloc) and
 where they were allocated.  What it leaves out is what the raw Twisted floor also pays:
 ``accept``, the ``tcp.Connection`` and its socket.

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from realtime.hub.broker import BrokerUnavailable, MemoryBroker
-from realtime.redis.client import RedisUnavailable
-from realtime.hub.presence import LocalPresence
 from realtime.auth.stores import MemoryNonceStore, MemoryRevocationStore
-
+from realtime.hub.broker import BrokerUnavailable, MemoryBroker
+from realtime.hub.presence import LocalPresence
+from realtime.redis.client import RedisUnavailable
 
 #: Failures meaning "Redis cannot answer now": REST answers 503, auth answers no (4101).
 #: ``failure.check(*UNAVAILABLE)`` / ``except UNAVAILABLE``.

@@ -10,7 +10,8 @@ import time
 import jwt
 from twisted.internet.task import Clock
 
-from realtime import config as config_module, jsonutil
+from realtime import config as config_module
+from realtime import jsonutil
 from realtime.auth.authenticator import Authenticator, Identity, JWTVerifier
 from realtime.hub.broker import MemoryBroker
 from realtime.hub.gateway import Gateway

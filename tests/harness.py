@@ -24,14 +24,15 @@ import uuid
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import endpoints, reactor
-from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks, returnValue
+from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from realtime import config as config_module, jsonutil
+from realtime import config as config_module
+from realtime import jsonutil
 from realtime.dev.embedded import PouchDBServer, free_port, stop_process
 from realtime.http.rest import make_api
-from realtime.service import make_followers, make_gateway, make_heartbeat_service
 from realtime.http.site import make_site
+from realtime.service import make_followers, make_gateway, make_heartbeat_service
 from realtime.transport import fastpath
 from realtime.transport import websocket as protocol_module
 
@@ -177,7 +178,7 @@ class WSClientProtocol(WebSocketClientProtocol):
             if message.get("type") in skip and type_ not in skip:
                 continue
             if type_ is None or message.get("type") == type_:
-                returnValue(message)
+                return message
             raise AssertionError(f"expected {type_}, got {message}")
 
     def wait_closed(self, seconds: float = TIMEOUT) -> Deferred:
@@ -230,7 +231,7 @@ def connect(port: int, path: str = "/ws", headers=None, query=None, origin=None,
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=timeout)
     proto = yield endpoint.connect(factory)
     result = yield with_timeout(proto.opened, timeout, "the WebSocket handshake")
-    returnValue(result)
+    return result
 
 
 class GatewayHarness:
@@ -299,7 +300,7 @@ class GatewayHarness:
             # Wait until every feed is live, so that a change made now is seen.
             yield wait_for(lambda: all(f.state == "connected" for f in self.followers),
                            what="the changes feeds to connect")
-        returnValue(self)
+        return self
 
     def wait_for_change(self, doc_id: str):
         """Wait until the feeds have processed a change of ``doc_id``."""
@@ -313,7 +314,7 @@ class GatewayHarness:
     def connect(self, **kwargs):
         client = yield connect(self.port, **kwargs)
         self.clients.append(client)
-        returnValue(client)
+        return client
 
     @inlineCallbacks
     def stop(self):

@@ -9,9 +9,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 
 from realtime import jsonutil
+from realtime.hub.registry import Registry
 from realtime.redis.broker import RedisBroker
 from realtime.redis.url import parse_redis_url
-from realtime.hub.registry import Registry
 from tests.harness import unique, wait_for
 
 

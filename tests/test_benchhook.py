@@ -9,7 +9,8 @@ from twisted.internet import task
 from twisted.test.proto_helpers import StringTransport
 from twisted.trial import unittest
 
-from realtime import config as config_module, jsonutil
+from realtime import config as config_module
+from realtime import jsonutil
 from realtime.dev import benchhook
 from realtime.service import make_service
 

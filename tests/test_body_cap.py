@@ -11,9 +11,9 @@ import json
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from realtime.transport.websocket import make_factory
 from realtime.http.rest import make_api
 from realtime.http.site import make_site
+from realtime.transport.websocket import make_factory
 from tests.fakes import ADMIN_KEY, FakeConnection, make_gateway
 
 CAP = 1000

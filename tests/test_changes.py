@@ -9,10 +9,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import ResponseDone, ResponseFailed
-from twisted.internet.error import ConnectionRefusedError, ConnectionLost
 
 from realtime.feeds.changes import Backoff, ChangesFollower, LineParser
 

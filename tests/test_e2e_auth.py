@@ -436,6 +436,7 @@ class SlowReaderTests(AuthCase):
         connection is closed 4100 and aborted, and its queue freed.
         """
         import socket
+
         from twisted.internet import endpoints
         from twisted.internet.protocol import Factory
         user = unique("slow")
@@ -535,8 +536,10 @@ class ReviewRegressionTests(AuthCase):
         A client that drops while its cookie is being checked leaves no connection, no
         registry entry and no presence behind (Autobahn opens it after it closed).
         """
-        from twisted.internet import protocol as ip, endpoints as ep
+        from twisted.internet import endpoints as ep
+        from twisted.internet import protocol as ip
         from twisted.internet.defer import Deferred
+
         from realtime.auth.authenticator import Identity
         pending, asked = Deferred(), Deferred()
 

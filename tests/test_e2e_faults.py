@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from tests import harness
 from tests.harness import GatewayHarness, unique
-from tests.test_e2e_users import make_token, next_user_change, SECRET
+from tests.test_e2e_users import SECRET, make_token, next_user_change
 
 
 class _CuttableServer(portforward.ProxyServer):

@@ -11,7 +11,7 @@ import json
 
 import treq
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.defer import inlineCallbacks, returnValue
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from tests.harness import GatewayHarness, unique
@@ -41,7 +41,7 @@ class RESTEndToEndTests(unittest.TestCase):
             kwargs["headers"][b"Content-Type"] = [b"application/json"]
         response = yield treq.request(method, self.url(path), **kwargs)
         answer = yield response.json()
-        returnValue((response.code, answer))
+        return (response.code, answer)
 
     @inlineCallbacks
     def user(self, user_id=None, **claims):
@@ -50,7 +50,7 @@ class RESTEndToEndTests(unittest.TestCase):
         client = yield self.gw.connect(query={"token": make_token(user_id, **claims)})
         yield client.next("connected")
         client.user_id = user_id
-        returnValue(client)
+        return client
 
     @inlineCallbacks
     def assert_next_is_marker(self, *clients):

@@ -238,6 +238,7 @@ class ConnectionLifecycleTests(unittest.TestCase):
     def test_shutdown_service_stops_after_the_listeners(self):
         """make_service adds the shutdown step before the listeners: it stops after them."""
         from twisted.application.internet import StreamServerEndpointService
+
         from realtime import config as config_module
         from realtime.service import ShutdownService, make_service
         top = make_service(config_module.defaults(listen=("tcp:0:interface=127.0.0.1",)))

@@ -15,16 +15,16 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.tcp import Server
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.test.proto_helpers import StringTransport
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from realtime import jsonutil
+from realtime.hub.registry import frame_text
 from realtime.transport import fastpath
 from realtime.transport import websocket as protocol_module
-from realtime.hub.registry import frame_text
 from tests import harness
 from tests.harness import GatewayHarness
 
@@ -161,6 +161,7 @@ class AutobahnAdaptationTests(unittest.TestCase):
     def test_lazy_debug_arguments_render_the_same_text(self):
         """Autobahn's debug-log arguments, made lazy, render exactly as before when logged."""
         import pprint
+
         from autobahn import util
         from autobahn.websocket import protocol as ab
 

@@ -18,8 +18,8 @@ from twisted.web.server import Site
 
 from realtime import config as config_module
 from realtime.auth.authenticator import AuthFailure, JWTVerifier
-from realtime.dev.embedded import free_port
 from realtime.auth.jwks import JWKSKeySource, keys_from_jwks
+from realtime.dev.embedded import free_port
 from realtime.service import make_jwt_verifier
 from tests import keys
 from tests.keys import claims, raw_token

@@ -5,7 +5,8 @@ JWT verification: the bad-input catalogue, each with its exact reaction.
 import time
 
 import jwt
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 

@@ -13,7 +13,6 @@ from realtime.auth.signing import envelope, sign
 from tests.harness import GatewayHarness, unique
 from tests.keys import HS_SECRET, hs_token
 
-
 ADMIN_KEY = "admin-key-secret-0123456789"
 
 

@@ -112,6 +112,7 @@ class BannerTests(unittest.TestCase):
         import runpy
         import shlex
         from contextlib import redirect_stdout
+
         from realtime.tap import _print_banner
 
         class Server:

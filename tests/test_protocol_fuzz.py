@@ -6,18 +6,20 @@ Clock), with hypothesis-generated JSON.
 
 import time
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from realtime import config as config_module, jsonutil
+from realtime import config as config_module
+from realtime import jsonutil
 from realtime.auth.authenticator import Identity
-from realtime.transport.websocket import make_factory
-from realtime.service import make_gateway
 from realtime.auth.signing import envelope
+from realtime.service import make_gateway
+from realtime.transport.websocket import make_factory
 from tests.keys import HS_SECRET, hs_token
 
 json_values = st.recursive(

@@ -2,7 +2,8 @@
 Rate limiting: pure arithmetic on an injected clock.
 """
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 

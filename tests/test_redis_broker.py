@@ -240,6 +240,7 @@ class PasswordTests(unittest.TestCase):
     def test_wrong_password_fails_publish_and_never_logs_it(self):
         """A wrong password: publish fails fast, the error is logged without the password."""
         from twisted.logger import globalLogPublisher
+
         from tests.redis_helpers import Node
         logged = []
         globalLogPublisher.addObserver(logged.append)

@@ -8,8 +8,8 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from realtime.redis.client import RedisClient, RedisUnavailable
 from realtime.hub.presence import LocalPresence
+from realtime.redis.client import RedisClient, RedisUnavailable
 from realtime.redis.presence import RedisPresence
 from realtime.redis.url import parse_redis_url
 from tests import harness

@@ -4,9 +4,9 @@ from twisted.internet import defer, endpoints
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from realtime.redis.url import RedisAddress, RedisURLError, client_endpoint, parse_redis_url
 from tests import harness
 from tests.harness import wait_for
-from realtime.redis.url import RedisAddress, RedisURLError, client_endpoint, parse_redis_url
 
 
 class ParseTests(unittest.TestCase):

@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 
 from prometheus_client.parser import text_string_to_metric_families
+from treq.testing import StubTreq
 from twisted.internet.defer import fail, succeed
 from twisted.trial import unittest
-from treq.testing import StubTreq
 
 from realtime.auth.authenticator import AuthFailure, Identity
-from realtime.transport.websocket import make_factory
 from realtime.http.rest import RESERVED_TYPES, make_api
 from realtime.http.site import make_site
+from realtime.transport.websocket import make_factory
 from tests.fakes import ADMIN_KEY, FakeConnection, make_gateway, make_token
 
 BASE = "http://gateway.test"

@@ -13,18 +13,18 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from realtime.auth.authenticator import AuthFailure, Authenticator, JWTVerifier, token_id
+from realtime import config as config_module
+from realtime.auth.authenticator import Authenticator, AuthFailure, JWTVerifier, token_id
+from realtime.auth.revocation import Revoker, revocation_target
+from realtime.auth.stores import MemoryRevocationStore
+from realtime.http.resource import JSONResource
+from realtime.http.rest import make_api
 from realtime.hub.broker import MemoryBroker
 from realtime.hub.registry import Registry
-from realtime import config as config_module
-from realtime.http.rest import make_api
 from realtime.redis.client import RedisClient, RedisUnavailable
-from realtime.auth.stores import MemoryRevocationStore
 from realtime.redis.stores import RedisRevocationStore
 from realtime.redis.url import parse_redis_url
-from realtime.auth.revocation import Revoker, revocation_target
 from realtime.service import make_gateway
-from realtime.http.resource import JSONResource
 from tests import harness
 from tests.keys import HS_SECRET, hs_token
 

@@ -11,7 +11,13 @@ from twisted.trial import unittest
 
 from realtime.databases import rules
 from realtime.databases.rules import (
-    NOBODY, AccessRuleFailed, RuleFileError, may_read, parse_rules, principals_of)
+    NOBODY,
+    AccessRuleFailed,
+    RuleFileError,
+    may_read,
+    parse_rules,
+    principals_of,
+)
 
 NOTES = """
 [databases.notes]

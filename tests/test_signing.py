@@ -7,14 +7,21 @@ import hashlib
 import hmac
 import json
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from realtime import jsonutil
+from realtime.auth.signing import (
+    MessageVerifier,
+    SignatureError,
+    envelope,
+    new_session_secret,
+    parse_envelope,
+    sign,
+)
 from realtime.auth.stores import MemoryNonceStore
-from realtime.auth.signing import (MessageVerifier, SignatureError, envelope,
-                              new_session_secret, parse_envelope, sign)
 
 SECRET = "c2Vzc2lvbi1zZWNyZXQtZm9yLXRlc3Rz"
 NOW_MS = 1_800_000_000_000

@@ -34,7 +34,7 @@ import re
 from typing import Iterable, Optional, Sequence, Tuple
 
 import jwt
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, returnValue, succeed
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from realtime import jsonutil
@@ -272,8 +272,8 @@ class CouchSessionChecker:
         # CouchDB refreshes a session cookie that nears its timeout with a Set-Cookie: keep
         # the fresh one, so that periodic revalidation keeps an active session alive.
         refreshed = _refreshed_cookie(response)
-        returnValue(Identity(user_id=name, name=name, roles=roles, method="cookie",
-                             cookie=refreshed or cookie))
+        return Identity(user_id=name, name=name, roles=roles, method="cookie",
+                             cookie=refreshed or cookie)
 
 
 def _refreshed_cookie(response) -> Optional[str]:
@@ -398,6 +398,6 @@ class Authenticator:
                     raise AuthFailure("unavailable", "revocation store unreachable") from None
                 if revoked:
                     raise AuthFailure("revoked", "token revoked")
-            returnValue(identity)
+            return identity
 
         return d.addCallback(check)

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import jwt
-from twisted.internet.defer import Deferred, inlineCallbacks, returnValue
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
 from realtime import jsonutil
@@ -104,7 +104,7 @@ class JWKSKeySource:
                 yield self._fetch()
             key = self._find(kid, algorithm)
         if key is not None:
-            returnValue(key)
+            return key
         if self._keys is None or self._last_fetch_failed:
             raise AuthFailure("unavailable", "JWKS unreachable and key unknown")
         raise AuthFailure("auth-failed", "unknown key")

@@ -24,10 +24,11 @@ stored or logged.
 from __future__ import annotations
 
 import jwt
-from twisted.internet.defer import inlineCallbacks, returnValue
+from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
-from realtime.auth.authenticator import JWT_LEEWAY_SECONDS, MAX_EXP, MAX_TOKEN_LENGTH, token_id as token_id_of
+from realtime.auth.authenticator import JWT_LEEWAY_SECONDS, MAX_EXP, MAX_TOKEN_LENGTH
+from realtime.auth.authenticator import token_id as token_id_of
 
 MAX_JTI_LENGTH = 256
 
@@ -55,7 +56,7 @@ class Revoker:
             # are closed when they next authenticate or expire.
             self._log.failure("publishing a revocation failed")
             closed = 0
-        returnValue(closed)
+        return closed
 
 
 def _short(token_id: str) -> str:

@@ -11,8 +11,9 @@ Behaviour:
   (``_changes?descending=true&limit=1`` -> ``last_seq``), then streams from there; later
   connections resume from the ``seq`` of the last change the callback fully processed.
   (Streaming with ``since=now`` itself would lose, on a quiet database, every change made
-  while the feed is cut: a heartbeat carries no seq, so "now" would be asked again.)  ``seq`` is opaque (an integer on pouchdb-server, a
-  string on CouchDB 2/3): stored and sent back unchanged, never compared or parsed.
+  while the feed is cut: a heartbeat carries no seq, so "now" would be asked again.)
+  ``seq`` is opaque (an integer on pouchdb-server, a string on CouchDB 2/3): stored and
+  sent back unchanged, never compared or parsed.
 - Lines are parsed incrementally: a change may be split across chunks, heartbeats are bare
   newlines, and a partial line left when the stream ends is discarded (its change will come
   again, since ``since`` only moves past fully processed lines).

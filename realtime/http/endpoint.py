@@ -37,7 +37,7 @@ from __future__ import annotations
 import hmac
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import inlineCallbacks, maybeDeferred, returnValue
+from twisted.internet.defer import inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
@@ -200,7 +200,7 @@ class Credentials:
             identity = yield self._gateway.authenticator.verify_token(token)
         except AuthFailure as failure:
             raise _credentials_error(failure) from None
-        returnValue(identity)
+        return identity
 
     @inlineCallbacks
     def require_admin(self, request):
@@ -213,11 +213,11 @@ class Credentials:
             raise HTTPError(401, "unauthorized", "admin credentials required",
                             headers=_UNAUTHORIZED_HEADERS)
         if self._is_admin_key(token):
-            returnValue("key")
+            return "key"
         identity = yield self._verified(token)
         if not identity.is_admin:
             raise HTTPError(403, "forbidden", "the admin role is required")
-        returnValue("jwt")
+        return "jwt"
 
     @inlineCallbacks
     def is_admin(self, request):
@@ -227,11 +227,11 @@ class Credentials:
         """
         token = bearer_token(request)
         if token is None or not self.admin_enabled:
-            returnValue(False)
+            return False
         if self._is_admin_key(token):
-            returnValue(True)
+            return True
         identity = yield self._verified(token)
-        returnValue(identity.is_admin)
+        return identity.is_admin
 
     @inlineCallbacks
     def require_user(self, request):
@@ -240,7 +240,7 @@ class Credentials:
         token = bearer_token(request)
         if token is not None:
             identity = yield self._verified(token)
-            returnValue(identity)
+            return identity
         cookie_header = request.getHeader(b"cookie")
         cookie = cookie_value(cookie_header.decode("latin-1")) if cookie_header else None
         if not cookie:
@@ -258,7 +258,7 @@ class Credentials:
         if identity is None:
             raise HTTPError(401, "unauthorized", "user credentials required",
                             headers=_UNAUTHORIZED_HEADERS)
-        returnValue(identity)
+        return identity
 
 
 # -- bodies and fields --------------------------------------------------------------------

@@ -60,21 +60,28 @@ from __future__ import annotations
 
 import unicodedata
 
-from twisted.internet.defer import (CancelledError, FirstError, gatherResults, inlineCallbacks,
-                                    returnValue)
+from twisted.internet.defer import CancelledError, FirstError, gatherResults, inlineCallbacks
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from realtime import jsonutil
 from realtime.auth import revocation
-from realtime.hub import topics
-from realtime.http.endpoint import (
-    MAX_TYPE_LENGTH, MAX_USER_IDS, Credentials, Endpoint, HTTPError, bad_field,
-    present_field, read_json_body, string_field, user_id_field,
-)
 from realtime.cluster import UNAVAILABLE
 from realtime.feeds.routing import utc_timestamp
+from realtime.http.endpoint import (
+    MAX_TYPE_LENGTH,
+    MAX_USER_IDS,
+    Credentials,
+    Endpoint,
+    HTTPError,
+    bad_field,
+    present_field,
+    read_json_body,
+    string_field,
+    user_id_field,
+)
 from realtime.http.resource import DEFAULT_MAX_BODY_BYTES, JSONResource
+from realtime.hub import topics
 
 #: Message types the protocol itself uses: REST messages may not take them.
 RESERVED_TYPES = frozenset({
@@ -103,7 +110,7 @@ class API:
     def admin_body(self, request):
         """The JSON body of a request with admin credentials (else the HTTPError)."""
         yield self.credentials.require_admin(request)
-        returnValue(self.body(request))
+        return self.body(request)
 
     def message_text(self, kind: str, data) -> str:
         return jsonutil.dumps_text({"type": kind, "data": data,
@@ -117,7 +124,7 @@ class API:
             raise HTTPError(404, "not_connected", "the user is not connected")
         yield self.publish({"t": "users", "to": [user_id], "type": kind,
                             "msg": self.message_text(kind, data)})
-        returnValue((200, {"userId": user_id, "delivered": True, "connections": count}))
+        return (200, {"userId": user_id, "delivered": True, "connections": count})
 
     @inlineCallbacks
     def publish(self, event: dict):
@@ -128,7 +135,7 @@ class API:
             _log.warn("the broker refused a REST event: {error}", error=type(e).__name__)
             raise HTTPError(503, "unavailable",
                             "the message could not be handed to the broker; try again") from None
-        returnValue(reached)
+        return reached
 
     @inlineCallbacks
     def connection_count(self, user_id: str):
@@ -137,7 +144,7 @@ class API:
             count = yield self.gateway.presence.connection_count(user_id)
         except Exception as e:
             raise _presence_unavailable(e) from None
-        returnValue(count)
+        return count
 
     @inlineCallbacks
     def users(self):
@@ -146,12 +153,12 @@ class API:
             users = yield self.gateway.presence.users()
         except Exception as e:
             raise _presence_unavailable(e) from None
-        returnValue(users)
+        return users
 
     @inlineCallbacks
     def user_status(self, user_id: str):
         count = yield self.connection_count(user_id)
-        returnValue({"userId": user_id, "connected": count > 0, "connections": count})
+        return {"userId": user_id, "connected": count > 0, "connections": count}
 
 
 def _presence_unavailable(error) -> HTTPError:
@@ -181,7 +188,7 @@ class MessageUser(Endpoint):
         kind = message_type(body)
         data = present_field(body, "data")
         answer = yield api.send_to_connected_user(user_id, kind, data)
-        returnValue(answer)
+        return answer
 
 
 class MessageUsers(Endpoint):
@@ -207,7 +214,7 @@ class MessageUsers(Endpoint):
         if delivered:
             yield api.publish({"t": "users", "to": delivered, "type": kind,
                                "msg": api.message_text(kind, data)})
-        returnValue((200, {"delivered": delivered, "notConnected": not_connected}))
+        return (200, {"delivered": delivered, "notConnected": not_connected})
 
 
 class Broadcast(Endpoint):
@@ -219,8 +226,8 @@ class Broadcast(Endpoint):
         data = present_field(body, "data")
         users = yield api.users()
         yield api.publish({"t": "all", "type": kind, "msg": api.message_text(kind, data)})
-        returnValue((200, {"sent": True, "users": len(users),
-                           "connections": sum(users.values())}))
+        return (200, {"sent": True, "users": len(users),
+                           "connections": sum(users.values())})
 
 
 class Notification(Endpoint):
@@ -233,7 +240,7 @@ class Notification(Endpoint):
         string_field(body, "body")
         data = {key: value for key, value in body.items() if key != "userId"}
         answer = yield api.send_to_connected_user(user_id, "notification", data)
-        returnValue(answer)
+        return answer
 
 
 class Publish(Endpoint):
@@ -248,7 +255,7 @@ class Publish(Endpoint):
         data = present_field(body, "data")
         yield api.publish(topics.publication_event(topic, data, "server",
                                                    api.gateway.timestamp()))
-        returnValue((200, {"topic": topic, "published": True}))
+        return (200, {"topic": topic, "published": True})
 
 
 class RevokeToken(Endpoint):
@@ -272,8 +279,8 @@ class RevokeToken(Endpoint):
             if not isinstance(e, UNAVAILABLE + (CancelledError, ConnectionError)):
                 _log.failure("revoking a token failed")
             raise HTTPError(503, "unavailable", "the revocation store cannot be reached") from None
-        returnValue((200, {"revoked": True, "tokenId": token_id,
-                           "expiresAt": utc_timestamp(expires_at), "closedConnections": closed}))
+        return (200, {"revoked": True, "tokenId": token_id,
+                           "expiresAt": utc_timestamp(expires_at), "closedConnections": closed})
 
 
 # -- users ---------------------------------------------------------------------------------
@@ -284,11 +291,11 @@ class ConnectedUsers(Endpoint):
         api = self.api
         yield api.credentials.require_admin(request)
         users = yield api.users()
-        returnValue((200, {
+        return (200, {
             "users": [{"userId": u, "connections": n} for u, n in sorted(users.items())],
             "totalUsers": len(users),
             "totalConnections": sum(users.values()),
-        }))
+        })
 
 
 def _path_user_id(segment: bytes) -> str:
@@ -310,7 +317,7 @@ class UserStatus(Endpoint):
         api = self.api
         yield api.credentials.require_admin(request)
         status = yield api.user_status(_path_user_id(self._segment))
-        returnValue((200, status))
+        return (200, status)
 
 
 class Disconnect(Endpoint):
@@ -331,7 +338,7 @@ class Disconnect(Endpoint):
         yield api.publish({"t": "disconnect", "user": user_id,
                            "code": CLOSE_DISCONNECTED_BY_ADMIN,
                            "reason": "disconnected by admin", "at": api.gateway.now()})
-        returnValue((200, {"userId": user_id, "disconnected": count}))
+        return (200, {"userId": user_id, "disconnected": count})
 
 
 class UserResource(JSONResource):
@@ -361,7 +368,7 @@ class MyStatus(Endpoint):
     def handle_GET(self, request):
         identity = yield self.api.credentials.require_user(request)
         status = yield self.api.user_status(identity.user_id)
-        returnValue((200, status))
+        return (200, status)
 
 
 class Status(Endpoint):
@@ -376,7 +383,7 @@ class Status(Endpoint):
             users = yield api.users()
             body["connections"]["perUser"] = [
                 {"userId": u, "deviceCount": n} for u, n in sorted(users.items())]
-        returnValue((200, body))
+        return (200, body)
 
 
 def make_api(gateway, max_body_bytes: int = None) -> Resource:

@@ -16,9 +16,9 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from realtime import jsonutil
-from realtime.metrics import Metrics
-from realtime.hub.presence import LocalPresence
 from realtime.feeds.routing import router_for, utc_timestamp
+from realtime.hub.presence import LocalPresence
+from realtime.metrics import Metrics
 
 #: answers of :meth:`Gateway.admit`
 ADMITTED = "admitted"

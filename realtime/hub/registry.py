@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from typing import Dict, Iterable, Iterator, List, Optional, Protocol as TypingProtocol
+from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Protocol as TypingProtocol
 
 from twisted.logger import Logger
 

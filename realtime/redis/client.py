@@ -13,15 +13,17 @@ when a connection is made (library modules must not import the reactor).
 
 ``on_connect`` (a callable taking the txredisapi protocol, returning a Deferred or None; more
 can be appended to ``on_connect_hooks``) runs on every (re)connection, after AUTH and
-SELECT: the stream reader starts its read loop there, and presence re-asserts its lease.  Subscriptions and loops must be restarted this way, since
-txredisapi restores none of them after Redis restarts.
+SELECT: the stream reader starts its read loop there, and presence re-asserts its lease.
+Subscriptions and loops must be restarted this way, since txredisapi restores none of them
+after Redis restarts.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Optional
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout, fail, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 

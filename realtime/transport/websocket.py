@@ -48,18 +48,17 @@ from typing import Optional
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import inlineCallbacks, succeed
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
 from realtime import jsonutil
-from realtime.transport import fastpath
-from realtime.transport import ratelimit
-from realtime.hub import topics
 from realtime.auth.authenticator import AuthFailure, Identity, OriginRefused
 from realtime.auth.expiry import SessionWatch
 from realtime.auth.signing import SignatureError, new_session_secret
+from realtime.hub import topics
 from realtime.hub.registry import frame_text
+from realtime.transport import fastpath, ratelimit
 
 CLOSE_NORMAL = 1000
 CLOSE_UNAUTHORIZED = 4001

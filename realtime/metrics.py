@@ -29,6 +29,7 @@ KNOWN_TYPES = frozenset({
     "connected", "connection_established", "auth", "auth_failed", "user-change",
     "doc-change", "error", "ping", "pong", "subscribed", "unsubscribed", "publication",
     "notification", "subscribe", "unsubscribe", "publish", "resume",
+    "doc.create", "doc.update", "doc.delete", "doc.created", "doc.updated", "doc.deleted",
 })
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST

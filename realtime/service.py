@@ -17,12 +17,15 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from realtime.auth import authenticator as auth
 from realtime.auth import jwks, revocation, signing
 from realtime.cluster import ClusterState, make_cluster_state
+from realtime.databases import rules as rules_module
+from realtime.databases.writer import CouchDocuments, DocumentWriter, WriteMetrics
 from realtime.dev import benchhook
 from realtime.feeds.changes import ChangesFollower
 from realtime.http.rest import make_api
 from realtime.http.site import make_site
 from realtime.hub import registry as registry_module
 from realtime.hub.gateway import Gateway
+from realtime.metrics import Metrics
 from realtime.transport import fastpath
 from realtime.transport import websocket as protocol
 
@@ -68,15 +71,29 @@ def make_http_client(reactor, persistent: bool = True):
     return treq.client.HTTPClient(Agent(reactor, pool=pool)), pool
 
 
-def make_gateway(config, reactor, http=None, broker=None, metrics=None) -> Gateway:
+def make_writer(config, reactor, http, rules, metrics) -> DocumentWriter:
+    """Document writes to the application databases of ``rules``, with the gateway's
+    CouchDB credentials and its shared HTTP client."""
+    documents = CouchDocuments(http, config.couchdb_url, reactor,
+                               admin_auth=config.couchdb_admin_auth)
+    return DocumentWriter(documents, rules, reactor, metrics=WriteMetrics(metrics.registry))
+
+
+def make_gateway(config, reactor, http=None, broker=None, metrics=None,
+                 rules=None) -> Gateway:
     """
     The gateway and its collaborators, without any listening socket or feed.  With
     ``config.redis_url`` the broker, presence, revocations and signed-message nonces live in
     Redis (``gateway.cluster``, to be started and stopped: :class:`ClusterService`); a
-    ``broker`` given replaces the configured one.
+    ``broker`` given replaces the configured one.  ``rules``: the application databases'
+    rules (a :class:`realtime.databases.rules.RuleSet`; none by default).
     """
     if http is None:
         http, _ = make_http_client(reactor)
+    if metrics is None:
+        metrics = Metrics()
+    if rules is None:
+        rules = rules_module.EMPTY
     registry = registry_module.Registry()
     cluster = make_cluster_state(config, reactor, registry)
     if broker is not None:
@@ -89,7 +106,8 @@ def make_gateway(config, reactor, http=None, broker=None, metrics=None) -> Gatew
         revocations=cluster.revocations,
     )
     gateway = Gateway(config, reactor, registry, cluster.broker, authenticator,
-                      metrics=metrics, presence=cluster.presence)
+                      metrics=metrics, presence=cluster.presence,
+                      writer=make_writer(config, reactor, http, rules, metrics))
     gateway.cluster = cluster
     gateway.revoker = revocation.Revoker(cluster.revocations, cluster.broker, reactor)
     if config.ws_signed_messages:

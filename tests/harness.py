@@ -240,10 +240,11 @@ class GatewayHarness:
     ``harness.port``; ``yield harness.stop()`` in cleanup (or ``addCleanup``).
 
     :param couchdb: a PouchDBServer (default: the shared one).
+    :param rules: the application databases' RuleSet (default: none).
     :param overrides: Config fields.
     """
 
-    def __init__(self, couchdb=None, feeds=True, **overrides):
+    def __init__(self, couchdb=None, feeds=True, rules=None, **overrides):
         self.couchdb = couchdb if couchdb is not None else pouchdb()
         base = dict(
             listen=("tcp:0:interface=127.0.0.1",),
@@ -255,6 +256,7 @@ class GatewayHarness:
         base.update(overrides)
         self.config = config_module.defaults(**base)
         self.feeds = feeds
+        self.rules = rules
         self.clients = []
         self._pools = []
 
@@ -264,7 +266,7 @@ class GatewayHarness:
         pool = HTTPConnectionPool(reactor, persistent=False)
         self._pools.append(pool)
         http = treq.client.HTTPClient(Agent(reactor, pool=pool))
-        self.gateway = make_gateway(self.config, reactor, http=http)
+        self.gateway = make_gateway(self.config, reactor, http=http, rules=self.rules)
         self.seen_ids = set()
         on_change = self.gateway.on_change
 

@@ -19,8 +19,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from realtime.databases.rules import parse_rules
 from realtime.databases.writer import CouchDocuments, DocumentWriter, WriteMetrics
 from tests import harness
-from tests.harness import unique
+from tests.harness import GatewayHarness, unique
 from tests.test_e2e_faults import CuttableProxy
+from tests.test_e2e_users import SECRET, make_token
 
 RULES_TEXT = """
 [databases.{db}]
@@ -258,3 +259,105 @@ class WriterTests(unittest.TestCase):
                                   doc={"_id": "n2", "title": "t"})
         self.assertEqual((answer["code"], answer["written"]), ("unavailable", "unknown"))
         self.assertEqual(self.count("create", "unavailable"), 1)
+
+
+class WebSocketWriteTests(unittest.TestCase):
+    """The three messages over a real gateway's WebSocket, answered by ref."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self):
+        self.couch = CouchFixture()
+        self.db = self.couch.db
+        self.gw = GatewayHarness(jwt_secret=SECRET, rules=self.couch.rules, feeds=False)
+        yield self.gw.start()
+        self.addCleanup(self.gw.stop)
+
+    def connect(self, user):
+        return self.gw.connect(query={"token": make_token(user)})
+
+    @inlineCallbacks
+    def request(self, client, **message):
+        client.send_json({"db": self.db, **message})
+        answer = yield client.next()
+        self.assertEqual(answer.get("ref"), message.get("ref"))
+        return answer
+
+    @inlineCallbacks
+    def test_create_update_delete(self):
+        """A writer's create (owner forced), update and delete, each answered with its ref."""
+        alice = yield self.connect("alice")
+        yield alice.next("connected")
+        created = yield self.request(alice, type="doc.create", ref="c1",
+                                     doc={"title": "hi", "owner": "bob"})
+        self.assertEqual(created["type"], "doc.created")
+        self.assertEqual(self.couch.get(created["id"])["owner"], "alice")
+        updated = yield self.request(alice, type="doc.update", ref="u1", id=created["id"],
+                                     rev=created["rev"], changes={"body": "text"})
+        self.assertEqual((updated["type"], updated["id"]), ("doc.updated", created["id"]))
+        self.assertEqual(self.couch.get(created["id"])["body"], "text")
+        stale = yield self.request(alice, type="doc.update", ref="u2", id=created["id"],
+                                   rev=created["rev"], changes={"body": "again"})
+        self.assertEqual((stale["type"], stale["code"], stale["rev"]),
+                         ("error", "conflict", updated["rev"]))
+        deleted = yield self.request(alice, type="doc.delete", ref="d1", id=created["id"],
+                                     rev=updated["rev"])
+        self.assertEqual(deleted["type"], "doc.deleted")
+        self.assertIsNone(self.couch.get(created["id"]))
+
+    @inlineCallbacks
+    def test_refusals_keep_the_connection_open(self):
+        """Forbidden field, stranger, _design/ and bad shapes: errors with the ref."""
+        rev = self.couch.put("n1", owner="alice", members=["dave"], title="t")
+        dave = yield self.connect("dave")
+        yield dave.next("connected")
+        reader = yield self.request(dave, type="doc.update", ref="a", id="n1", rev=rev,
+                                    changes={"title": "x"})
+        missing = yield self.request(dave, type="doc.update", ref="b", id="n2", rev=rev,
+                                     changes={"title": "x"})
+        self.assertEqual((reader["code"], reader["message"]), ("forbidden", missing["message"]))
+        field = yield self.request(dave, type="doc.update", ref="c", id="n1", rev=rev,
+                                   changes={"members": ["dave"]})
+        self.assertEqual((field["code"], field["field"]), ("forbidden", "members"))
+        design = yield self.request(dave, type="doc.create", ref="d",
+                                    doc={"_id": "_design/evil", "views": {}})
+        self.assertEqual(design["code"], "forbidden")
+        shape = yield self.request(dave, type="doc.delete", ref="e", id="n1")
+        self.assertEqual(shape["code"], "invalid")
+        self.assertEqual(self.couch.get("n1")["_rev"], rev)
+        self.assertEqual(self.couch.all_ids(), ["n1"])
+        dave.send_json({"type": "ping"})
+        pong = yield dave.next()
+        self.assertEqual(pong["type"], "pong")
+
+    @inlineCallbacks
+    def test_retried_create_over_a_new_connection(self):
+        """The answer is lost with the connection; the retry on a new one writes nothing."""
+        first = yield self.connect("alice")
+        yield first.next("connected")
+        first.send_json({"type": "doc.create", "db": self.db, "ref": "c1",
+                         "doc": {"title": "once"}})
+        yield first.close()  # before reading the answer
+        yield harness.wait_for(lambda: len(self.couch.all_ids()) == 1,
+                               what="the first create to reach CouchDB")
+        second = yield self.connect("alice")
+        yield second.next("connected")
+        again = yield self.request(second, type="doc.create", ref="c1",
+                                   doc={"title": "once"})
+        self.assertEqual((again["type"], [again["id"]]), ("doc.created", self.couch.all_ids()))
+        self.assertTrue(again["rev"].startswith("1-"))
+
+    @inlineCallbacks
+    def test_writes_count_in_metrics(self):
+        alice = yield self.connect("alice")
+        yield alice.next("connected")
+        yield self.request(alice, type="doc.create", ref="c1", doc={"title": "m"})
+        yield self.request(alice, type="doc.create", ref="c2", doc={"rank": 1})
+        text = self.gw.gateway.metrics.render().decode()
+        self.assertIn(f'realtime_doc_writes_total{{db="{self.db}",op="create",outcome="ok"}} 1.0',
+                      text)
+        self.assertIn(f'realtime_doc_writes_total{{db="{self.db}",op="create",'
+                      'outcome="forbidden"} 1.0', text)
+        self.assertNotIn("alice", text)
+        self.assertIn('realtime_messages_received_total{type="doc.create"} 2.0', text)

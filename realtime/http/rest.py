@@ -88,6 +88,7 @@ RESERVED_TYPES = frozenset({
     "connected", "connection_established", "auth", "auth_failed", "user-change",
     "doc-change", "error", "ping", "pong", "subscribed", "unsubscribed", "publication",
     "notification", "subscribe", "unsubscribe", "publish", "resume",
+    "doc.create", "doc.update", "doc.delete", "doc.created", "doc.updated", "doc.deleted",
 })
 
 CLOSE_DISCONNECTED_BY_ADMIN = 4003

@@ -35,7 +35,7 @@ class Gateway:
     message_verifier = None
 
     def __init__(self, config, clock, registry, broker, authenticator, metrics=None,
-                 presence=None):
+                 presence=None, writer=None):
         self.config = config
         self.clock = clock
         self.registry = registry
@@ -48,6 +48,8 @@ class Gateway:
         registry.on_delivered = self.metrics.delivered
         # Who is connected, as the REST API asks it (cluster-wide with a Redis presence).
         self.presence = presence if presence is not None else LocalPresence(clock)
+        # Document writes (realtime.databases.writer.DocumentWriter); None: no writes.
+        self.writer = writer
         self.followers: List = []
         self.started_at = clock.seconds()
         self._open = set()  # every open WebSocket, authenticated or not

@@ -15,7 +15,10 @@ Connecting:
   anything else gets ``error`` ``not_authenticated`` and close 4001.
 
 Client -> server: ``auth``, ``ping``, ``subscribe``, ``unsubscribe``, ``publish`` (topics:
-see :mod:`realtime.hub.topics` for names, permissions and answers).
+see :mod:`realtime.hub.topics` for names, permissions and answers); ``doc.create``,
+``doc.update``, ``doc.delete`` (document writes, answered ``doc.created`` /
+``doc.updated`` / ``doc.deleted`` or ``error`` with the request's ``ref``: see
+:mod:`realtime.transport.doc_writes` and :mod:`realtime.databases.writer`).
 Server -> client: ``connected``, ``user-change``, ``ping`` (every heartbeat interval, to
 every connection), ``pong`` (answer to ``ping``), ``error`` ``{code, message}`` for a
 refused request (the connection stays open), plus what the REST API and topics send.
@@ -59,6 +62,7 @@ from realtime.auth.signing import SignatureError, new_session_secret
 from realtime.hub import topics
 from realtime.hub.registry import frame_text
 from realtime.transport import fastpath, ratelimit
+from realtime.transport.doc_writes import DocWrites
 
 CLOSE_NORMAL = 1000
 CLOSE_UNAUTHORIZED = 4001
@@ -141,6 +145,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self._outbox: Optional[list] = None  # frames due this reactor turn (fastpath)
         self._outbox_bytes = 0
         self._batcher = None
+        self._doc_writes: Optional[DocWrites] = None  # made on the first document write
 
     # -- identity -----------------------------------------------------------------------
 
@@ -542,6 +547,14 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
     def _on_publish(self, message: dict) -> None:
         topics.handle_publish(self, message)
 
+    # -- document writes (realtime.transport.doc_writes) --------------------------------
+
+    def _on_doc_write(self, message: dict) -> None:
+        if self._doc_writes is None:
+            self._doc_writes = DocWrites(self.gateway.writer, self.send_json,
+                                         self.gateway.metrics.error)
+        self._doc_writes.handle(self.user_id, self.identity.roles, message)
+
     def deliver_frame(self, frame: bytes) -> bool:
         """
         Write a pre-framed message, or queue it while the transport is full.
@@ -634,6 +647,9 @@ _HANDLERS = {
     "subscribe": "_on_subscribe",
     "unsubscribe": "_on_unsubscribe",
     "publish": "_on_publish",
+    "doc.create": "_on_doc_write",
+    "doc.update": "_on_doc_write",
+    "doc.delete": "_on_doc_write",
 }
 
 #: the empty queue every connection shares until one of its own is needed (an idle

@@ -58,7 +58,14 @@ from realtime import jsonutil
 from realtime.databases import writes
 from realtime.databases.rules import AccessRuleFailed, may_read
 from realtime.databases.writes import (
-    CONFLICT, CREATE, DELETE, FORBIDDEN, INVALID, UNAVAILABLE, UPDATE, WriteRefused,
+    CONFLICT,
+    CREATE,
+    DELETE,
+    FORBIDDEN,
+    INVALID,
+    UNAVAILABLE,
+    UPDATE,
+    WriteRefused,
 )
 
 DEFAULT_TIMEOUT = 10.0

@@ -49,6 +49,7 @@ from collections import deque
 from typing import Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.internet.interfaces import IPushProducer
@@ -93,6 +94,37 @@ _HANDSHAKE_ATTRIBUTES = ("http_status_line", "http_headers", "http_request_data"
                          "http_request_host", "http_response_data")
 
 
+#: the attributes of a connection (see RealtimeServerProtocol.__slots__): Autobahn's, as its
+#: WebSocketProtocol and server protocol set them per connection, then ours
+_AUTOBAHN_SLOTS = (
+    "is_closed", "is_open", "_transport_details", "_perMessageCompress", "trackedTimings",
+    "trafficStats", "state", "send_state", "data", "send_queue", "triggered", "utf8validator",
+    "wasMaxFramePayloadSizeExceeded", "wasMaxMessagePayloadSizeExceeded", "closedByMe",
+    "failedByMe", "droppedByMe", "wasClean", "wasNotCleanReason",
+    "wasServerConnectionDropTimeout", "wasOpenHandshakeTimeout", "wasCloseHandshakeTimeout",
+    "wasServingFlashSocketPolicyFile", "localCloseCode", "localCloseReason",
+    "remoteCloseCode", "remoteCloseReason", "openHandshakeTimeoutCall",
+    "closeHandshakeTimeoutCall", "autoPingTimeoutCall", "autoPingPending",
+    "autoPingPendingCall", "autoPingPendingSeq", "autoPingPendingSent", "http_request_data",
+    "http_status_line", "http_headers", "http_request_uri", "http_request_path",
+    "http_request_params", "http_request_host", "websocket_version", "websocket_protocols",
+    "websocket_origin", "websocket_extensions", "_wskey", "websocket_protocol_in_use",
+    "websocket_extensions_in_use", "http_response_data", "inside_message", "current_frame",
+    "factory", "connected", "transport", "peer",
+)
+_CONNECTION_SLOTS = _AUTOBAHN_SLOTS + (
+    "connection_id", "identity", "_topics", "_auth_outcome", "_auth_timer",
+    "_authenticating", "_registered", "_counted", "_paused", "_queue", "_queued_bytes",
+    "_limiter", "_closed", "_watch", "_session_secret", "_inbox", "_fragments",
+    "_preauth_bytes", "_admitting", "_held", "_present_as", "session_seq", "admitted_at",
+    "_outbox", "_outbox_bytes", "_batcher",
+)
+
+#: Autobahn counts every connection's traffic in a TrafficStats object that nothing here
+#: reads: open connections share this one (its counters mean nothing)
+_SHARED_TRAFFIC_STATS = TrafficStats()
+
+
 @implementer(IPushProducer)
 class _Throttle:
     """Told by the transport when its buffer is full (pause) and drained (resume)."""
@@ -117,11 +149,25 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
 
     _log = Logger()
 
+    # Every attribute a connection holds, ours and Autobahn's, is a slot: an idle connection
+    # then has no attribute dict at all (it was ~1.6 KB of 85 entries).  Autobahn's protocol
+    # options stay class attributes (fastpath.options_on_class_factory); an attribute that
+    # is not listed here still works (it goes to the instance dict).  The names that Twisted
+    # or Autobahn define on a base class with a default are set in __init__ (a slot shadows
+    # the class default); tests/test_protocol_memory.py checks both.
+    __slots__ = _CONNECTION_SLOTS
+
     def __init__(self):
+        # class defaults of Twisted's and Autobahn's base classes, shadowed by the slots
+        self.factory = None
+        self.transport = None
+        self.connected = 0
+        self.peer = None
+        self.websocket_extensions_in_use = ()  # Autobahn sets a list in the handshake
         super().__init__()
         self.connection_id: Optional[str] = None
         self.identity: Optional[Identity] = None
-        self.topics: set = set()
+        self._topics: Optional[set] = None  # made on first use: see topics
         self._auth_outcome = None
         self._auth_timer = None
         self._authenticating = False
@@ -146,6 +192,20 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self._outbox_bytes = 0
         self._batcher = None
         self._doc_writes: Optional[DocWrites] = None  # made on the first document write
+
+    def set_valid_events(self, valid_events=None):
+        # Autobahn's observer events (``.on("message", ...)``) are not used on server
+        # connections: without this list and dict per connection its class defaults (no
+        # event validation) stand.
+        pass
+
+    @property
+    def topics(self) -> set:
+        """The topics this connection subscribes to (a set of its own from first use)."""
+        topics = self._topics
+        if topics is None:
+            topics = self._topics = set()
+        return topics
 
     # -- identity -----------------------------------------------------------------------
 
@@ -211,6 +271,14 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         try:
             for name in _HANDSHAKE_ATTRIBUTES:  # headers and raw request (with its token)
                 setattr(self, name, None)
+            # what else only the handshake (or WAMP) reads; Autobahn's traffic counters,
+            # which nothing reads here, go to one shared object
+            self.websocket_protocols = self.websocket_extensions = ()
+            if not self.websocket_extensions_in_use:
+                self.websocket_extensions_in_use = ()
+            self._wskey = None
+            self._transport_details = None
+            self.trafficStats = _SHARED_TRAFFIC_STATS
             if not self.send_queue:  # Autobahn's, used by sync/chopped writes only: lazily
                 self.send_queue = _NO_QUEUE
             self.transport.unregisterProducer()
@@ -219,10 +287,6 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
                 self._batcher = getattr(self.factory, "batcher", None)
             self.gateway.connection_opened(self)
             self._counted = True
-            config = self.gateway.config
-            self._limiter = ratelimit.MessageLimiter(
-                config.ws_rate_limit_max_messages, config.ws_rate_limit_window_ms / 1000.0,
-                self.gateway.clock)
             outcome, self._auth_outcome = self._auth_outcome, None
             if isinstance(outcome, Identity):
                 self._accept(outcome)
@@ -343,8 +407,10 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self.identity = identity
         self.gateway.registry.add(self)
         self._registered = True
-        self.maxMessagePayloadSize = self.factory.maxMessagePayloadSize
-        self.maxFramePayloadSize = self.factory.maxFramePayloadSize
+        if self.maxMessagePayloadSize != self.factory.maxMessagePayloadSize:
+            # lowered before authentication; not set otherwise (no instance dict)
+            self.maxMessagePayloadSize = self.factory.maxMessagePayloadSize
+            self.maxFramePayloadSize = self.factory.maxFramePayloadSize
         revocations = gateway.authenticator.revocations
         if not getattr(revocations, "recheck_live_connections", True):
             revocations = None  # no periodic re-check timer: see the store's docstring
@@ -511,9 +577,13 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
 
     def _within_rate_limit(self, tell: bool = True) -> bool:
         """Count one message (or ping) against the rate limit; False when refused."""
-        if self._limiter is None:
-            return True
-        verdict, wait = self._limiter.check()
+        limiter = self._limiter
+        if limiter is None:  # made at the first message: an idle connection holds none
+            config = self.gateway.config
+            limiter = self._limiter = ratelimit.MessageLimiter(
+                config.ws_rate_limit_max_messages, config.ws_rate_limit_window_ms / 1000.0,
+                self.gateway.clock)
+        verdict, wait = limiter.check()
         if verdict == ratelimit.ALLOW:
             return True
         if tell or verdict == ratelimit.CLOSE:

@@ -1,0 +1,108 @@
+"""
+What an idle connection holds: a connection opened through the real listener and Autobahn's
+handshake (in memory) keeps every attribute in a slot (no attribute dict), shares what only
+the handshake needed, and makes its topic set and rate limiter on first use; the slots
+shadow no default of Twisted's or Autobahn's base classes that __init__ does not set.
+"""
+
+import time
+
+import jwt
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from realtime import config as config_module
+from realtime.service import make_gateway
+from realtime.transport import fastpath
+from realtime.transport.websocket import RealtimeServerProtocol, make_factory
+from tests.keys import HS_SECRET
+
+
+def open_connection(test, claims=None, path="/ws?token={token}"):
+    """A connection through WebSocketFirstFactory and Autobahn's handshake, on memory."""
+    config = config_module.defaults(jwt_secret=HS_SECRET)
+    gateway = make_gateway(config, reactor, http=object())
+    factory = make_factory(gateway)
+    factory.setProtocolOptions(openHandshakeTimeout=0, autoPingInterval=0,
+                               closeHandshakeTimeout=0)
+    listener = fastpath.WebSocketFirstFactory(None, factory, clock=reactor)
+    token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 600, **(claims or {})},
+                       HS_SECRET, algorithm="HS256")
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4321))
+    router = listener.buildProtocol(transport.getPeer())
+    router.makeConnection(transport)
+    transport.registerProducer(transport, True)  # as Autobahn's adapter has on TCP
+    request = (f"GET {path.format(token=token)} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n")
+    router.dataReceived(request.encode())
+    [conn] = list(gateway._open)
+
+    def close():
+        if conn.state != conn.STATE_CLOSED:
+            conn.onClose(False, 1006, "")
+        if conn._watch is not None:
+            conn._watch.stop()
+
+    test.addCleanup(close)
+    return conn, transport
+
+
+class IdleConnectionTests(unittest.TestCase):
+    def test_open_connection_has_no_attribute_dict(self):
+        """An authenticated, idle connection keeps everything in slots."""
+        conn, transport = open_connection(self)
+        self.assertIn(b'"type":"connected"', transport.value())
+        self.assertEqual(vars(conn), {})
+
+    def test_handshake_leftovers_dropped(self):
+        """What only the handshake read is dropped or shared once open."""
+        conn, _ = open_connection(self)
+        self.assertIsNone(conn.http_headers)
+        self.assertIsNone(conn.http_request_data)  # held the token
+        self.assertIsNone(conn._wskey)
+        self.assertIsNone(conn._transport_details)
+        self.assertEqual(conn.websocket_extensions_in_use, ())
+        other, _ = open_connection(self)
+        self.assertIs(conn.trafficStats, other.trafficStats)
+
+    def test_topics_and_limiter_made_on_first_use(self):
+        """No topic set and no rate limiter until the client sends something."""
+        conn, transport = open_connection(self)
+        self.assertIsNone(conn._topics)
+        self.assertIsNone(conn._limiter)
+        conn.onMessage(b'{"type":"ping"}', False)
+        self.assertIsNotNone(conn._limiter)
+        self.assertIn(b'"type":"pong"', transport.value())
+        self.assertEqual(conn.topics, set())
+        self.assertIs(conn.topics, conn.topics)
+
+    def test_rate_limit_still_applies_from_the_first_message(self):
+        """The limiter made at the first message counts that message."""
+        conn, transport = open_connection(self)
+        limit = conn.gateway.config.ws_rate_limit_max_messages
+        for _ in range(limit):
+            conn.onMessage(b'{"type":"ping"}', False)
+        transport.clear()
+        conn.onMessage(b'{"type":"ping"}', False)
+        self.assertIn(b'"rate_limited"', transport.value())
+
+    def test_slots_shadow_no_base_class_default(self):
+        """A slot named like a base-class attribute is set by __init__ to that default."""
+        proto = RealtimeServerProtocol()
+        shadowing = []
+        for name in RealtimeServerProtocol.__slots__:
+            for base in RealtimeServerProtocol.__mro__[1:]:
+                if name in vars(base):
+                    shadowing.append(name)
+                    self.assertEqual(getattr(proto, name), vars(base)[name],
+                                     f"{name} (default of {base.__name__})")
+                    break
+        self.assertEqual(sorted(shadowing), ["connected", "factory", "peer", "transport"])
+
+    def test_no_option_is_a_slot(self):
+        """Protocol options stay class attributes (options_on_class_factory)."""
+        self.assertEqual(set(RealtimeServerProtocol.__slots__)
+                         & set(RealtimeServerProtocol.CONFIG_ATTRS), set())

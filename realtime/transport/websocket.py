@@ -117,7 +117,7 @@ _CONNECTION_SLOTS = _AUTOBAHN_SLOTS + (
     "_authenticating", "_registered", "_counted", "_paused", "_queue", "_queued_bytes",
     "_limiter", "_closed", "_watch", "_session_secret", "_inbox", "_fragments",
     "_preauth_bytes", "_admitting", "_held", "_present_as", "session_seq", "admitted_at",
-    "_outbox", "_outbox_bytes", "_batcher",
+    "_outbox", "_outbox_bytes", "_batcher", "_doc_writes",
 )
 
 #: Autobahn counts every connection's traffic in a TrafficStats object that nothing here

@@ -19,13 +19,17 @@ Behaviour:
   the write) is answered after a fresh read, with the same rules as a stale ``rev``.
 - **Idempotent create.**  A create without ``_id`` but with a ``ref`` writes to an id
   derived from (db, user, ref, document).  The gateway first looks that id up
-  (``_all_docs``, which also sees deleted documents); if it exists, the request is a retry
-  of a create that was written, and is answered ``doc.created`` with the document's
-  current ``rev`` (nothing is written; a deleted one is not brought back).  A create with
-  its own ``_id`` that meets an existing document with exactly the same fields, which the
-  user may write, is answered the same way; otherwise it is a ``conflict`` (with the
-  current ``rev`` only for a user who may read or write that document: an id chosen by
-  the client can tell that the id is taken, nothing more).
+  (``_all_docs``, which also sees deleted documents).  When the document there holds
+  exactly the fields this create would write, the request is the same create, retried
+  after a lost answer: it is answered ``doc.created`` with the document's current ``rev``
+  and nothing is written.  When it has changed or was deleted since, the answer is
+  ``conflict`` (nothing is written; a deleted document is not brought back): either a
+  retry that came late, or a client that reused a ``ref`` for an identical document —
+  refs must not be reused.  A create with its own ``_id`` that meets an existing document
+  is answered the same way (``doc.created`` if it holds exactly these fields and the user
+  may write it, else ``conflict``).  A ``conflict`` carries the current ``rev`` only for
+  a user who may read or write that document: an id chosen by the client can tell that
+  the id is taken, nothing more.
 - **Timeouts.**  Every CouchDB request, body included, has a deadline (``timeout``,
   10 s by default) on the injected clock.  When CouchDB cannot be reached, or answers a
   5xx or nonsense, the answer is ``error`` ``unavailable`` with ``written: false``: nothing
@@ -158,9 +162,14 @@ class CouchDocuments:
 
     @inlineCallbacks
     def lookup(self, db: str, doc_id: str):
-        """``(rev, deleted)`` of a document that exists or existed, or None (never did)."""
+        """
+        ``(rev, doc)`` of a document that exists (``doc``: its current revision) or existed
+        (``doc`` None: deleted), or None when it never did.  ``_all_docs`` with the id as
+        key tells a deleted document from a missing one (a ``GET`` does not, on
+        pouchdb-server).
+        """
         status, body = yield self._request(
-            "POST", self._url(db) + "/_all_docs", {"keys": [doc_id]})
+            "POST", self._url(db) + "/_all_docs?include_docs=true", {"keys": [doc_id]})
         if status != 200:
             raise CouchUnavailable(f"CouchDB answered {status} to a lookup")
         rows = body.get("rows")
@@ -169,7 +178,10 @@ class CouchDocuments:
         value = rows[0].get("value")
         if rows[0].get("error") == "not_found" or not isinstance(value, dict):
             return None
-        return value.get("rev"), bool(value.get("deleted"))
+        doc = rows[0].get("doc")
+        if value.get("deleted") or not isinstance(doc, dict):
+            return value.get("rev"), None
+        return value.get("rev"), doc
 
     def put(self, db: str, doc_id: str, body: dict):
         return self._request("PUT", self._url(db, doc_id), body, writes=True)
@@ -263,26 +275,37 @@ class DocumentWriter:
         db = request.db
         if derived:
             found = yield self._documents.lookup(db, doc_id)
-            if found is not None:  # this very create was written before: a retry
-                return _answer(writes.CREATE, db, doc_id, found[0]), RETRIED
+            if found is not None:  # this id was written before: a retry, or a reused ref
+                return self._existing(rule, user_id, roles, doc_id, body, found, derived)
         status, result = yield self._documents.put(db, doc_id, body)
         if status in (201, 202):
             return _answer(writes.CREATE, db, doc_id, result.get("rev")), OK
         if status != 409:
             _couch_refusal(status, result)
-        if derived:  # a concurrent retry wrote it first
-            found = yield self._documents.lookup(db, doc_id)
-            if found is not None:
-                return _answer(writes.CREATE, db, doc_id, found[0]), RETRIED
+        found = yield self._documents.lookup(db, doc_id)  # written meanwhile, or taken
+        if found is None:
             raise CouchUnavailable("CouchDB answered a conflict for a missing document")
-        current = yield self._documents.get(db, doc_id)
-        if isinstance(current, dict):
-            if rule.may_write(current, user_id) and writes.same_content(current, body):
-                return _answer(writes.CREATE, db, doc_id, current.get("_rev")), RETRIED
-            if _may_see(rule, current, user_id, roles):
-                raise WriteRefused(CONFLICT, "a document with this id exists",
-                                   rev=current.get("_rev"))
-        raise WriteRefused(CONFLICT, "a document with this id exists")
+        return self._existing(rule, user_id, roles, doc_id, body, found, derived)
+
+    def _existing(self, rule, user_id, roles, doc_id, body, found, derived):
+        """
+        A create met an existing id.  It is the same create, retried, when the document
+        holds exactly what the create would write (and the user may write it): answered
+        ``doc.created`` again.  Anything else is a ``conflict``, with the ``rev`` for a
+        user who may see the document.
+        """
+        rev, current = found
+        if current is not None and writes.same_content(current, body) and \
+                rule.may_write(current, user_id):
+            return _answer(writes.CREATE, rule.db, doc_id, rev), RETRIED
+        if derived:
+            text = ("this ref was used for a create before, and that document has changed "
+                    "or was deleted since: send a new ref")
+        else:
+            text = "a document with this id exists"
+        if current is not None and _may_see(rule, current, user_id, roles):
+            raise WriteRefused(CONFLICT, text, id=doc_id, rev=rev)
+        raise WriteRefused(CONFLICT, text, id=doc_id)
 
     @inlineCallbacks
     def _update(self, rule, user_id, roles, request):

@@ -38,8 +38,9 @@ Decisions:
   with ``_`` is ``invalid`` (CouchDB reserves them).  Without ``_id``, ``doc.create``
   derives the id from ``(db, user, ref, the document as sent)`` (:func:`derived_id`): a
   retried create with the same ``ref`` meets the document the first one wrote, and is
-  answered ``doc.created`` again, with no second document.  With no ``ref`` either, the id
-  is random (and a retry is not recognised).
+  answered ``doc.created`` again, with no second document (while that document is
+  unchanged: see :mod:`realtime.databases.writer`).  With no ``ref`` either, the id is
+  random (and a retry is not recognised).
 - **Size.**  The document as written (the merged document for an update), as compact JSON
   without its ``_``-fields, is at most :data:`MAX_DOCUMENT_BYTES` (64 KiB); more is
   ``invalid``.  The WebSocket message limit (1 MiB) bounds the request before that.

@@ -47,7 +47,7 @@ def make_listener():
     config = config_module.defaults(jwt_secret=SECRET, ws_heartbeat_ms=3_600_000)
     gateway = make_gateway(config, clock, http=object())
     factory = make_factory(gateway)
-    return gateway, fastpath.WebSocketFirstFactory(None, factory, clock=clock)
+    return gateway, fastpath.WebSocketFirstFactory(None, factory, clock=gateway.timers)
 
 
 def tokens(n: int, first: int = 0) -> list:

@@ -216,7 +216,7 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
     factory = protocol.make_factory(gateway)
     site = make_site(gateway, factory, api_resource=make_api(gateway))
     # /ws handshakes go straight to Autobahn, the rest to the site (realtime.transport.fastpath)
-    listener = fastpath.WebSocketFirstFactory(site, factory, clock=reactor)
+    listener = fastpath.WebSocketFirstFactory(site, factory, clock=gateway.timers)
     ShutdownService(gateway).setServiceParent(top)
     for description in config.listen:
         endpoint = endpoints.serverFromString(reactor, description)

@@ -7,7 +7,8 @@ they were set.  As reactor ``DelayedCall`` objects each costs a heap push, an ob
 its own argument tuple and keyword dict, and, once cancelled, a place in the reactor's heap
 until Twisted compacts it.  Here they are entries in time slots of ``resolution`` seconds:
 one small object each, cancelled by one dict deletion, and a single reactor call for the
-earliest non-empty slot, however many timers there are (none at all while no timer is set).
+earliest non-empty slot, however many timers there are (none at all while no timer is
+pending: cancelling the last one cancels it).
 
 :class:`TimerWheel` offers the part of ``IReactorTime`` that those timers use:
 ``callLater(delay, f, *args, **kw)`` returning a handle with ``cancel()``, ``active()`` and
@@ -86,10 +87,12 @@ class TimerWheel:
         self._order: list = []  # heap of the slot numbers in _slots
         self._call = None  # the reactor call for the earliest slot
         self._call_slot = None
+        self._pending = 0
 
-    def __len__(self) -> int:
-        """Pending timers."""
-        return sum(len(timers) for timers in self._slots.values())
+    @property
+    def pending(self) -> int:
+        """How many timers are pending (no __len__: an empty wheel is not false)."""
+        return self._pending
 
     def seconds(self) -> float:
         return self._clock.seconds()
@@ -105,6 +108,7 @@ class TimerWheel:
             if self._call_slot is None or slot < self._call_slot:
                 self._schedule(slot)
         timers[timer] = None
+        self._pending += 1
         return timer
 
     # -- internals ----------------------------------------------------------------------
@@ -122,6 +126,13 @@ class TimerWheel:
             timers.pop(timer, None)
             # an emptied slot stays in the heap until it is reached: cheap, and bounded by
             # the number of slots in use
+        self._pending -= 1
+        if not self._pending:  # nothing left: no reactor call either
+            self._slots.clear()
+            self._order.clear()
+            if self._call is not None and self._call.active():
+                self._call.cancel()
+            self._call = self._call_slot = None
 
     def _tick(self) -> None:
         self._call = None
@@ -137,6 +148,7 @@ class TimerWheel:
                 if timer.state != Timer.PENDING:
                     continue
                 timer.state = Timer.CALLED
+                self._pending -= 1
                 func, args, kw = timer.func, timer.args, timer.kw
                 timer.func = timer.args = timer.kw = None
                 try:
@@ -152,7 +164,8 @@ class TimerWheel:
         """Cancel every pending timer and the wheel's reactor call (service stop, tests)."""
         for timers in list(self._slots.values()):
             for timer in list(timers):
-                timer.cancel()
+                if timer.active():
+                    timer.cancel()
         self._slots.clear()
         self._order.clear()
         if self._call is not None and self._call.active():

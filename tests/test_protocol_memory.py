@@ -5,8 +5,6 @@ the handshake needed, and makes its topic set and rate limiter on first use; the
 shadow no default of Twisted's or Autobahn's base classes that __init__ does not set.
 """
 
-import time
-
 import jwt
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
@@ -20,16 +18,23 @@ from realtime.transport.websocket import RealtimeServerProtocol, make_factory
 from tests.keys import HS_SECRET
 
 
-def open_connection(test, claims=None, path="/ws?token={token}"):
-    """A connection through WebSocketFirstFactory and Autobahn's handshake, on memory."""
+def make_listener(clock=reactor):
+    """The gateway and its listener as the service wires them, with the gateway on clock."""
     config = config_module.defaults(jwt_secret=HS_SECRET)
-    gateway = make_gateway(config, reactor, http=object())
+    gateway = make_gateway(config, clock, http=object())
     factory = make_factory(gateway)
     factory.setProtocolOptions(openHandshakeTimeout=0, autoPingInterval=0,
                                closeHandshakeTimeout=0)
-    listener = fastpath.WebSocketFirstFactory(None, factory, clock=reactor)
-    token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 600, **(claims or {})},
-                       HS_SECRET, algorithm="HS256")
+    return gateway, fastpath.WebSocketFirstFactory(None, factory, clock=gateway.timers)
+
+
+def open_connection(test, claims=None, path="/ws?token={token}", listener=None):
+    """A connection through WebSocketFirstFactory and Autobahn's handshake, on memory."""
+    if listener is None:
+        _, listener = make_listener()
+    gateway = listener.ws_factory.gateway
+    claims = {"sub": "alice", "exp": int(gateway.clock.seconds()) + 600, **(claims or {})}
+    token = jwt.encode(claims, HS_SECRET, algorithm="HS256")
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4321))
     router = listener.buildProtocol(transport.getPeer())
     router.makeConnection(transport)
@@ -37,8 +42,9 @@ def open_connection(test, claims=None, path="/ws?token={token}"):
     request = (f"GET {path.format(token=token)} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                "Sec-WebSocket-Version: 13\r\n\r\n")
+    before = set(gateway._open)
     router.dataReceived(request.encode())
-    [conn] = list(gateway._open)
+    [conn] = list(set(gateway._open) - before)
 
     def close():
         if conn.state != conn.STATE_CLOSED:

@@ -4,12 +4,15 @@ most one resolution late), cancel as DelayedCalls do, and the wheel holds one re
 at most, none when no timer is pending.
 """
 
+import time
+
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from realtime.timerwheel import TimerWheel
+from tests.test_protocol_memory import make_listener, open_connection
 
 
 def make(resolution=0.25, start=1_700_000_000.123):
@@ -130,7 +133,7 @@ class CancelTests(unittest.TestCase):
         self.assertFalse(timer.active())
         clock.advance(5)
         self.assertEqual(fired, [])
-        self.assertEqual(len(wheel), 0)
+        self.assertEqual(wheel.pending, 0)
 
     def test_cancel_twice_or_after_firing(self):
         """As DelayedCall: AlreadyCancelled, AlreadyCalled."""
@@ -168,17 +171,71 @@ class ReactorCallTests(unittest.TestCase):
         clock, wheel = make()
         timers = [wheel.callLater(i * 0.01, lambda: None) for i in range(1000)]
         self.assertEqual(len(clock.getDelayedCalls()), 1)
-        self.assertEqual(len(wheel), 1000)
+        self.assertEqual(wheel.pending, 1000)
         for t in timers[:500]:
             t.cancel()
         clock.advance(11)
-        self.assertEqual(len(wheel), 0)
+        self.assertEqual(wheel.pending, 0)
         self.assertEqual(clock.getDelayedCalls(), [])
 
-    def test_all_cancelled_leaves_no_reactor_call_after_its_time(self):
-        """Cancelled timers do not keep the wheel ticking."""
+    def test_cancelling_the_last_timer_cancels_the_reactor_call(self):
+        """No pending timer, no reactor call (a stopped service leaves a clean reactor)."""
         clock, wheel = make()
-        for d in (1, 50, 100):
-            wheel.callLater(d, lambda: None).cancel()
-        clock.advance(2)
+        timers = [wheel.callLater(d, lambda: None) for d in (1, 50, 100)]
+        timers[0].cancel()
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        timers[2].cancel()
+        timers[1].cancel()
         self.assertEqual(clock.getDelayedCalls(), [])
+        fired = []
+        wheel.callLater(1, fired.append, 1)  # and the wheel still works afterwards
+        clock.advance(2)
+        self.assertEqual(fired, [1])
+
+
+class ConnectionTimerTests(unittest.TestCase):
+    """The gateway's per-connection timers run on its wheel (as the service wires them)."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(time.time())  # PyJWT checks exp against the wall clock
+        self.gateway, self.listener = make_listener(self.clock)
+
+    def test_connections_share_one_reactor_call(self):
+        """Many open connections (expiry timers each) hold one reactor call between them."""
+        for i in range(20):
+            open_connection(self, {"sub": f"user-{i}"}, listener=self.listener)
+        self.assertEqual(self.gateway.timers.pending, 20)  # the first-line ones cancelled
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_token_expiry_fires_on_time(self):
+        """A JWT's connection is closed at exp + leeway: not before, at most a slot after."""
+        exp = int(self.clock.seconds()) + 60
+        conn, transport = open_connection(self, {"exp": exp}, listener=self.listener)
+        transport.clear()
+        self.clock.advance(exp + 5 - self.clock.seconds() - 0.01)
+        self.assertNotIn(b"auth_failed", transport.value())
+        self.clock.advance(0.01 + self.gateway.timers.resolution + 0.001)
+        self.assertIn(b'"reason":"token-expired"', transport.value())
+
+    def test_auth_timeout_fires_on_time(self):
+        """A connection without credentials is refused at the auth timeout, not before."""
+        conn, transport = open_connection(self, path="/ws", listener=self.listener)
+        timeout = self.gateway.config.ws_auth_timeout_ms / 1000.0
+        self.clock.advance(timeout - 0.01)
+        self.assertNotIn(b"auth_failed", transport.value())
+        self.clock.advance(0.01 + self.gateway.timers.resolution + 0.001)
+        self.assertIn(b'"reason":"timeout"', transport.value())
+
+    def test_first_line_timeout_on_the_wheel(self):
+        """A connection that sends nothing is aborted at the first-line timeout."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+        router = self.listener.buildProtocol(transport.getPeer())
+        router.makeConnection(transport)
+        self.assertEqual(self.gateway.timers.pending, 1)
+        self.clock.advance(self.listener.first_line_timeout - 0.01)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.01 + self.gateway.timers.resolution + 0.001)
+        self.assertTrue(transport.disconnecting)

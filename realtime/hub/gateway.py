@@ -19,6 +19,7 @@ from realtime import jsonutil
 from realtime.feeds.routing import router_for, utc_timestamp
 from realtime.hub.presence import LocalPresence
 from realtime.metrics import Metrics
+from realtime.timerwheel import TimerWheel
 
 #: answers of :meth:`Gateway.admit`
 ADMITTED = "admitted"
@@ -38,6 +39,9 @@ class Gateway:
                  presence=None, writer=None):
         self.config = config
         self.clock = clock
+        # The per-connection timers (first-line and auth timeouts, JWT expiry, revalidation)
+        # run on one timer wheel: a small entry each instead of a reactor DelayedCall.
+        self.timers = TimerWheel(clock)
         self.registry = registry
         self.broker = broker
         self.authenticator = authenticator

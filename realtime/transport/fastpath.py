@@ -219,7 +219,9 @@ class _FirstRequestRouter(Protocol):
 
     def connectionMade(self):
         # A client that connects and sends nothing must not hold its socket for ever.
-        clock = self._factory.clock or self.transport.reactor
+        clock = self._factory.clock
+        if clock is None:
+            clock = self.transport.reactor
         self._timeout = clock.callLater(self._factory.first_line_timeout, self._timed_out)
 
     def _timed_out(self):

@@ -298,7 +298,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
                 self.maxFramePayloadSize = self.maxMessagePayloadSize
                 self.send_json({"type": "connection_established",
                                 "message": "Please authenticate to continue"})
-                self._auth_timer = self.gateway.clock.callLater(
+                self._auth_timer = self.gateway.timers.callLater(
                     self.gateway.config.ws_auth_timeout_ms / 1000.0, self._auth_timed_out)
         except Exception:
             self._log.failure("onOpen failed")
@@ -415,7 +415,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         if not getattr(revocations, "recheck_live_connections", True):
             revocations = None  # no periodic re-check timer: see the store's docstring
         self._watch = SessionWatch(
-            gateway.clock, self.fail_auth, gateway.authenticator.session_checker,
+            gateway.timers, self.fail_auth, gateway.authenticator.session_checker,
             revalidate_interval=config.ws_session_revalidate_ms / 1000.0,
             revocations=revocations)
         self._watch.watch(identity)

@@ -125,6 +125,9 @@ OPTIONS = (
            "a user's new connection replaces the older ones (closed 4004)"),
     Option("ws_signed_messages", "WS_SIGNED_MESSAGES", "false", _bool,
            "every client message after auth must be HMAC-signed"),
+    Option("demo", "REALTIME_DEMO", "false", _bool,
+           "serve /demo: a page logging in as a CouchDB user and showing, live, what that "
+           "user may read (make run sets it)"),
     Option("embedded_couchdb", "REALTIME_EMBEDDED_COUCHDB", "auto", str,
            "auto: start an in-memory pouchdb-server when COUCHDB_URL is unset; "
            "yes / no to force"),

@@ -21,6 +21,7 @@ from realtime.databases import rules as rules_module
 from realtime.databases.writer import CouchDocuments, DocumentWriter, WriteMetrics
 from realtime.dev import benchhook
 from realtime.feeds.changes import ChangesFollower
+from realtime.http.pages import make_pages
 from realtime.http.rest import make_api
 from realtime.http.site import make_site
 from realtime.hub import registry as registry_module
@@ -200,7 +201,8 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     top = service.MultiService()
-    gateway = make_gateway(config, reactor)
+    http, _ = make_http_client(reactor)
+    gateway = make_gateway(config, reactor, http=http)
     top.gateway = gateway
 
     ClusterService(gateway.cluster).setServiceParent(top)
@@ -214,7 +216,8 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
     make_heartbeat_service(gateway, reactor).setServiceParent(top)
 
     factory = protocol.make_factory(gateway)
-    site = make_site(gateway, factory, api_resource=make_api(gateway))
+    site = make_site(gateway, factory, api_resource=make_api(gateway),
+                     pages=make_pages(gateway, http, config))
     # /ws handshakes go straight to Autobahn, the rest to the site (realtime.transport.fastpath)
     listener = fastpath.WebSocketFirstFactory(site, factory, clock=gateway.timers)
     ShutdownService(gateway).setServiceParent(top)

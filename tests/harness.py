@@ -30,6 +30,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from realtime import config as config_module
 from realtime import jsonutil
 from realtime.dev.embedded import PouchDBServer, free_port, stop_process
+from realtime.http.pages import make_pages
 from realtime.http.rest import make_api
 from realtime.http.site import make_site
 from realtime.service import make_followers, make_gateway, make_heartbeat_service
@@ -266,6 +267,7 @@ class GatewayHarness:
         pool = HTTPConnectionPool(reactor, persistent=False)
         self._pools.append(pool)
         http = treq.client.HTTPClient(Agent(reactor, pool=pool))
+        self.http = http
         self.gateway = make_gateway(self.config, reactor, http=http, rules=self.rules)
         self.seen_ids = set()
         on_change = self.gateway.on_change
@@ -309,8 +311,9 @@ class GatewayHarness:
         return wait_for(lambda: doc_id in self.seen_ids, what=f"the feed to see {doc_id}")
 
     def site_arguments(self) -> dict:
-        """Keyword arguments for make_site: the REST API, built as the service builds it."""
-        return {"api_resource": make_api(self.gateway)}
+        """Keyword arguments for make_site: the REST API and pages, as the service builds them."""
+        return {"api_resource": make_api(self.gateway),
+                "pages": make_pages(self.gateway, self.http, self.config)}
 
     @inlineCallbacks
     def connect(self, **kwargs):

@@ -135,6 +135,23 @@ class UsersFeedTests(unittest.TestCase):
         self.assertIn("403", str(caught.exception.reason))
 
     @inlineCallbacks
+    def test_own_origin_with_cookie_accepted(self):
+        """
+        Cookie auth from the gateway's own origin (a page it serves, such as /demo) is
+        accepted without CORS_ORIGINS listing it.
+        """
+        name, password = yield self.new_user()
+        cookie = self.couch.login(name, password)
+        client = yield self.gw.connect(headers={"Cookie": "AuthSession=" + cookie},
+                                       origin=f"http://127.0.0.1:{self.gw.port}")
+        message = yield client.next("connected")
+        self.assertEqual(message["user"]["id"], name)
+        with self.assertRaises(HandshakeFailed) as caught:
+            yield harness.connect(self.gw.port, headers={"Cookie": "AuthSession=" + cookie},
+                                  origin=f"http://127.0.0.1:{self.gw.port + 1}")
+        self.assertIn("403", str(caught.exception.reason))
+
+    @inlineCallbacks
     def test_allowed_origin_with_cookie_accepted(self):
         """Cookie auth from an allowed Origin is accepted."""
         name, password = yield self.new_user()

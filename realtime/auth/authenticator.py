@@ -7,9 +7,11 @@ Order (first match wins, and a match that fails does not fall through to the nex
 2. ``token=<JWT>`` query parameter;
 3. ``AuthSession`` cookie, checked with ``GET /_session`` on CouchDB: valid only when
    ``userCtx.name`` is a string.  Refused at the handshake (HTTP 403) when the request has
-   an ``Origin`` that is not in the allowed origins: a browser sends cookies on cross-site
-   WebSocket requests, so this is the guard against cross-site WebSocket hijacking.  A
-   request with no ``Origin`` is not from a browser and is not subject to it;
+   an ``Origin`` that is neither the gateway's own (the ``Host`` the request was sent to:
+   a page the gateway serves itself, such as ``/demo``) nor in the allowed origins: a
+   browser sends cookies on cross-site WebSocket requests, so this is the guard against
+   cross-site WebSocket hijacking.  A request with no ``Origin`` is not from a browser and
+   is not subject to it;
 4. none of these: no identity yet (the client may send an ``auth`` message).
 
 Every failure is an :class:`AuthFailure` with the reason the client is told
@@ -31,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import urllib.parse
 from typing import Iterable, Optional, Sequence, Tuple
 
 import jwt
@@ -328,6 +331,34 @@ def origin_allowed(origin: Optional[str], allowed: Iterable[str]) -> bool:
     return False
 
 
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+
+
+def same_origin(origin: Optional[str], host: Optional[str]) -> bool:
+    """
+    Is ``origin`` the gateway's own, i.e. a page served by the host the request was sent to?
+    ``host`` is the request's ``Host`` header.  The Origin's host and port (its scheme's
+    default port when none is written) must equal the Host's (with the same default).
+
+    This cannot let a cross-site page in: its Origin names its own site, which is not the
+    gateway's Host.  A page of another site pointed at the gateway's address by DNS
+    (rebinding) is same-origin here, but the browser sends it the cookies of that other
+    site's name, never the gateway's.
+    """
+    if not origin or not host:
+        return False
+    try:
+        given = urllib.parse.urlsplit(origin.strip().lower())
+        target = urllib.parse.urlsplit("//" + host.strip().lower())
+        default = _DEFAULT_PORTS.get(given.scheme)
+        if default is None or not given.hostname or given.path or given.query:
+            return False
+        return (given.hostname, str(given.port or default)) == \
+            (target.hostname, str(target.port or default))
+    except ValueError:  # a port that is not a number, a bad IPv6 literal
+        return False
+
+
 class Authenticator:
     """
     Turns handshake credentials into an :class:`Identity`.
@@ -372,7 +403,8 @@ class Authenticator:
         if kind is None:
             return succeed(None)
         if kind == "cookie":
-            if not origin_allowed(origin, self.allowed_origins):
+            if not (same_origin(origin, headers.get("host"))
+                    or origin_allowed(origin, self.allowed_origins)):
                 return fail(OriginRefused(origin))
             if self.session_checker is None:
                 return fail(AuthFailure("auth-failed", "cookie auth is off"))

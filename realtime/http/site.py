@@ -4,7 +4,7 @@ The web site: the WebSocket resource at ``/ws``, the HTTP API under ``/websocket
 metrics at ``/metrics``.
 
 Every HTTP answer is JSON, errors included (``{"error": code, "message": text}``), except
-``/metrics`` (Prometheus text).
+``/metrics`` (Prometheus text) and what :mod:`realtime.http.pages` serves to browsers.
 
 Request bodies are capped (``REALTIME_REST_MAX_BODY_BYTES``) by :class:`CappedRequest`
 before they are buffered: see its docstring.
@@ -117,16 +117,20 @@ def redacted_log_formatter(timestamp, request) -> str:
     )
 
 
-def make_site(gateway, ws_factory, api_resource) -> Site:
+def make_site(gateway, ws_factory, api_resource, pages=None) -> Site:
     """
     The site.  ``api_resource`` is the ``/websocket`` resource: the REST API
     (:func:`realtime.http.rest.make_api`), built by the caller (so that the site does not
-    import the API, which imports the resource kit).
+    import the API, which imports the resource kit).  ``pages``: more children of the root,
+    ``{name: resource}`` (:func:`realtime.http.pages.make_pages`: ``/realtime.js``,
+    ``/admin``, ``/demo``, ``/static/``).
     """
     root = JSONResource()
     root.putChild(b"ws", WebSocketResource(ws_factory))
     root.putChild(b"websocket", api_resource)
     root.putChild(b"metrics", MetricsResource(gateway))
+    for name, resource in (pages or {}).items():
+        root.putChild(name, resource)
     site = Site(root, logFormatter=redacted_log_formatter)
     site.requestFactory = CappedRequest
     site.max_body_bytes = getattr(gateway.config, "rest_max_body_bytes", DEFAULT_MAX_BODY_BYTES)

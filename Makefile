@@ -9,8 +9,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test deps python-deps node-deps redis-server bench
 
+# The demo page (/demo) is on unless REALTIME_DEMO says otherwise.
 run: deps
-	$(PYTHON) -m realtime
+	REALTIME_DEMO=$${REALTIME_DEMO:-true} $(PYTHON) -m realtime
 
 test: deps redis-server
 	$(PYTHON) -m ruff check .

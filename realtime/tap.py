@@ -54,10 +54,11 @@ def _wants_embedded(config, given) -> bool:
 class _EmbeddedCouchDBService(service.Service):
     """Starts pouchdb-server in a thread (it takes seconds), stops it by PID."""
 
-    def __init__(self, server, demo_user, demo_password, listen):
+    def __init__(self, server, demo_user, demo_password, listen, demo=False, admin=False):
         self.server = server
         self._demo = (demo_user, demo_password)
         self._listen = listen
+        self._pages = (demo, admin)  # what the banner points to
         self._ready = None
 
     def ready(self):
@@ -72,7 +73,7 @@ class _EmbeddedCouchDBService(service.Service):
         self.server.start()
         user, password = self._demo
         self.server.create_user(user, password, roles=["member"], email=f"{user}@example.com")
-        _print_banner(self.server, user, password, self._listen)
+        _print_banner(self.server, user, password, self._listen, *self._pages)
 
     def _failed(self, failure):
         from twisted.internet import reactor
@@ -86,7 +87,7 @@ class _EmbeddedCouchDBService(service.Service):
         return threads.deferToThread(self.server.stop)
 
 
-def _print_banner(server, user, password, listen):
+def _print_banner(server, user, password, listen, demo=False, admin=False):
     port = "8080"
     for description in listen:
         parts = description.split(":")
@@ -108,6 +109,11 @@ Change the user's document (in another terminal) and watch it arrive:
   python examples/client.py --couchdb {server.url} --user {user} --password={password} --touch
 Status: curl http://127.0.0.1:{port}/websocket/status
 """)
+    http = "https" if scheme == "wss" else "http"
+    if demo:
+        sys.stdout.write(f"In a browser: {http}://127.0.0.1:{port}/demo (log in as {user})\n")
+    sys.stdout.write(f"Dashboard:    {http}://127.0.0.1:{port}/admin"
+                     f"{'' if admin else ' (set REALTIME_ADMIN_KEY to use it)'}\n")
     sys.stdout.flush()
 
 
@@ -123,7 +129,8 @@ def makeService(options) -> service.MultiService:
     config = config.replace(couchdb_url=server.url, couchdb_admin_auth=server.admin_auth)
     embedded = _EmbeddedCouchDBService(server, os.environ.get("REALTIME_DEMO_USER", "demo"),
                                        os.environ.get("REALTIME_DEMO_PASSWORD")
-                                       or secrets.token_hex(8), config.listen)  # never starts with '-'
+                                       or secrets.token_hex(8), config.listen,  # never starts with '-'
+                                       demo=config.demo, admin=bool(config.admin_key))
     top = service.MultiService()
     embedded.setServiceParent(top)
     make_service(config, ready=embedded.ready).setServiceParent(top)

@@ -2,9 +2,10 @@
 The shared-state objects of a deployment, chosen by the configuration.
 
 Without ``REDIS_URL``: one process, :class:`MemoryBroker`, :class:`LocalPresence`, memory
-stores.  With it: :class:`RedisBroker` (events to every process), :class:`RedisPresence`
-(connections of every process, on renewed leases), Redis revocation and nonce stores; they
-share the broker's command connection, and every key starts with ``REDIS_PREFIX``.
+stores and message history.  With it: :class:`RedisBroker` (events to every process),
+:class:`RedisPresence` (connections of every process, on renewed leases), Redis revocation
+and nonce stores and message history; they share the broker's command connection, and
+every key starts with ``REDIS_PREFIX``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 
 from realtime.auth.stores import MemoryNonceStore, MemoryRevocationStore
 from realtime.hub.broker import BrokerUnavailable, MemoryBroker
+from realtime.hub.history import MemoryHistory
 from realtime.hub.presence import LocalPresence
 from realtime.redis.client import RedisUnavailable
 
@@ -27,6 +29,7 @@ class ClusterState:
     presence: object
     revocations: object  # revoke(token_id, exp), is_revoked(token_id)
     nonces: object  # seen(nonce, ttl)
+    history: object = None  # IHistory (realtime.hub.history)
 
     def start(self) -> None:
         self.broker.start()
@@ -40,10 +43,13 @@ class ClusterState:
 
 
 def make_cluster_state(config, reactor, registry) -> ClusterState:
+    history_ttl = config.history_ttl_ms / 1000.0
     if not config.redis_url:
         return ClusterState(MemoryBroker(registry), LocalPresence(reactor),
-                            MemoryRevocationStore(reactor), MemoryNonceStore(reactor))
+                            MemoryRevocationStore(reactor), MemoryNonceStore(reactor),
+                            MemoryHistory(reactor, config.history_size, history_ttl))
     from realtime.redis.broker import RedisBroker
+    from realtime.redis.history import RedisHistory
     from realtime.redis.presence import RedisPresence
     from realtime.redis.stores import RedisNonceStore, RedisRevocationStore
     from realtime.redis.url import parse_redis_url
@@ -55,4 +61,6 @@ def make_cluster_state(config, reactor, registry) -> ClusterState:
                              process_id=broker.process_id, ttl=config.presence_ttl_ms / 1000.0)
     return ClusterState(broker, presence,
                         RedisRevocationStore(broker.commands, reactor, config.redis_prefix),
-                        RedisNonceStore(broker.commands, config.redis_prefix))
+                        RedisNonceStore(broker.commands, config.redis_prefix),
+                        RedisHistory(broker.commands, reactor, config.redis_prefix,
+                                     config.history_size, history_ttl))

@@ -128,6 +128,16 @@ OPTIONS = (
     Option("demo", "REALTIME_DEMO", "false", _bool,
            "serve /demo: a page logging in as a CouchDB user and showing, live, what that "
            "user may read (make run sets it)"),
+    Option("history_size", "REALTIME_HISTORY_SIZE", "1000", _positive_int,
+           "messages kept per user and per topic for resume (REST messages, "
+           "notifications, publications)"),
+    Option("history_ttl_ms", "REALTIME_HISTORY_TTL_MS", str(24 * 3600 * 1000), _positive_int,
+           "how long a message is kept for resume, milliseconds"),
+    Option("resume_max_changes", "REALTIME_RESUME_MAX_CHANGES", "100000", _positive_int,
+           "most changes one resume reads from one database; past it: recovered false, "
+           "too_far_behind"),
+    Option("resume_concurrency", "REALTIME_RESUME_CONCURRENCY", "4", _positive_int,
+           "resume replays reading CouchDB at once per process; more wait their turn"),
     Option("embedded_couchdb", "REALTIME_EMBEDDED_COUCHDB", "auto", str,
            "auto: start an in-memory pouchdb-server when COUCHDB_URL is unset; "
            "yes / no to force"),

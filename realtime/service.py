@@ -108,7 +108,8 @@ def make_gateway(config, reactor, http=None, broker=None, metrics=None,
     )
     gateway = Gateway(config, reactor, registry, cluster.broker, authenticator,
                       metrics=metrics, presence=cluster.presence,
-                      writer=make_writer(config, reactor, http, rules, metrics))
+                      writer=make_writer(config, reactor, http, rules, metrics),
+                      history=cluster.history)
     gateway.cluster = cluster
     gateway.revoker = revocation.Revoker(cluster.revocations, cluster.broker, reactor)
     if config.ws_signed_messages:

@@ -15,6 +15,7 @@ from twisted.trial import unittest
 from realtime.auth.authenticator import AuthFailure, Identity
 from realtime.http.rest import RESERVED_TYPES, make_api
 from realtime.http.site import make_site
+from realtime.hub import history
 from realtime.transport.websocket import make_factory
 from tests.fakes import ADMIN_KEY, FakeConnection, make_gateway, make_token
 
@@ -85,6 +86,7 @@ class RESTTestCase(unittest.TestCase):
         self.assertIsInstance(body.get("message"), str)
         if field is not None:
             self.assertEqual(body.get("field"), field)
+        return body
 
 
 class AdminAuthTests(RESTTestCase):
@@ -177,20 +179,30 @@ class MessageTests(RESTTestCase):
                                      {"userId": "alice", "type": "chat",
                                       "data": {"text": "héllo"}})
         self.assertEqual(status, 200)
+        offset = body.pop("offset")
         self.assertEqual(body, {"userId": "alice", "delivered": True, "connections": 2})
         expected = {"type": "chat", "data": {"text": "héllo"},
-                    "timestamp": "2023-11-14T22:13:20.000Z"}
+                    "timestamp": "2023-11-14T22:13:20.000Z", "offset": offset}
         self.assertEqual(a1.received, [expected])
         self.assertEqual(a2.received, [expected])
         self.assertEqual(bob.received, [])
 
     def test_message_to_user_not_connected_is_404(self):
-        """message/user to a user with no connection: 404 not_connected, nothing sent."""
+        """
+        message/user to a user with no connection: 404 not_connected, nothing sent, but
+        stored in the user's history (stored: true, offset) for a later resume.
+        """
         bob = FakeConnection(self.gateway, "bob")
-        self.assertError(self.admin("POST", "/websocket/message/user",
-                                    {"userId": "alice", "type": "chat", "data": None}),
-                         404, "not_connected")
+        result = self.admin("POST", "/websocket/message/user",
+                            {"userId": "alice", "type": "chat", "data": None})
+        body = self.assertError(result, 404, "not_connected")
+        self.assertIs(body["stored"], True)
         self.assertEqual(bob.received, [])
+        replay = self.successResultOf(self.gateway.history.read(
+            [history.user_stream("alice")], "%s-0" % self.gateway.history.epoch))
+        self.assertEqual([json.loads(t) for t in replay.messages], [
+            {"type": "chat", "data": None, "timestamp": "2023-11-14T22:13:20.000Z",
+             "offset": body["offset"]}])
 
     def test_message_to_users_names_delivered_and_not_connected(self):
         """message/users answers which ids were delivered and which were not connected."""
@@ -200,7 +212,12 @@ class MessageTests(RESTTestCase):
                                      {"userIds": ["alice", "dave", "bob", "alice"],
                                       "type": "chat", "data": [1, 2]})
         self.assertEqual(status, 200)
+        offset = body.pop("offset")
         self.assertEqual(body, {"delivered": ["alice", "bob"], "notConnected": ["dave"]})
+        self.assertEqual(alice.received[0]["offset"], offset)
+        replay = self.successResultOf(self.gateway.history.read(
+            [history.user_stream("dave")], "%s-0" % self.gateway.history.epoch))
+        self.assertEqual([json.loads(t)["offset"] for t in replay.messages], [offset])
         self.assertEqual([m["data"] for m in alice.received], [[1, 2]])
         self.assertEqual([m["data"] for m in bob.received], [[1, 2]])
         self.assertEqual(carol.received, [])
@@ -211,7 +228,9 @@ class MessageTests(RESTTestCase):
         status, body, _ = self.admin("POST", "/websocket/message/broadcast",
                                      {"type": "maintenance", "data": {"in": 5}})
         self.assertEqual(status, 200)
+        offset = body.pop("offset")
         self.assertEqual(body, {"sent": True, "users": 2, "connections": 3})
+        self.assertEqual({conn.received[0]["offset"] for conn in conns}, {offset})
         for conn in conns:
             self.assertEqual([m["type"] for m in conn.received], ["maintenance"])
 
@@ -225,7 +244,7 @@ class MessageTests(RESTTestCase):
         self.assertEqual(alice.received, [{
             "type": "notification",
             "data": {"title": "Hi", "body": "There", "url": "/inbox", "priority": 2},
-            "timestamp": "2023-11-14T22:13:20.000Z"}])
+            "timestamp": "2023-11-14T22:13:20.000Z", "offset": body["offset"]}])
         self.assertEqual(bob.received, [])
         self.assertError(self.admin("POST", "/websocket/notification",
                                     {"userId": "dave", "title": "Hi", "body": "There"}),
@@ -237,10 +256,11 @@ class MessageTests(RESTTestCase):
         self.gateway.registry.subscribe(alice, "public:news")
         status, body, _ = self.admin("POST", "/websocket/publish",
                                      {"topic": "public:news", "data": {"n": 1}})
+        offset = body.pop("offset")
         self.assertEqual((status, body), (200, {"topic": "public:news", "published": True}))
         self.assertEqual(alice.received, [{
             "type": "publication", "topic": "public:news", "data": {"n": 1},
-            "from": "server", "timestamp": "2023-11-14T22:13:20.000Z"}])
+            "from": "server", "timestamp": "2023-11-14T22:13:20.000Z", "offset": offset}])
         self.assertEqual(bob.received, [])
 
     def test_broker_refusal_is_503(self):

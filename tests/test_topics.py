@@ -84,8 +84,10 @@ class ClientTopicTests(unittest.TestCase):
         self.assertEqual(alice.received, [{"type": "subscribed", "topic": "public:chat"}])
 
         topics.handle_publish(bob, {"type": "publish", "topic": "public:chat", "data": {"m": 1}})
+        offset = alice.of_type("publication")[0]["offset"]
         publication = {"type": "publication", "topic": "public:chat", "data": {"m": 1},
-                       "from": "bob", "timestamp": "2023-11-14T22:13:20.000Z"}
+                       "from": "bob", "timestamp": "2023-11-14T22:13:20.000Z",
+                       "offset": offset}
         self.assertEqual(alice.of_type("publication"), [publication])
         self.assertEqual(bob.of_type("publication"), [publication])
         self.assertEqual(carol.received, [])

@@ -48,18 +48,20 @@ from realtime.http.resource import JSONResource, json_error, json_response
 
 class HTTPError(Exception):
     def __init__(self, status: int, code: str, message: str, field: Optional[str] = None,
-                 headers: Optional[dict] = None):
+                 headers: Optional[dict] = None, extra: Optional[dict] = None):
         super().__init__(status, code, message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
         self.headers = headers or {}
+        self.extra = extra or {}  # more fields of the answer (a stored message's offset)
 
     def body(self) -> dict:
         body = {"error": self.code, "message": self.message}
         if self.field is not None:
             body["field"] = self.field
+        body.update(self.extra)
         return body
 
 

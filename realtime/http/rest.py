@@ -6,15 +6,15 @@ and topics, and inspect and manage connections.  :func:`make_api` builds the res
 Admin endpoints (credentials: :mod:`realtime.http.endpoint`), body -> answer::
 
   POST   /websocket/message/user       {userId, type, data}
-         -> 200 {userId, delivered: true, connections}
+         -> 200 {userId, delivered: true, connections, offset}
   POST   /websocket/message/users      {userIds, type, data}
-         -> 200 {delivered: [ids], notConnected: [ids]}
+         -> 200 {delivered: [ids], notConnected: [ids], offset}
   POST   /websocket/message/broadcast  {type, data}
-         -> 200 {sent: true, users, connections}
+         -> 200 {sent: true, users, connections, offset}
   POST   /websocket/notification       {userId, title, body, ...}
-         -> 200 {userId, delivered: true, connections}
+         -> 200 {userId, delivered: true, connections, offset}
   POST   /websocket/publish            {topic, data}
-         -> 200 {topic, published: true}
+         -> 200 {topic, published: true, offset}
   POST   /websocket/tokens/revoke      {token} or {jti, exp}
          -> 200 {revoked: true, tokenId, expiresAt, closedConnections}
   GET    /websocket/users/connected
@@ -34,20 +34,31 @@ Counts (``connections``, ``users``) are what presence said just before the event
 
 What a client receives:
 
-- ``message/*``: ``{"type": <type>, "data": <data>, "timestamp": ISO}``; ``type`` is the
+- ``message/*``: ``{"type": <type>, "data": <data>, "timestamp": ISO, "offset"}``; ``type`` is the
   sender's, but not one the protocol uses itself (``connected``, ``ping``, ``error`` ...:
   :data:`RESERVED_TYPES`), which is refused with 400.
 - ``notification``: ``{"type": "notification", "data": {"title", "body", ...every other
-  field of the body but userId}, "timestamp"}``.
-- ``publish``: ``{"type": "publication", "topic", "data", "from": "server", "timestamp"}``
-  to the topic's subscribers (any valid topic name: an admin may publish anywhere).
+  field of the body but userId}, "timestamp", "offset"}``.
+- ``publish``: ``{"type": "publication", "topic", "data", "from": "server", "timestamp",
+  "offset"}`` to the topic's subscribers (any valid topic name: an admin may publish
+  anywhere).
+
+Message history (:mod:`realtime.hub.history`): every message above is appended to the
+history first, which gives it its ``offset`` (in the message, and in the answer), then sent.
+``message/user``, ``message/users`` and ``notification`` are kept in each named user's
+history, connected or not; ``broadcast`` once, for every user; ``publish`` in the topic's.
+A client resumes them with ``resume {since: {messages: offset}}`` (users) or ``subscribe
+{topic, since}`` (topics).  When the history cannot be written (Redis away), nothing is
+sent: 503.
 - ``disconnect``: the user's connections, on every process, are closed with 4003
   ("disconnected by admin"; 4003 is in the do-not-reconnect range: the client should not
   come straight back with the same credentials).
 
 "Connected" is asked of the gateway's presence (cluster-wide with a Redis presence): a
-message to a user with no connection anywhere is 404 ``not_connected`` and nothing is sent;
-``message/users`` sends to those connected and names the others.  A message is encoded
+message to a user with no connection anywhere is 404 ``not_connected``, and nothing is sent
+live, but it is kept in the user's history all the same (the body says ``"stored": true``
+and gives the ``offset``) for a later resume; ``message/users`` sends to those connected,
+names the others, and keeps it for all of them.  A message is encoded
 once, handed to the broker as one event, and the answer is 2xx only once the broker has
 accepted it (503 ``unavailable`` when it refuses).
 
@@ -64,7 +75,6 @@ from twisted.internet.defer import CancelledError, FirstError, gatherResults, in
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from realtime import jsonutil
 from realtime.auth import revocation
 from realtime.cluster import UNAVAILABLE
 from realtime.feeds.routing import utc_timestamp
@@ -82,6 +92,7 @@ from realtime.http.endpoint import (
 )
 from realtime.http.resource import DEFAULT_MAX_BODY_BYTES, JSONResource
 from realtime.hub import topics
+from realtime.hub.history import BROADCAST_STREAM, topic_stream, user_stream
 
 #: Message types the protocol itself uses: REST messages may not take them.
 RESERVED_TYPES = frozenset({
@@ -113,19 +124,35 @@ class API:
         yield self.credentials.require_admin(request)
         return self.body(request)
 
-    def message_text(self, kind: str, data) -> str:
-        return jsonutil.dumps_text({"type": kind, "data": data,
-                                    "timestamp": self.gateway.timestamp()})
+    def message(self, kind: str, data) -> dict:
+        return {"type": kind, "data": data, "timestamp": self.gateway.timestamp()}
 
     @inlineCallbacks
-    def send_to_connected_user(self, user_id: str, kind: str, data):
-        """Send to every connection of a connected user: the 200 answer, or 404."""
+    def remember(self, streams, message: dict):
+        """Append to the history: ``(offset, text)``; 503 when it cannot be written."""
+        try:
+            stored = yield self.gateway.history.append(streams, message)
+        except Exception as e:
+            if not isinstance(e, UNAVAILABLE + (CancelledError, ConnectionError)):
+                _log.failure("appending to the message history failed")
+            raise HTTPError(503, "unavailable",
+                            "the message could not be stored; try again") from None
+        return stored
+
+    @inlineCallbacks
+    def send_to_user(self, user_id: str, kind: str, data):
+        """
+        Keep the message in the user's history, and send it to the user's connections:
+        the 200 answer, or 404 ``not_connected`` (stored all the same).
+        """
         count = yield self.connection_count(user_id)
+        offset, text = yield self.remember([user_stream(user_id)], self.message(kind, data))
         if not count:
-            raise HTTPError(404, "not_connected", "the user is not connected")
-        yield self.publish({"t": "users", "to": [user_id], "type": kind,
-                            "msg": self.message_text(kind, data)})
-        return (200, {"userId": user_id, "delivered": True, "connections": count})
+            raise HTTPError(404, "not_connected", "the user is not connected",
+                            extra={"stored": True, "offset": offset})
+        yield self.publish({"t": "users", "to": [user_id], "type": kind, "msg": text})
+        return (200, {"userId": user_id, "delivered": True, "connections": count,
+                      "offset": offset})
 
     @inlineCallbacks
     def publish(self, event: dict):
@@ -188,7 +215,7 @@ class MessageUser(Endpoint):
         user_id = user_id_field(body.get("userId"))
         kind = message_type(body)
         data = present_field(body, "data")
-        answer = yield api.send_to_connected_user(user_id, kind, data)
+        answer = yield api.send_to_user(user_id, kind, data)
         return answer
 
 
@@ -212,10 +239,12 @@ class MessageUsers(Endpoint):
             e.subFailure.raiseException()
         delivered = [u for u, n in zip(user_ids, counts) if n]
         not_connected = [u for u, n in zip(user_ids, counts) if not n]
+        offset, text = yield api.remember([user_stream(u) for u in user_ids],
+                                          api.message(kind, data))
         if delivered:
-            yield api.publish({"t": "users", "to": delivered, "type": kind,
-                               "msg": api.message_text(kind, data)})
-        return (200, {"delivered": delivered, "notConnected": not_connected})
+            yield api.publish({"t": "users", "to": delivered, "type": kind, "msg": text})
+        return (200, {"delivered": delivered, "notConnected": not_connected,
+                      "offset": offset})
 
 
 class Broadcast(Endpoint):
@@ -226,9 +255,10 @@ class Broadcast(Endpoint):
         kind = message_type(body)
         data = present_field(body, "data")
         users = yield api.users()
-        yield api.publish({"t": "all", "type": kind, "msg": api.message_text(kind, data)})
+        offset, text = yield api.remember([BROADCAST_STREAM], api.message(kind, data))
+        yield api.publish({"t": "all", "type": kind, "msg": text})
         return (200, {"sent": True, "users": len(users),
-                           "connections": sum(users.values())})
+                      "connections": sum(users.values()), "offset": offset})
 
 
 class Notification(Endpoint):
@@ -240,7 +270,7 @@ class Notification(Endpoint):
         string_field(body, "title")
         string_field(body, "body")
         data = {key: value for key, value in body.items() if key != "userId"}
-        answer = yield api.send_to_connected_user(user_id, "notification", data)
+        answer = yield api.send_to_user(user_id, "notification", data)
         return answer
 
 
@@ -254,9 +284,11 @@ class Publish(Endpoint):
         if problem is not None:
             raise bad_field("topic", problem)
         data = present_field(body, "data")
-        yield api.publish(topics.publication_event(topic, data, "server",
-                                                   api.gateway.timestamp()))
-        return (200, {"topic": topic, "published": True})
+        offset, text = yield api.remember(
+            [topic_stream(topic)],
+            topics.publication(topic, data, "server", api.gateway.timestamp()))
+        yield api.publish(topics.publication_event_text(topic, text))
+        return (200, {"topic": topic, "published": True, "offset": offset})
 
 
 class RevokeToken(Endpoint):

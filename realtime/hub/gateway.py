@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from realtime import jsonutil
 from realtime.feeds.routing import router_for, utc_timestamp
+from realtime.hub.history import MemoryHistory
 from realtime.hub.presence import LocalPresence
 from realtime.metrics import Metrics
 from realtime.timerwheel import TimerWheel
@@ -34,9 +35,11 @@ class Gateway:
     revoker = None
     #: a :class:`realtime.auth.signing.MessageVerifier` when signed messages are on
     message_verifier = None
+    #: replays of CouchDB changes for ``resume`` (:mod:`realtime.feeds.replay`), or None
+    replayer = None
 
     def __init__(self, config, clock, registry, broker, authenticator, metrics=None,
-                 presence=None, writer=None):
+                 presence=None, writer=None, history=None):
         self.config = config
         self.clock = clock
         # The per-connection timers (first-line and auth timeouts, JWT expiry, revalidation)
@@ -54,6 +57,8 @@ class Gateway:
         self.presence = presence if presence is not None else LocalPresence(clock)
         # Document writes (realtime.databases.writer.DocumentWriter); None: no writes.
         self.writer = writer
+        # Message history (offsets, resume): in Redis with a Redis cluster.
+        self.history = history if history is not None else MemoryHistory(clock)
         self.followers: List = []
         self.started_at = clock.seconds()
         self._open = set()  # every open WebSocket, authenticated or not

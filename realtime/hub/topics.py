@@ -19,14 +19,16 @@ it may subscribe):
 Client messages and answers:
 
 - ``{"type":"subscribe","topic":T}`` -> ``{"type":"subscribed","topic":T}``; subscribing
-  again to a topic already held answers ``subscribed`` again.  Past the per-connection
-  limit (128 by default): ``error`` ``too_many_topics``.
+  again to a topic already held answers ``subscribed`` again.  With ``since`` (an offset
+  of a publication), the publications after it come first (:mod:`realtime.hub.resume`).
+  Past the per-connection limit (128 by default): ``error`` ``too_many_topics``.
 - ``{"type":"unsubscribe","topic":T}`` -> ``{"type":"unsubscribed","topic":T}``, also
   when the connection was not subscribed (the state the client asked for holds).  From the
   moment the answer is queued, no publication of T reaches that connection.
 - ``{"type":"publish","topic":T,"data":D}`` -> every subscriber of T (the publisher too,
   when subscribed) gets ``{"type":"publication","topic":T,"data":D,"from":<user id>,
-  "timestamp":…}``.  There is no acknowledgement; a refusal is an ``error``
+  "timestamp":…,"offset":…}``; the publication is kept in the topic's history
+  (:mod:`realtime.hub.history`) first.  There is no acknowledgement; a refusal is an ``error``
   (``forbidden``, ``bad_request``, or ``unavailable`` when the broker refused the event).
 
 A client that re-authenticates (``auth`` with a fresh token for the same user) keeps only
@@ -44,6 +46,7 @@ from typing import Optional
 from twisted.logger import Logger
 
 from realtime import jsonutil
+from realtime.hub import history, resume
 
 MAX_TOPIC_LENGTH = 200
 
@@ -95,9 +98,14 @@ def publication(topic: str, data, sender: str, timestamp: str) -> dict:
 
 
 def publication_event(topic: str, data, sender: str, timestamp: str) -> dict:
-    """The broker event for a publication, its message encoded once."""
-    return {"t": "topic", "topic": topic, "type": "publication",
-            "msg": jsonutil.dumps_text(publication(topic, data, sender, timestamp))}
+    """The broker event for a publication, its message encoded once (no offset)."""
+    return publication_event_text(
+        topic, jsonutil.dumps_text(publication(topic, data, sender, timestamp)))
+
+
+def publication_event_text(topic: str, text: str) -> dict:
+    """The broker event for a publication already encoded (with its history offset)."""
+    return {"t": "topic", "topic": topic, "type": "publication", "msg": text}
 
 
 # -- client requests (called by the protocol with itself as ``conn``) ---------------------
@@ -125,6 +133,9 @@ def handle_subscribe(conn, message: dict) -> None:
     if not registry.subscribe(conn, topic):
         _refuse(conn, "too_many_topics",
                 f"at most {registry.max_topics_per_connection} topics per connection", topic)
+        return
+    if message.get("since") is not None:  # replay the topic's history first
+        resume.resume_topic(conn, topic, message["since"], resume.request_ref(message))
         return
     conn.send_json({"type": "subscribed", "topic": topic})
 
@@ -161,8 +172,10 @@ def handle_publish(conn, message: dict) -> None:
         _refuse(conn, "forbidden", "you may not publish to this topic", topic)
         return
     gateway = conn.gateway
-    event = publication_event(topic, message["data"], conn.user_id, gateway.timestamp())
-    d = gateway.broker.publish(event)
+    d = gateway.history.append(
+        [history.topic_stream(topic)],
+        publication(topic, message["data"], conn.user_id, gateway.timestamp()))
+    d.addCallback(lambda stored: gateway.broker.publish(publication_event_text(topic, stored[1])))
 
     def failed(failure):
         _log.warn("a client publication was refused by the broker: {error}",

@@ -60,7 +60,7 @@ from realtime import jsonutil
 from realtime.auth.authenticator import AuthFailure, Identity, OriginRefused
 from realtime.auth.expiry import SessionWatch
 from realtime.auth.signing import SignatureError, new_session_secret
-from realtime.hub import topics
+from realtime.hub import resume, topics
 from realtime.hub.registry import frame_text
 from realtime.transport import fastpath, ratelimit
 from realtime.transport.doc_writes import DocWrites
@@ -117,7 +117,7 @@ _CONNECTION_SLOTS = _AUTOBAHN_SLOTS + (
     "_authenticating", "_registered", "_counted", "_paused", "_queue", "_queued_bytes",
     "_limiter", "_closed", "_watch", "_session_secret", "_inbox", "_fragments",
     "_preauth_bytes", "_admitting", "_held", "_present_as", "session_seq", "admitted_at",
-    "_outbox", "_outbox_bytes", "_batcher", "_doc_writes",
+    "_outbox", "_outbox_bytes", "_batcher", "_doc_writes", "_hold", "resuming",
 )
 
 #: Autobahn counts every connection's traffic in a TrafficStats object that nothing here
@@ -192,6 +192,8 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self._outbox_bytes = 0
         self._batcher = None
         self._doc_writes: Optional[DocWrites] = None  # made on the first document write
+        self._hold = None  # a resume.Hold while a replay runs: live frames wait in it
+        self.resuming = False  # a resume is running (one at a time)
 
     def set_valid_events(self, valid_events=None):
         # Autobahn's observer events (``.on("message", ...)``) are not used on server
@@ -424,6 +426,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             "user": identity.public(),
             "connectionId": self.connection_id,
             "timestamp": gateway.timestamp(),
+            "seqs": resume.positions(gateway),
         }
         if config.ws_signed_messages:
             self._session_secret = new_session_secret()
@@ -597,14 +600,46 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
     # -- sending ------------------------------------------------------------------------
 
     def send_json(self, message: dict) -> bool:
-        sent = self.deliver_frame(frame_text(jsonutil.dumps(message)))
+        sent = self.deliver_frame(frame_text(jsonutil.dumps(message)), True)
         if sent:
             self.gateway.metrics.sent(message.get("type"))
         return sent
 
-    def send_error(self, code: str, text: str) -> bool:
+    def send_error(self, code: str, text: str, ref: Optional[str] = None) -> bool:
         self.gateway.metrics.error(code)
-        return self.send_json({"type": "error", "code": code, "message": text})
+        message = {"type": "error", "code": code, "message": text}
+        if ref is not None:
+            message["ref"] = ref
+        return self.send_json(message)
+
+    @property
+    def still_open(self) -> bool:
+        return self.state == self.STATE_OPEN
+
+    # -- resume (the logic is in realtime.hub.resume) -----------------------------------
+
+    def _on_resume(self, message: dict) -> None:
+        resume.handle_resume(self, message)
+
+    def begin_hold(self) -> "resume.Hold":
+        """Hold live frames from now on (replays running); nested holds share one."""
+        if self._hold is None:
+            self._hold = resume.Hold(self.gateway.config.ws_max_queue_bytes)
+        self._hold.depth += 1
+        return self._hold
+
+    def end_hold(self) -> None:
+        """One replay ended; after the last, send the held frames it did not give."""
+        hold = self._hold
+        if hold is None:
+            return
+        hold.depth -= 1
+        if hold.depth > 0:
+            return
+        self._hold = None
+        for frame in hold.frames:
+            if not hold.superseded(frame):
+                self.deliver_frame(frame, True)
 
     # -- topics (the logic is in realtime.hub.topics) ---------------------------------------
 
@@ -625,14 +660,23 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
                                          self.gateway.metrics.error)
         self._doc_writes.handle(self.user_id, self.identity.roles, message)
 
-    def deliver_frame(self, frame: bytes) -> bool:
+    def deliver_frame(self, frame: bytes, direct: bool = False) -> bool:
         """
         Write a pre-framed message, or queue it while the transport is full.
+
+        A live message (from the registry) is held while a replay runs (:meth:`begin_hold`);
+        ``direct`` ones (answers, replayed messages: :meth:`send_json`) never are.
 
         On a plain TCP transport the frame joins this turn's outbox, written with the others
         due to this connection in one write at the end of the turn (:mod:`realtime.transport.fastpath`).
         """
         if self.state != self.STATE_OPEN:
+            return False
+        if self._hold is not None and not direct:
+            if self._hold.add(frame):
+                return True
+            self._hold = None
+            self._too_slow()
             return False
         if not self._paused and not self._queue:
             outbox = self._outbox
@@ -720,6 +764,7 @@ _HANDLERS = {
     "doc.create": "_on_doc_write",
     "doc.update": "_on_doc_write",
     "doc.delete": "_on_doc_write",
+    "resume": "_on_resume",
 }
 
 #: the empty queue every connection shares until one of its own is needed (an idle

@@ -33,14 +33,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import time
 import urllib.parse
 from typing import Iterable, Optional, Sequence, Tuple
 
 import jwt
+from jwt.utils import base64url_decode
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from realtime import jsonutil
+from realtime.auth import tokencache
 
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_AUTH_UNAVAILABLE = 4101
@@ -111,6 +114,8 @@ class JWTVerifier:
         Deferred[key]`` (:class:`realtime.auth.jwks.JWKSKeySource`).
     :param user_claim: the claim naming the user; with the default ``sub``, a token with
         no ``sub`` but a ``userId`` (as some seeds issued) is accepted too.
+    :param cache_size: how many verified tokens of the static ``key`` to remember until
+        their expiry (:mod:`realtime.auth.tokencache`); 0: none.
 
     The header's ``alg`` is checked against the allow-list before any key is looked up, so
     ``alg: none`` or an HMAC algorithm against public keys never reaches a key (PyJWT also
@@ -120,7 +125,7 @@ class JWTVerifier:
     def __init__(self, key, algorithms: Sequence[str], audience: Optional[str] = None,
                  issuer: Optional[str] = None, user_claim: str = "sub",
                  roles_claim: str = "roles", leeway: float = JWT_LEEWAY_SECONDS, clock=None,
-                 key_source=None):
+                 key_source=None, cache_size: int = tokencache.DEFAULT_MAX_ENTRIES):
         if not algorithms:
             raise ValueError("an explicit algorithm allow-list is required")
         if any(a.lower() == "none" for a in algorithms):
@@ -139,6 +144,11 @@ class JWTVerifier:
         self.roles_claim = roles_claim
         self.leeway = leeway
         self._clock = clock
+        # HMAC secrets checked once, not per token; tokens of the static key cached
+        self._decoder = tokencache.prepared_decoder(key, self.algorithms) if key is not None \
+            else jwt.PyJWT()
+        self._cache = tokencache.TokenCache(leeway, cache_size) \
+            if key is not None and cache_size else None
 
     def _now(self) -> Optional[float]:
         return self._clock.seconds() if self._clock is not None else None
@@ -147,8 +157,14 @@ class JWTVerifier:
         """The unverified header, checked: a dict whose ``alg`` is allowed; or AuthFailure."""
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
             raise AuthFailure("auth-failed", "malformed token")
+        # Only the header segment is read here (PyJWT's get_unverified_header decodes every
+        # segment, which decode() does again): the signature and everything else are
+        # checked by decode(), for every token.
+        head, dot, rest = token.partition(".")
+        if not dot or "." not in rest:
+            raise AuthFailure("auth-failed", "malformed token")
         try:
-            header = jwt.get_unverified_header(token)
+            header = jsonutil.loads(base64url_decode(head))
         except Exception:
             raise AuthFailure("auth-failed", "malformed token") from None
         if not isinstance(header, dict) or header.get("alg") not in self.algorithms:
@@ -168,8 +184,8 @@ class JWTVerifier:
             kwargs["issuer"] = self.issuer
             options["require"].append("iss")
         try:
-            claims = jwt.decode(token, key, algorithms=self.algorithms, options=options,
-                                leeway=self.leeway, **kwargs)
+            claims = self._decoder.decode(token, key, algorithms=self.algorithms,
+                                          options=options, leeway=self.leeway, **kwargs)
         except jwt.ExpiredSignatureError:
             raise AuthFailure("token-expired", "token expired") from None
         except jwt.InvalidTokenError as e:
@@ -217,13 +233,29 @@ class JWTVerifier:
     def verify(self, token: str) -> Deferred:
         """A Deferred firing with the :class:`Identity`, or failing with AuthFailure."""
         if self._key_source is None:
-            return maybeDeferred(lambda: self.identity(token, self.decode(token)))
+            return maybeDeferred(self._verify_with_key, token)
         try:
             header = self.header(token)
         except AuthFailure:
             return fail()
         d = maybeDeferred(self._key_source.key_for, header.get("kid"), header["alg"])
         return d.addCallback(lambda key: self.identity(token, self.decode(token, key)))
+
+    def _verify_with_key(self, token) -> Identity:
+        """The static key's path: a token verified before is taken from the cache until
+        its expiry (revocation is still checked by the authenticator, every time)."""
+        cache = self._cache
+        if cache is None or not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+            return self.identity(token, self.decode(token))
+        now = self._now()
+        identity, expired = cache.get(token, time.time() if now is None else now)
+        if identity is not None:
+            return identity
+        if expired:
+            raise AuthFailure("token-expired", "token expired")
+        identity = self.identity(token, self.decode(token))
+        cache.put(token, identity)
+        return identity
 
 
 class CouchSessionChecker:

@@ -24,19 +24,14 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-#: Message types that keep their own label; anything else is "other".
-KNOWN_TYPES = frozenset({
-    "connected", "connection_established", "auth", "auth_failed", "user-change",
-    "doc-change", "error", "ping", "pong", "subscribed", "unsubscribed", "publication",
-    "notification", "subscribe", "unsubscribe", "publish", "resume",
-    "doc.create", "doc.update", "doc.delete", "doc.created", "doc.updated", "doc.deleted",
-})
+from realtime.vocabulary import MESSAGE_TYPES
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 def type_label(kind) -> str:
-    return kind if kind in KNOWN_TYPES else "other"
+    """The metrics label of a message type: its own for the protocol's types, else "other"."""
+    return kind if kind in MESSAGE_TYPES else "other"
 
 
 class Metrics:

@@ -29,6 +29,7 @@ from realtime.hub.gateway import Gateway
 from realtime.metrics import Metrics
 from realtime.transport import fastpath
 from realtime.transport import websocket as protocol
+from realtime.vocabulary import CLOSE_SHUTDOWN
 
 _log = Logger()
 
@@ -166,7 +167,7 @@ class ShutdownService(service.Service):
 
     def stopService(self):
         super().stopService()
-        return self._gateway.close_all(protocol.CLOSE_SHUTDOWN, "server shutting down",
+        return self._gateway.close_all(CLOSE_SHUTDOWN, "server shutting down",
                                        self._timeout)
 
 

@@ -24,7 +24,7 @@ from twisted.trial import unittest
 from realtime import jsonutil
 from realtime.hub.registry import frame_text
 from realtime.transport import fastpath
-from realtime.transport import websocket as protocol_module
+from realtime.vocabulary import CLOSE_TOO_SLOW
 from tests import harness
 from tests.harness import GatewayHarness
 
@@ -269,7 +269,7 @@ class DeliveryEndToEndTests(unittest.TestCase):
                 yield harness.sleep(0)  # let the turn end: outboxes flush, buffers fill
         yield harness.wait_for(lambda: conn.state == conn.STATE_CLOSED,
                                what="the slow client to be closed")
-        self.assertEqual(conn.localCloseCode, protocol_module.CLOSE_TOO_SLOW)
+        self.assertEqual(conn.localCloseCode, CLOSE_TOO_SLOW)
         self.assertEqual(conn._queued_bytes, 0)
         self.assertLess(sent, 2000)
         # Autobahn's batched close-handshake timer outlives the aborted connection (it

@@ -13,10 +13,11 @@ from twisted.internet.defer import fail, succeed
 from twisted.trial import unittest
 
 from realtime.auth.authenticator import AuthFailure, Identity
-from realtime.http.rest import RESERVED_TYPES, make_api
+from realtime.http.rest import make_api
 from realtime.http.site import make_site
 from realtime.hub import history
 from realtime.transport.websocket import make_factory
+from realtime.vocabulary import MESSAGE_TYPES
 from tests.fakes import ADMIN_KEY, FakeConnection, make_gateway, make_token
 
 BASE = "http://gateway.test"
@@ -359,7 +360,7 @@ class BodyTests(RESTTestCase):
     def test_reserved_types_are_400(self):
         """Every type the protocol reserves is refused on message/user, users and broadcast."""
         alice = FakeConnection(self.gateway, "alice")
-        for kind in sorted(RESERVED_TYPES):
+        for kind in sorted(MESSAGE_TYPES):
             for path, body in (("/websocket/message/user", {"userId": "alice"}),
                                ("/websocket/message/users", {"userIds": ["alice"]}),
                                ("/websocket/message/broadcast", {})):

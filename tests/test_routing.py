@@ -7,8 +7,9 @@ import json
 from twisted.trial import unittest
 
 from realtime import config as config_module
-from realtime.feeds.routing import SECRET_USER_FIELDS, route_users_change, router_for, utc_timestamp
+from realtime.feeds.routing import SECRET_USER_FIELDS, route_users_change, router_for
 from realtime.hub.registry import Registry, frame_text
+from realtime.vocabulary import utc_timestamp
 
 
 def user_change(name, seq=1, **doc):

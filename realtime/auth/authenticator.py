@@ -44,9 +44,8 @@ from twisted.logger import Logger
 
 from realtime import jsonutil
 from realtime.auth import tokencache
+from realtime.vocabulary import CLOSE_AUTH_UNAVAILABLE, CLOSE_UNAUTHORIZED
 
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_AUTH_UNAVAILABLE = 4101
 MAX_TOKEN_LENGTH = 16384
 #: the latest exp accepted (seconds since the epoch: year 5138); revocations use it too
 MAX_EXP = 1e11

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 
 from realtime.auth.authenticator import JWT_LEEWAY_SECONDS, MAX_EXP, MAX_TOKEN_LENGTH
 from realtime.auth.authenticator import token_id as token_id_of
+from realtime.vocabulary import revoke_event
 
 MAX_JTI_LENGTH = 256
 
@@ -50,7 +51,7 @@ class Revoker:
         yield self.store.revoke(token_id, expires_at + JWT_LEEWAY_SECONDS + 1)
         self._log.info("token {token_id} revoked", token_id=_short(token_id))
         try:
-            closed = yield self._broker.publish({"t": "revoke", "token_id": token_id})
+            closed = yield self._broker.publish(revoke_event(token_id))
         except Exception:
             # Stored: the token is refused from now on; its live connections elsewhere
             # are closed when they next authenticate or expire.

@@ -6,8 +6,8 @@ OFF by default.  It is started only when ``REALTIME_BENCH_TRIGGER`` names a Twis
 is not an API: it has no authentication, so bind it to loopback only, and never set it in
 production.
 
-Events go through the same path as real ones: ``gateway.broker.publish({"t": "all", "msg":
-text})`` -> registry -> every authenticated connection.  Each event is a JSON message
+Events go through the same path as real ones: ``gateway.broker.publish(all_event(text))``
+-> registry -> every authenticated connection.  Each event is a JSON message
 ``{"type":"bench","seq":"00000001","sent":"…","pad":"xx…"}`` whose text is padded to exactly
 ``size`` bytes, so a load client can count frames by bytes.
 
@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
 from realtime import jsonutil
+from realtime.vocabulary import all_event
 
 ENV = "REALTIME_BENCH_TRIGGER"
 MAX_EVENTS = 1_000_000
@@ -71,7 +72,7 @@ class _TriggerProtocol(LineOnlyReceiver):
             self._reply("error internal")
 
     def _publish(self, seq: int, size: int, sent: str = "0") -> None:
-        self.factory.gateway.broker.publish({"t": "all", "msg": bench_message(seq, size, sent)})
+        self.factory.gateway.broker.publish(all_event(bench_message(seq, size, sent)))
 
     def _burst(self, count: int, size: int) -> None:
         for seq in range(count):

@@ -12,8 +12,9 @@ no router returns no recipients.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Callable, Iterable, Optional, Tuple
+
+from realtime.vocabulary import utc_timestamp
 
 USERS_DB = "_users"
 USER_PREFIX = "org.couchdb.user:"
@@ -23,12 +24,6 @@ SECRET_USER_FIELDS = frozenset({
     "password", "password_sha", "password_scheme", "salt", "derived_key",
     "iterations", "pbkdf2_prf",
 })
-
-
-def utc_timestamp(seconds: float) -> str:
-    """ISO 8601 UTC with milliseconds, as a browser's ``Date.toISOString()`` writes it."""
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def sanitize_user_doc(doc: dict) -> dict:

@@ -36,7 +36,7 @@ What a client receives:
 
 - ``message/*``: ``{"type": <type>, "data": <data>, "timestamp": ISO, "offset"}``; ``type`` is the
   sender's, but not one the protocol uses itself (``connected``, ``ping``, ``error`` ...:
-  :data:`RESERVED_TYPES`), which is refused with 400.
+  :data:`realtime.vocabulary.MESSAGE_TYPES`), which is refused with 400.
 - ``notification``: ``{"type": "notification", "data": {"title", "body", ...every other
   field of the body but userId}, "timestamp", "offset"}``.
 - ``publish``: ``{"type": "publication", "topic", "data", "from": "server", "timestamp",
@@ -77,7 +77,6 @@ from twisted.web.resource import Resource
 
 from realtime.auth import revocation
 from realtime.cluster import UNAVAILABLE
-from realtime.feeds.routing import utc_timestamp
 from realtime.http.endpoint import (
     MAX_TYPE_LENGTH,
     MAX_USER_IDS,
@@ -93,16 +92,14 @@ from realtime.http.endpoint import (
 from realtime.http.resource import DEFAULT_MAX_BODY_BYTES, JSONResource
 from realtime.hub import topics
 from realtime.hub.history import BROADCAST_STREAM, topic_stream, user_stream
-
-#: Message types the protocol itself uses: REST messages may not take them.
-RESERVED_TYPES = frozenset({
-    "connected", "connection_established", "auth", "auth_failed", "user-change",
-    "doc-change", "error", "ping", "pong", "subscribed", "unsubscribed", "publication",
-    "notification", "subscribe", "unsubscribe", "publish", "resume",
-    "doc.create", "doc.update", "doc.delete", "doc.created", "doc.updated", "doc.deleted",
-})
-
-CLOSE_DISCONNECTED_BY_ADMIN = 4003
+from realtime.vocabulary import (
+    CLOSE_FORBIDDEN,
+    MESSAGE_TYPES,
+    all_event,
+    disconnect_event,
+    users_event,
+    utc_timestamp,
+)
 
 _log = Logger()
 
@@ -150,7 +147,7 @@ class API:
         if not count:
             raise HTTPError(404, "not_connected", "the user is not connected",
                             extra={"stored": True, "offset": offset})
-        yield self.publish({"t": "users", "to": [user_id], "type": kind, "msg": text})
+        yield self.publish(users_event([user_id], text, kind))
         return (200, {"userId": user_id, "delivered": True, "connections": count,
                       "offset": offset})
 
@@ -200,7 +197,7 @@ def message_type(body: dict) -> str:
         raise bad_field("type", f"type must be 1 to {MAX_TYPE_LENGTH} characters")
     if any(unicodedata.category(c)[0] == "C" for c in kind):
         raise bad_field("type", "type contains control characters")
-    if kind in RESERVED_TYPES:
+    if kind in MESSAGE_TYPES:
         raise bad_field("type", f"type {kind!r} is reserved by the protocol")
     return kind
 
@@ -242,7 +239,7 @@ class MessageUsers(Endpoint):
         offset, text = yield api.remember([user_stream(u) for u in user_ids],
                                           api.message(kind, data))
         if delivered:
-            yield api.publish({"t": "users", "to": delivered, "type": kind, "msg": text})
+            yield api.publish(users_event(delivered, text, kind))
         return (200, {"delivered": delivered, "notConnected": not_connected,
                       "offset": offset})
 
@@ -256,7 +253,7 @@ class Broadcast(Endpoint):
         data = present_field(body, "data")
         users = yield api.users()
         offset, text = yield api.remember([BROADCAST_STREAM], api.message(kind, data))
-        yield api.publish({"t": "all", "type": kind, "msg": text})
+        yield api.publish(all_event(text, kind))
         return (200, {"sent": True, "users": len(users),
                       "connections": sum(users.values()), "offset": offset})
 
@@ -368,9 +365,8 @@ class Disconnect(Endpoint):
             raise HTTPError(404, "not_connected", "the user is not connected")
         # "at": a process replaying the event after a Redis blip must not close the
         # connections the user opened after it (see Registry.dispatch).
-        yield api.publish({"t": "disconnect", "user": user_id,
-                           "code": CLOSE_DISCONNECTED_BY_ADMIN,
-                           "reason": "disconnected by admin", "at": api.gateway.now()})
+        yield api.publish(disconnect_event(user_id, CLOSE_FORBIDDEN, "disconnected by admin",
+                                           at=api.gateway.now()))
         return (200, {"userId": user_id, "disconnected": count})
 
 

@@ -16,11 +16,12 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from realtime import jsonutil
-from realtime.feeds.routing import router_for, utc_timestamp
+from realtime.feeds.routing import router_for
 from realtime.hub.history import MemoryHistory
 from realtime.hub.presence import LocalPresence
 from realtime.metrics import Metrics
 from realtime.timerwheel import TimerWheel
+from realtime.vocabulary import CLOSE_REPLACED, all_event, disconnect_event, users_event, utc_timestamp
 
 #: answers of :meth:`Gateway.admit`
 ADMITTED = "admitted"
@@ -129,8 +130,8 @@ class Gateway:
             return ADMITTED if ok else TOO_MANY_CONNECTIONS
         seq = yield self.presence.new_session(user_id)
         conn.session_seq = seq
-        event = {"t": "disconnect", "user": user_id, "code": 4004,
-                 "reason": "replaced by a newer session", "before": seq}
+        event = disconnect_event(user_id, CLOSE_REPLACED, "replaced by a newer session",
+                                 before=seq)
         try:
             yield self.broker.publish(event)
         except Exception as e:
@@ -158,15 +159,13 @@ class Gateway:
         recipients = list(recipients)
         if message is None or not recipients:
             return 0
-        event = {"t": "users", "to": recipients, "type": message["type"],
-                 "msg": jsonutil.dumps_text(message)}
+        event = users_event(recipients, jsonutil.dumps_text(message), message["type"])
         return self.registry.dispatch(event)  # counted in metrics by the registry hook
 
     def heartbeat(self) -> int:
         """Send the server's ``ping`` message to every authenticated connection (framed once)."""
         message = {"type": "ping", "timestamp": self.timestamp()}
-        return self.registry.dispatch({"t": "all", "type": "ping",
-                                       "msg": jsonutil.dumps_text(message)})
+        return self.registry.dispatch(all_event(jsonutil.dumps_text(message), "ping"))
 
     # -- status -------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ An event's message is encoded to JSON once and framed as a WebSocket text frame 
 connection it reaches then gets the same bytes (:meth:`Connection.deliver_frame`), however
 many there are.
 
-Events are plain dicts so that a broker can carry them between processes unchanged:
+Events are plain dicts so that a broker can carry them between processes unchanged; they
+are built by the constructors of :mod:`realtime.vocabulary` (``users_event`` ...):
 
 ==================  ==========================================================
 ``{"t": "users", "to": [id, ...], "msg": text}``   to every connection of those users
@@ -35,6 +36,8 @@ from typing import Dict, Iterable, Iterator, List, Optional
 from typing import Protocol as TypingProtocol
 
 from twisted.logger import Logger
+
+from realtime.vocabulary import EVENT_ALL, EVENT_DISCONNECT, EVENT_REVOKE, EVENT_TOPIC, EVENT_USERS
 
 
 def frame_text(payload: bytes) -> bytes:
@@ -167,16 +170,16 @@ class Registry:
         """
         kind = event.get("t")
         try:
-            if kind == "users":
+            if kind == EVENT_USERS:
                 return self._delivered(event, self._send(self._targets_users(event["to"]),
                                                          event["msg"]))
-            if kind == "all":
+            if kind == EVENT_ALL:
                 return self._delivered(event, self._send(list(self._by_id.values()),
                                                          event["msg"]))
-            if kind == "topic":
+            if kind == EVENT_TOPIC:
                 return self._delivered(event, self._send(self.subscribers(event["topic"]),
                                                          event["msg"]))
-            if kind == "disconnect":
+            if kind == EVENT_DISCONNECT:
                 conns = self.connections_of(event["user"])
                 if event.get("before") is not None:
                     before = int(event["before"])
@@ -188,7 +191,7 @@ class Registry:
                 for conn in conns:
                     conn.close_with(int(event.get("code", 4000)), str(event.get("reason", "")))
                 return len(conns)
-            if kind == "revoke":
+            if kind == EVENT_REVOKE:
                 return self._revoke(event["token_id"])
         except (KeyError, TypeError, ValueError):
             self._log.warn("malformed event of kind {kind} ignored", kind=kind)

@@ -47,12 +47,10 @@ from twisted.logger import Logger
 
 from realtime import jsonutil
 from realtime.hub import history, resume
+from realtime.vocabulary import PUBLIC_PREFIX, USER_PREFIX, topic_event
 
 MAX_TOPIC_LENGTH = 200
 
-USER_PREFIX = "user:"
-PUBLIC_PREFIX = "public:"
-DOC_PREFIX = "doc:"
 
 _log = Logger()
 
@@ -105,7 +103,7 @@ def publication_event(topic: str, data, sender: str, timestamp: str) -> dict:
 
 def publication_event_text(topic: str, text: str) -> dict:
     """The broker event for a publication already encoded (with its history offset)."""
-    return {"t": "topic", "topic": topic, "type": "publication", "msg": text}
+    return topic_event(topic, text, "publication")
 
 
 # -- client requests (called by the protocol with itself as ``conn``) ---------------------

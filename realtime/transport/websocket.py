@@ -64,16 +64,14 @@ from realtime.hub import resume, topics
 from realtime.hub.registry import frame_text
 from realtime.transport import fastpath, ratelimit
 from realtime.transport.doc_writes import DocWrites
-
-CLOSE_NORMAL = 1000
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_FORBIDDEN = 4003
-CLOSE_REPLACED = 4004
-CLOSE_POLICY = 4008
-CLOSE_TOO_MANY_CONNECTIONS = 4029
-CLOSE_TOO_SLOW = 4100
-CLOSE_AUTH_UNAVAILABLE = 4101
-CLOSE_SHUTDOWN = 4200
+from realtime.vocabulary import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_REPLACED,
+    CLOSE_TOO_MANY_CONNECTIONS,
+    CLOSE_TOO_SLOW,
+    CLOSE_UNAUTHORIZED,
+)
 
 #: largest message an unauthenticated client may send (the ``auth`` message needs ~2 KB)
 PREAUTH_MAX_MESSAGE_BYTES = 8 * 1024

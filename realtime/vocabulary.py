@@ -1,0 +1,121 @@
+"""
+The words of the contract, defined once: close codes, message types, topic prefixes, the
+timestamp format and the events that brokers carry between processes.
+
+Close codes (Autobahn's ``sendClose`` takes 1000 or 3000-4999; the ranges tell a client
+what to do, see docs/protocol.rst):
+
+- 4000-4099, do not reconnect with the same credentials;
+- 4100-4199, reconnect with backoff;
+- 4200-4299, reconnect now, with jitter.
+
+Events (the broker's payloads, dispatched by :meth:`realtime.hub.registry.Registry.dispatch`)
+are plain dicts, so that a broker can carry them between processes unchanged; they are
+built only by the constructors below.  ``msg`` is the JSON text of the message (encoded once
+by the sender); ``type``, when present, is the message's type, for metrics only.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Iterable, Optional
+
+# -- close codes -------------------------------------------------------------------------
+
+CLOSE_NORMAL = 1000
+#: failed, expired, revoked or timed-out credentials, or no auth in time
+CLOSE_UNAUTHORIZED = 4001
+#: disconnected by an admin
+CLOSE_FORBIDDEN = 4003
+#: replaced by a newer session (single-session mode)
+CLOSE_REPLACED = 4004
+#: policy violation: rate limit exceeded repeatedly, too much data before auth, ...
+CLOSE_POLICY = 4008
+#: over the per-user connection limit
+CLOSE_TOO_MANY_CONNECTIONS = 4029
+#: too slow: the outgoing queue is full
+CLOSE_TOO_SLOW = 4100
+#: CouchDB or Redis could not answer an auth question (the answer was no)
+CLOSE_AUTH_UNAVAILABLE = 4101
+#: the server is shutting down or restarting
+CLOSE_SHUTDOWN = 4200
+
+# -- message types -----------------------------------------------------------------------
+
+#: Every message type the protocol itself uses, both ways.  REST messages may not take one
+#: of them (:mod:`realtime.http.rest`); metrics label these and count any other as "other".
+MESSAGE_TYPES = frozenset({
+    "connected", "connection_established", "auth", "auth_failed", "user-change",
+    "doc-change", "error", "ping", "pong", "subscribed", "unsubscribed", "publication",
+    "notification", "subscribe", "unsubscribe", "publish", "resume",
+    "doc.create", "doc.update", "doc.delete", "doc.created", "doc.updated", "doc.deleted",
+})
+
+# -- topics ------------------------------------------------------------------------------
+
+#: ``user:<id>``: that user only
+USER_PREFIX = "user:"
+#: ``public:<name>``: any authenticated user
+PUBLIC_PREFIX = "public:"
+#: ``doc:<db>/<id>``: a document's changes
+DOC_PREFIX = "doc:"
+
+# -- timestamps --------------------------------------------------------------------------
+
+
+def utc_timestamp(seconds: float) -> str:
+    """ISO 8601 UTC with milliseconds, as a browser's ``Date.toISOString()`` writes it."""
+    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+# -- broker events -----------------------------------------------------------------------
+
+EVENT_USERS = "users"
+EVENT_ALL = "all"
+EVENT_TOPIC = "topic"
+EVENT_DISCONNECT = "disconnect"
+EVENT_REVOKE = "revoke"
+
+
+def users_event(to: Iterable[str], text: str, message_type: Optional[str] = None) -> dict:
+    """``text`` to every connection of the users ``to``."""
+    return _with_type({"t": EVENT_USERS, "to": list(to)}, text, message_type)
+
+
+def all_event(text: str, message_type: Optional[str] = None) -> dict:
+    """``text`` to every authenticated connection."""
+    return _with_type({"t": EVENT_ALL}, text, message_type)
+
+
+def topic_event(topic: str, text: str, message_type: Optional[str] = None) -> dict:
+    """``text`` to the subscribers of ``topic``."""
+    return _with_type({"t": EVENT_TOPIC, "topic": topic}, text, message_type)
+
+
+def disconnect_event(user_id: str, code: int, reason: str, *, at: Optional[float] = None,
+                     before: Optional[int] = None) -> dict:
+    """
+    Close the connections of ``user_id`` with ``code`` and ``reason``.  With ``at``: only
+    those admitted at or before that time (an event replayed late, after a Redis blip,
+    spares newer ones).  With ``before``: only those whose session number is below it
+    (single-session mode: the newer session, numbered ``before``, stays).
+    """
+    event = {"t": EVENT_DISCONNECT, "user": user_id, "code": code, "reason": reason}
+    if at is not None:
+        event["at"] = at
+    if before is not None:
+        event["before"] = before
+    return event
+
+
+def revoke_event(token_id: str) -> dict:
+    """``auth_failed`` ``revoked`` (4001) to the connections authenticated with that token."""
+    return {"t": EVENT_REVOKE, "token_id": token_id}
+
+
+def _with_type(event: dict, text: str, message_type: Optional[str]) -> dict:
+    if message_type is not None:
+        event["type"] = message_type
+    event["msg"] = text
+    return event

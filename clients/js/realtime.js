@@ -605,7 +605,10 @@ export class Realtime {
     const reconnect = this._everConnected;
     this._everConnected = true;
     for (const [db, seq] of Object.entries(message.seqs || {})) {
-      if (!(db in this._seqs)) this._seqs[db] = seq;
+      // "messages": where the message history stands (an offset), not a database
+      if (db === "messages") {
+        if (this._messagesOffset === undefined) this._messagesOffset = seq;
+      } else if (!(db in this._seqs)) this._seqs[db] = seq;
     }
     this._setState("open", { user: this.user, connectionId: this.connectionId });
     this._scheduleRefresh();

@@ -223,7 +223,9 @@ describe("reconnection and resume", () => {
     const publications = [];
     await rt.subscribe(topic, (m) => publications.push(m));
     // a user-change gives the client a seq to resume from
-    const change = within(rt.once("user-change"), 30000, "a user-change");
+    // (the user's creation may reach the feed after the connect: wait for this change)
+    const change = within(rt.once("user-change", (m) => m.doc && m.doc.colour === "blue"),
+      30000, "a user-change");
     await couch.touchUser(name, { colour: "blue" });
     const first = await change;
     assert.equal(first.doc.colour, "blue");
@@ -252,7 +254,8 @@ describe("reconnection and resume", () => {
     const ws = recordingWebSocket();
     const rt = client(proxy.wsUrl, { token: jwt(name), WebSocket: ws.WebSocket, jitterMs: 100, minDelayMs: 100 });
     await reach(rt, "open");
-    const change = within(rt.once("user-change"), 30000, "a user-change");
+    const change = within(rt.once("user-change", (m) => m.doc && m.doc.step === 1),
+      30000, "a user-change");
     await couch.touchUser(name, { step: 1 });
     const seen = await change;
 
@@ -266,7 +269,10 @@ describe("reconnection and resume", () => {
     await reach(rt, "open");
     const resume = ws.sent.filter((m) => m.type === "resume");
     assert.equal(resume.length, 1);
-    assert.deepEqual(resume[0].since, { _users: seen.seq });
+    // the user's seq, and where the message history stood (connected.seqs.messages)
+    assert.deepEqual(Object.keys(resume[0].since).sort(), ["_users", "messages"]);
+    assert.equal(resume[0].since._users, seen.seq);
+    assert.equal(typeof resume[0].since.messages, "string");
 
     const answer = await within(new Promise((resolve) => {
       rt.on("resumed", resolve);
@@ -274,6 +280,10 @@ describe("reconnection and resume", () => {
     }), T, "the answer to resume");
     if (answer.type === "error") {
       t.skip("this gateway does not answer resume yet");
+      return;
+    }
+    if (answer.reason && answer.reason._users === "unknown_database") {
+      t.skip("this gateway does not replay _users yet");
       return;
     }
     await within(until(() => replayed.some((m) => m.doc && m.doc.step === 2)), T, "the missed change");

@@ -7,16 +7,25 @@ NPM ?= npm
 NODE ?= node
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps python-deps node-deps redis-server bench
+.PHONY: run test screenshots deps python-deps node-deps redis-server chromium bench
 
 # The demo page (/demo) is on unless REALTIME_DEMO says otherwise.
 run: deps
 	REALTIME_DEMO=$${REALTIME_DEMO:-true} $(PYTHON) -m realtime
 
-test: deps redis-server
+# Node's test runner: the JavaScript client (clients/js/test/) and the pages in headless
+# Chromium (tests/browser/), each file against its own gateway and pouchdb-server.
+NODE_TESTS = clients/js/test/*.test.js tests/browser/*.test.js
+
+test: deps redis-server chromium
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m twisted.trial tests
-	PYTHON=$(PYTHON) $(NODE) --test --test-concurrency=1 clients/js/test/*.test.js
+	PYTHON=$(PYTHON) $(NODE) --test --test-concurrency=1 $(NODE_TESTS)
+
+# The browser tests again, writing their screenshots of /demo and /admin to docs/img/ (the
+# README shows them; commit them when they change).
+screenshots: deps chromium
+	REALTIME_SCREENSHOTS=docs/img PYTHON=$(PYTHON) $(NODE) --test --test-concurrency=1 tests/browser/*.test.js
 
 deps: python-deps node-deps
 
@@ -37,6 +46,10 @@ node_modules/.bin/pouchdb-server: package.json package-lock.json
 # `make bench BENCH_ARGS=--quick` < 2 min; BENCH_ARGS=--profile needs py-spy (pip install py-spy).
 bench: deps
 	$(PYTHON) -m benchmarks.run $(BENCH_ARGS)
+
+# Debian's chromium for the browser tests (playwright-core drives it; it downloads none).
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
 redis-server:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }

@@ -15,8 +15,6 @@ import dataclasses
 import os
 from typing import Any, Callable, Mapping, Optional
 
-from realtime.redis.url import parse_redis_url
-
 
 def _bool(text: str) -> bool:
     value = text.strip().lower()
@@ -46,6 +44,7 @@ def _redis_url(text: str) -> Optional[str]:
     """Checked at start-up (a clear error, never showing the password); kept as text."""
     if not text:
         return None
+    from realtime.redis.url import parse_redis_url
     parse_redis_url(text)
     return text
 

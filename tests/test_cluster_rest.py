@@ -70,6 +70,26 @@ class RestAcrossProcessesTests(ClusterTestCase):
         yield client.next("note")
 
     @inlineCallbacks
+    def test_admin_summary_counts_every_process(self):
+        """
+        GET /websocket/admin/summary on any process lists every live process with its share of
+        the authenticated connections and users; without admin credentials it is 401.
+        """
+        user, other = unique("u"), unique("o")
+        yield self.connected(0, user)
+        yield self.connected(0, other)
+        yield self.connected(1, user)
+        code, body = yield self.cluster.request(2, "GET", "/websocket/admin/summary")
+        self.assertEqual(code, 200, body)
+        self.assertEqual(len(body["processes"]), 3)
+        shares = sorted((p["authenticated"], p["users"]) for p in body["processes"])
+        self.assertEqual(shares, [(0, 0), (1, 1), (2, 2)])
+        self.assertIn(body["process"], [p["id"] for p in body["processes"]])
+        self.assertEqual(body["connections"], {"total": 0, "authenticated": 0})
+        code, _ = yield self.cluster.request(2, "GET", "/websocket/admin/summary", admin=False)
+        self.assertEqual(code, 401)
+
+    @inlineCallbacks
     def test_broadcast_reaches_every_process(self):
         """POST message/broadcast on process 1 reaches clients on all three processes."""
         clients = []

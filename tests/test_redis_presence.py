@@ -77,6 +77,25 @@ class RedisPresenceTests(unittest.TestCase):
         self.assertEqual(sorted((yield a.processes())), sorted(p.process_id for p in self.procs))
 
     @inlineCallbacks
+    def test_process_counts(self):
+        """process_counts() gives each live process's authenticated connections and users."""
+        a, b, c = self.procs
+        alice, bob = unique("alice"), unique("bob")
+        yield a.connection_opened("a1", alice)
+        yield b.connection_opened("b1", alice)
+        yield b.connection_opened("b2", alice)
+        yield b.connection_opened("b3", bob)
+        expected = {a.process_id: {"authenticated": 1, "users": 1},
+                    b.process_id: {"authenticated": 3, "users": 2},
+                    c.process_id: {"authenticated": 0, "users": 0}}
+        for proc in self.procs:
+            counts = yield proc.process_counts()
+            self.assertEqual(counts, expected)
+        yield c.stop()
+        counts = yield a.process_counts()
+        self.assertNotIn(c.process_id, counts)
+
+    @inlineCallbacks
     def test_limit_across_processes(self):
         """With a limit of 2, the third connection anywhere is refused and not counted."""
         a, b, c = self.procs
@@ -197,6 +216,15 @@ class LocalPresenceTests(unittest.TestCase):
         presence.connection_closed("1", "u")
         self.assertEqual(self.successResultOf(presence.connection_count("u")), 1)
         self.assertEqual(self.successResultOf(presence.total()), 1)
+
+    def test_local_process_counts(self):
+        """LocalPresence's process_counts() is this one process's share."""
+        presence = LocalPresence(Clock())
+        presence.connection_opened("1", "u")
+        presence.connection_opened("2", "u")
+        presence.connection_opened("3", "v")
+        self.assertEqual(self.successResultOf(presence.process_counts()),
+                         {"local": {"authenticated": 3, "users": 2}})
 
     def test_local_session_numbers_increase(self):
         """Session numbers increase even when the clock does not move."""

@@ -23,6 +23,9 @@ Admin endpoints (credentials: :mod:`realtime.http.endpoint`), body -> answer::
          -> 200 {userId, connected, connections}
   DELETE /websocket/users/{userId}/disconnect
          -> 200 {userId, disconnected: <connections closed>}
+  GET    /websocket/admin/summary
+         -> 200 {process, processes: [{id, authenticated, users}], connections, topics}
+            (realtime.http.summary)
 
 Other endpoints::
 
@@ -90,6 +93,7 @@ from realtime.http.endpoint import (
     user_id_field,
 )
 from realtime.http.resource import DEFAULT_MAX_BODY_BYTES, JSONResource
+from realtime.http.summary import AdminSummary
 from realtime.hub import topics
 from realtime.hub.history import BROADCAST_STREAM, topic_stream, user_stream
 from realtime.vocabulary import (
@@ -436,4 +440,7 @@ def make_api(gateway, max_body_bytes: int = None) -> Resource:
     tokens = JSONResource()
     tokens.putChild(b"revoke", RevokeToken(api))
     root.putChild(b"tokens", tokens)
+    admin = JSONResource()
+    admin.putChild(b"summary", AdminSummary(api))  # realtime.http.summary (the dashboard's)
+    root.putChild(b"admin", admin)
     return root

@@ -81,6 +81,10 @@ class LocalPresence:
     def processes(self) -> Deferred:
         return succeed([self.process_id])
 
+    def process_counts(self) -> Deferred:
+        return succeed({self.process_id: {"authenticated": len(self._counts.by_conn),
+                                          "users": len(self._counts.by_user)}})
+
     def new_session(self, user_id) -> Deferred:
         return succeed(self._sessions.next())
 

@@ -13,6 +13,8 @@ Interface::
     users() -> Deferred[{user_id: count}]              every process
     total() -> Deferred[int]                           every process
     processes() -> Deferred[[process id, ...]]         live processes
+    process_counts() -> Deferred[{process id: {"authenticated": n, "users": m}}]
+                                                       each live process's share
     new_session(user_id) -> Deferred[int]              single-session ordering (see below)
     start(), stop() -> Deferred
 
@@ -163,6 +165,25 @@ return out
 """
 
 _PROCESSES = _LIVE_PROCS + "return live_procs(ARGV[1])"
+
+# ARGV: prefix.  Flat list process, connections, users, process, connections, users, ...
+_PROCESS_COUNTS = _LIVE_PROCS + """
+local out = {}
+for _, p in ipairs(live_procs(ARGV[1])) do
+  local connections, users = 0, 0
+  for _, n in ipairs(redis.call('HVALS', ARGV[1] .. 'presence:' .. p)) do
+    local v = tonumber(n) or 0
+    if v > 0 then
+      connections = connections + v
+      users = users + 1
+    end
+  end
+  table.insert(out, p)
+  table.insert(out, connections)
+  table.insert(out, users)
+end
+return out
+"""
 
 # ARGV: prefix.  A number above every one handed out before (see the module docstring).
 _NEW_SESSION = """
@@ -326,6 +347,14 @@ class RedisPresence:
 
     def processes(self) -> Deferred:
         return self._client.eval(_PROCESSES, args=(self.prefix,)).addCallback(sorted)
+
+    def process_counts(self) -> Deferred:
+        def counts(flat):
+            flat = flat or []
+            return {flat[i]: {"authenticated": int(flat[i + 1]), "users": int(flat[i + 2])}
+                    for i in range(0, len(flat) - 2, 3)}
+
+        return self._client.eval(_PROCESS_COUNTS, args=(self.prefix,)).addCallback(counts)
 
     def new_session(self, user_id) -> Deferred:
         d = self._client.eval(_NEW_SESSION, args=(self.prefix,))

@@ -188,15 +188,17 @@ function render(status, m, users, summary) {
     $("t-users-sub").textContent = `${formatNumber(users.totalConnections)} connections, every process`;
   }
 
+  const span = samples.length > 1 ? Math.round((samples.at(-1).t - samples[0].t) / 1000) : 0;
+  const shown = Math.max(1, Math.min(WINDOW_SECONDS, span));
   lineChart($("c-connections"), [
     { label: "open", color: "#2f6fde", values: samples.map((s) => s.total) },
     { label: "authenticated", color: "#18794e", values: samples.map((s) => s.authenticated) },
-  ], { seconds: WINDOW_SECONDS });
+  ], { seconds: shown });
   lineChart($("c-traffic"), [
-    { label: "deliveries", color: "#7c3aed", values: rate("deliveries") },
     { label: "sent", color: "#2f6fde", values: rate("sent") },
     { label: "received", color: "#b54708", values: rate("received") },
-  ], { seconds: WINDOW_SECONDS, unit: "/s" });
+    { label: "deliveries", color: "#7c3aed", values: rate("deliveries"), dashed: true },
+  ], { seconds: shown, unit: "/s" });
 
   renderProcesses(status, summary);
   renderFeeds(status, m);

@@ -1,5 +1,5 @@
 // A small line chart on a canvas: no library.  lineChart(canvas, series, options)
-//   series: [{label, color, values: [number | null, ...]}] (oldest first, one per sample)
+//   series: [{label, color, dashed?, values: [number | null, ...]}] (oldest first)
 //   options: {seconds: the span shown, unit: text after the numbers}
 
 function niceMax(value) {
@@ -62,6 +62,7 @@ export function lineChart(canvas, series, { seconds = 300, unit = "" } = {}) {
   for (const s of series) {
     g.strokeStyle = s.color;
     g.lineWidth = 2;
+    g.setLineDash(s.dashed ? [5, 4] : []);
     g.beginPath();
     let drawing = false;
     const offset = count - s.values.length;

@@ -16,7 +16,12 @@ from realtime.auth.stores import MemoryNonceStore, MemoryRevocationStore
 from realtime.hub.broker import BrokerUnavailable, MemoryBroker
 from realtime.hub.history import MemoryHistory
 from realtime.hub.presence import LocalPresence
+from realtime.redis.broker import RedisBroker
 from realtime.redis.client import RedisUnavailable
+from realtime.redis.history import RedisHistory
+from realtime.redis.presence import RedisPresence
+from realtime.redis.stores import RedisNonceStore, RedisRevocationStore
+from realtime.redis.url import parse_redis_url
 
 #: Failures meaning "Redis cannot answer now": REST answers 503, auth answers no (4101).
 #: ``failure.check(*UNAVAILABLE)`` / ``except UNAVAILABLE``.
@@ -48,11 +53,6 @@ def make_cluster_state(config, reactor, registry) -> ClusterState:
         return ClusterState(MemoryBroker(registry), LocalPresence(reactor),
                             MemoryRevocationStore(reactor), MemoryNonceStore(reactor),
                             MemoryHistory(reactor, config.history_size, history_ttl))
-    from realtime.redis.broker import RedisBroker
-    from realtime.redis.history import RedisHistory
-    from realtime.redis.presence import RedisPresence
-    from realtime.redis.stores import RedisNonceStore, RedisRevocationStore
-    from realtime.redis.url import parse_redis_url
 
     broker = RedisBroker(registry, reactor, parse_redis_url(config.redis_url),
                          prefix=config.redis_prefix, timeout=config.redis_timeout_ms / 1000.0,

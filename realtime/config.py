@@ -15,6 +15,8 @@ import dataclasses
 import os
 from typing import Any, Callable, Mapping, Optional
 
+from realtime.redis.url import parse_redis_url
+
 
 def _bool(text: str) -> bool:
     value = text.strip().lower()
@@ -44,7 +46,6 @@ def _redis_url(text: str) -> Optional[str]:
     """Checked at start-up (a clear error, never showing the password); kept as text."""
     if not text:
         return None
-    from realtime.redis.url import parse_redis_url
     parse_redis_url(text)
     return text
 

@@ -18,6 +18,8 @@ from twisted.internet import threads
 from twisted.python import usage
 
 from realtime import config as config_module
+from realtime.dev.embedded import PouchDBServer
+from realtime.service import make_service
 
 
 class Options(usage.Options):
@@ -118,12 +120,10 @@ Status: curl http://127.0.0.1:{port}/websocket/status
 
 
 def makeService(options) -> service.MultiService:
-    from realtime.service import make_service
 
     config = options.config
     if not options.embedded:
         return make_service(config)
-    from realtime.dev.embedded import PouchDBServer
 
     server = PouchDBServer(port=int(os.environ.get("REALTIME_EMBEDDED_PORT", "0")) or None)
     config = config.replace(couchdb_url=server.url, couchdb_admin_auth=server.admin_auth)

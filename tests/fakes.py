@@ -12,7 +12,8 @@ from twisted.internet.task import Clock
 
 from realtime import config as config_module
 from realtime import jsonutil
-from realtime.auth.authenticator import Authenticator, Identity, JWTVerifier
+from realtime.auth.authenticator import Authenticator, JWTVerifier
+from realtime.auth.identity import Identity
 from realtime.hub.broker import MemoryBroker
 from realtime.hub.gateway import Gateway
 from realtime.hub.registry import Registry

@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from realtime import config as config_module
-from realtime.auth.authenticator import Identity
+from realtime.auth.identity import Identity
 from realtime.hub.broker import MemoryBroker
 from realtime.hub.gateway import ADMITTED, REPLACED, TOO_MANY_CONNECTIONS, Gateway
 from realtime.hub.presence import LocalPresence

@@ -540,7 +540,7 @@ class ReviewRegressionTests(AuthCase):
         from twisted.internet import protocol as ip
         from twisted.internet.defer import Deferred
 
-        from realtime.auth.authenticator import Identity
+        from realtime.auth.identity import Identity
         pending, asked = Deferred(), Deferred()
 
         class SlowSessions:

@@ -6,8 +6,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from realtime.auth.authenticator import AuthFailure, Identity
 from realtime.auth.expiry import SessionWatch
+from realtime.auth.identity import AuthFailure, Identity
 
 
 def jwt_identity(user="alice", expires_at=1100.0, token="t1"):

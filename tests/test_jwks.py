@@ -17,7 +17,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from realtime import config as config_module
-from realtime.auth.authenticator import AuthFailure, JWTVerifier
+from realtime.auth.authenticator import JWTVerifier
+from realtime.auth.identity import AuthFailure
 from realtime.auth.jwks import JWKSKeySource, keys_from_jwks
 from realtime.dev.embedded import free_port
 from realtime.service import make_jwt_verifier

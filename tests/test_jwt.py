@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from realtime.auth.authenticator import AuthFailure, JWTVerifier, token_id
+from realtime.auth.authenticator import JWTVerifier
+from realtime.auth.identity import AuthFailure, token_id
 from tests import keys
 from tests.keys import HS_SECRET, claims, hs_token, raw_token
 

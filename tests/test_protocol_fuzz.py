@@ -16,7 +16,7 @@ from twisted.trial import unittest
 
 from realtime import config as config_module
 from realtime import jsonutil
-from realtime.auth.authenticator import Identity
+from realtime.auth.identity import Identity
 from realtime.auth.signing import envelope
 from realtime.service import make_gateway
 from realtime.transport.websocket import make_factory

@@ -12,7 +12,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import fail, succeed
 from twisted.trial import unittest
 
-from realtime.auth.authenticator import AuthFailure, Identity
+from realtime.auth.identity import AuthFailure, Identity
 from realtime.http.rest import make_api
 from realtime.http.site import make_site
 from realtime.hub import history

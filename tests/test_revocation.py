@@ -14,7 +14,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from realtime import config as config_module
-from realtime.auth.authenticator import Authenticator, AuthFailure, JWTVerifier, token_id
+from realtime.auth.authenticator import Authenticator, JWTVerifier
+from realtime.auth.identity import AuthFailure, token_id
 from realtime.auth.revocation import Revoker, revocation_target
 from realtime.auth.stores import MemoryRevocationStore
 from realtime.http.resource import JSONResource

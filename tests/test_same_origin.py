@@ -2,7 +2,7 @@
 
 from twisted.trial import unittest
 
-from realtime.auth.authenticator import same_origin
+from realtime.auth.origins import same_origin
 
 
 class SameOriginTests(unittest.TestCase):

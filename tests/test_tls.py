@@ -14,7 +14,8 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from realtime.auth.authenticator import AuthFailure, CouchSessionChecker
+from realtime.auth.authenticator import CouchSessionChecker
+from realtime.auth.identity import AuthFailure
 from tests import harness
 from tests.harness import GatewayHarness, with_timeout
 from tests.keys import HS_SECRET, hs_token, self_signed_certificate

@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.internet.defer import fail
 from twisted.trial import unittest
 
-from realtime.auth.authenticator import Identity
+from realtime.auth.identity import Identity
 from realtime.hub import topics
 from realtime.hub.registry import Registry
 from tests.fakes import FakeConnection, make_gateway

@@ -30,11 +30,7 @@ Nothing here logs a token or cookie.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import re
 import time
-import urllib.parse
 from typing import Iterable, Optional, Sequence, Tuple
 
 import jwt
@@ -44,63 +40,16 @@ from twisted.logger import Logger
 
 from realtime import jsonutil
 from realtime.auth import tokencache
-from realtime.vocabulary import CLOSE_AUTH_UNAVAILABLE, CLOSE_UNAUTHORIZED
-
-MAX_TOKEN_LENGTH = 16384
-#: the latest exp accepted (seconds since the epoch: year 5138); revocations use it too
-MAX_EXP = 1e11
-#: clock skew tolerated on exp, nbf and iat (and so on a live connection's expiry)
-JWT_LEEWAY_SECONDS = 5.0
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Identity:
-    """An authenticated user, as one connection knows them."""
-
-    user_id: str
-    name: str
-    roles: Tuple[str, ...] = ()
-    method: str = "jwt"  # "jwt" or "cookie"
-    expires_at: Optional[float] = None  # seconds since the epoch, for JWTs
-    token_id: Optional[str] = None  # jti, or a hash of the token: never the token itself
-    topics: Tuple[str, ...] = ()  # topic grants from the JWT ``topics`` claim
-    cookie: Optional[str] = dataclasses.field(default=None, repr=False, compare=False)
-
-    def public(self) -> dict:
-        return {"id": self.user_id, "name": self.name, "roles": list(self.roles)}
-
-    @property
-    def is_admin(self) -> bool:
-        return "admin" in self.roles or "_admin" in self.roles
-
-
-class AuthFailure(Exception):
-    def __init__(self, reason: str = "auth-failed", detail: str = ""):
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-
-    @property
-    def close_code(self) -> int:
-        return CLOSE_AUTH_UNAVAILABLE if self.reason == "unavailable" else CLOSE_UNAUTHORIZED
-
-
-class OriginRefused(Exception):
-    """Cookie credentials from an Origin that is not allowed (HTTP 403 at the handshake)."""
-
-
-def token_id(claims: dict, token: str) -> str:
-    """
-    What names a token for revocation: ``jti:<jti>``, or ``sha256:`` of its signed part
-    (``header.payload``).  Not of the whole text: the same token can be written with a
-    different signature text (base64 padding, for one) and still verify, while the signed
-    part is exactly what the signature covers.
-    """
-    jti = claims.get("jti")
-    if isinstance(jti, str) and jti:
-        return "jti:" + jti
-    signed_part = token.strip().rsplit(".", 1)[0]
-    return "sha256:" + hashlib.sha256(signed_part.encode("utf-8")).hexdigest()
+from realtime.auth.identity import (
+    JWT_LEEWAY_SECONDS,
+    MAX_EXP,
+    MAX_TOKEN_LENGTH,
+    AuthFailure,
+    Identity,
+    OriginRefused,
+    token_id,
+)
+from realtime.auth.origins import COOKIE_VALUE, cookie_value, origin_allowed, same_origin
 
 
 class JWTVerifier:
@@ -278,7 +227,7 @@ class CouchSessionChecker:
 
     @inlineCallbacks
     def check(self, cookie: str):
-        if not _COOKIE_VALUE.match(cookie):
+        if not COOKIE_VALUE.match(cookie):
             raise AuthFailure("auth-failed", "malformed cookie")
         try:
             response = yield self._http.get(
@@ -319,75 +268,9 @@ def _refreshed_cookie(response) -> Optional[str]:
         text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
         first = text.split(";", 1)[0]
         found = cookie_value(first)
-        if found and _COOKIE_VALUE.match(found):
+        if found and COOKIE_VALUE.match(found):
             return found
     return None
-
-
-# Cookie values CouchDB issues are base64url-ish; anything else is refused before a request.
-_COOKIE_VALUE = re.compile(r"^[A-Za-z0-9_\-+/=.:]{1,4096}$")
-
-
-def cookie_value(cookie_header: Optional[str], name: str = "AuthSession") -> Optional[str]:
-    """The value of cookie ``name`` in a ``Cookie`` header, or None."""
-    if not cookie_header:
-        return None
-    for part in cookie_header.split(";"):
-        key, sep, value = part.strip().partition("=")
-        if sep and key.strip() == name:
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] == '"':
-                value = value[1:-1]
-            return value or None
-    return None
-
-
-def origin_allowed(origin: Optional[str], allowed: Iterable[str]) -> bool:
-    """
-    Is ``origin`` (``scheme://host[:port]``) allowed?  Entries are exact origins or patterns
-    with ``*`` (``https://*.example.com``); ``*`` alone allows every origin.  No Origin
-    header (not a browser) is always allowed.
-    """
-    if not origin:  # Autobahn reports a missing header as ""
-        return True
-    origin = origin.strip().lower()
-    for pattern in allowed:
-        pattern = pattern.strip().lower()
-        if pattern == "*" or pattern == origin:
-            return True
-        if "*" in pattern:
-            regex = "^" + ".*".join(re.escape(p) for p in pattern.split("*")) + "$"
-            if re.match(regex, origin):
-                return True
-    return False
-
-
-_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
-
-
-def same_origin(origin: Optional[str], host: Optional[str]) -> bool:
-    """
-    Is ``origin`` the gateway's own, i.e. a page served by the host the request was sent to?
-    ``host`` is the request's ``Host`` header.  The Origin's host and port (its scheme's
-    default port when none is written) must equal the Host's (with the same default).
-
-    This cannot let a cross-site page in: its Origin names its own site, which is not the
-    gateway's Host.  A page of another site pointed at the gateway's address by DNS
-    (rebinding) is same-origin here, but the browser sends it the cookies of that other
-    site's name, never the gateway's.
-    """
-    if not origin or not host:
-        return False
-    try:
-        given = urllib.parse.urlsplit(origin.strip().lower())
-        target = urllib.parse.urlsplit("//" + host.strip().lower())
-        default = _DEFAULT_PORTS.get(given.scheme)
-        if default is None or not given.hostname or given.path or given.query:
-            return False
-        return (given.hostname, str(given.port or default)) == \
-            (target.hostname, str(target.port or default))
-    except ValueError:  # a port that is not a number, a bad IPv6 literal
-        return False
 
 
 class Authenticator:

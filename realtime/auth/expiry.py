@@ -35,7 +35,7 @@ from typing import Callable, Optional
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 
-from realtime.auth.authenticator import JWT_LEEWAY_SECONDS, AuthFailure, Identity
+from realtime.auth.identity import JWT_LEEWAY_SECONDS, AuthFailure, Identity
 
 REVALIDATE_SECONDS = 300.0
 RETRY_SECONDS = 30.0

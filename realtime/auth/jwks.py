@@ -19,7 +19,7 @@ Behaviour:
   reached is ``unavailable`` (close 4101: retry later), a key that the set reachably does
   not have is ``auth-failed``.
 
-Failures are :class:`realtime.auth.authenticator.AuthFailure`; nothing here logs a token.
+Failures are :class:`realtime.auth.identity.AuthFailure`; nothing here logs a token.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
 from realtime import jsonutil
+from realtime.auth.identity import AuthFailure
 
 MAX_KID_LENGTH = 256
 
@@ -94,7 +95,6 @@ class JWKSKeySource:
     @inlineCallbacks
     def key_for(self, kid, algorithm: str):
         """A Deferred firing with the ``PyJWK`` for ``kid``, or failing with AuthFailure."""
-        from realtime.auth.authenticator import AuthFailure
         if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH
                                 or not kid.isprintable()):
             raise AuthFailure("auth-failed", "bad kid")

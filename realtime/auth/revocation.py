@@ -2,7 +2,7 @@
 Token revocation: a revoked JWT is refused until its own expiry, and the live connections
 that authenticated with it are closed (``auth_failed`` reason ``revoked``, 4001).
 
-A token is known by its *token id* (:func:`realtime.auth.authenticator.token_id`): ``jti:<jti>`` when the
+A token is known by its *token id* (:func:`realtime.auth.identity.token_id`): ``jti:<jti>`` when the
 token has a ``jti``, else ``sha256:<hex digest of the token>``; the token itself is never
 stored or logged.
 
@@ -27,8 +27,8 @@ import jwt
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
-from realtime.auth.authenticator import JWT_LEEWAY_SECONDS, MAX_EXP, MAX_TOKEN_LENGTH
-from realtime.auth.authenticator import token_id as token_id_of
+from realtime.auth.identity import JWT_LEEWAY_SECONDS, MAX_EXP, MAX_TOKEN_LENGTH
+from realtime.auth.identity import token_id as token_id_of
 from realtime.vocabulary import revoke_event
 
 MAX_JTI_LENGTH = 256

@@ -42,7 +42,8 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
 from realtime import jsonutil
-from realtime.auth.authenticator import AuthFailure, OriginRefused, cookie_value, origin_allowed
+from realtime.auth.identity import AuthFailure, OriginRefused
+from realtime.auth.origins import cookie_value, origin_allowed
 from realtime.http.resource import JSONResource, json_error, json_response
 
 

@@ -13,7 +13,7 @@ What the gateway serves to browsers: the JavaScript client and two pages.
   sets the ``AuthSession`` cookie it answers with on the gateway's own origin (``HttpOnly``,
   ``SameSite=Strict``, ``Path=/``; ``Secure`` over TLS), so the page's WebSocket
   authenticates with the cookie like any CouchDB app (the gateway accepts cookies from its
-  own origin: :func:`realtime.auth.authenticator.same_origin`).  ``DELETE /demo/session``
+  own origin: :func:`realtime.auth.origins.same_origin`).  ``DELETE /demo/session``
   ends it.  Why a relay and not a token minted by the gateway: the demo shows the cookie
   path, which is what a CouchDB app uses, and needs no JWT secret.  The password is read
   from the body and sent to CouchDB only; it is in no log line (the access log has paths

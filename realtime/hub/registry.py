@@ -37,6 +37,7 @@ from typing import Protocol as TypingProtocol
 
 from twisted.logger import Logger
 
+from realtime.auth.identity import AuthFailure
 from realtime.vocabulary import EVENT_ALL, EVENT_DISCONNECT, EVENT_REVOKE, EVENT_TOPIC, EVENT_USERS
 
 
@@ -208,7 +209,6 @@ class Registry:
         return count
 
     def _revoke(self, token_id: str) -> int:
-        from realtime.auth.authenticator import AuthFailure
         if not isinstance(token_id, str):
             raise TypeError("token_id must be a string")
         self._recently_revoked[token_id] = None

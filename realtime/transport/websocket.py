@@ -57,10 +57,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from realtime import jsonutil
-from realtime.auth.authenticator import AuthFailure, Identity, OriginRefused
 from realtime.auth.expiry import SessionWatch
+from realtime.auth.identity import AuthFailure, Identity, OriginRefused
 from realtime.auth.signing import SignatureError, new_session_secret
 from realtime.hub import resume, topics
+from realtime.hub.gateway import ADMITTED, REPLACED
 from realtime.hub.registry import frame_text
 from realtime.transport import fastpath, ratelimit
 from realtime.transport.doc_writes import DocWrites
@@ -381,7 +382,6 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         d.addErrback(self._admission_failed)
 
     def _admitted(self, verdict: str, identity: Identity) -> None:
-        from realtime.hub.gateway import ADMITTED, REPLACED
         self._admitting = False
         held, self._held = self._held, ()
         gateway = self.gateway

@@ -334,16 +334,20 @@ class Authenticator:
     def _checked(self, d: Deferred) -> Deferred:
         if self.revocations is None:
             return d
+        return d.addCallback(self._not_revoked)
 
-        @inlineCallbacks
-        def check(identity):
-            if identity.token_id is not None:
-                try:
-                    revoked = yield self.revocations.is_revoked(identity.token_id)
-                except Exception:
-                    raise AuthFailure("unavailable", "revocation store unreachable") from None
-                if revoked:
-                    raise AuthFailure("revoked", "token revoked")
+    def _not_revoked(self, identity: Identity):
+        """``identity``, once the revocation store has said its token is not revoked."""
+        if identity.token_id is None:
             return identity
 
-        return d.addCallback(check)
+        def answered(revoked):
+            if revoked:
+                raise AuthFailure("revoked", "token revoked")
+            return identity
+
+        def unanswered(_failure):
+            raise AuthFailure("unavailable", "revocation store unreachable")
+
+        return maybeDeferred(self.revocations.is_revoked, identity.token_id).addCallbacks(
+            answered, unanswered)

@@ -12,7 +12,7 @@ import itertools
 import os
 from typing import List
 
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from realtime import jsonutil
@@ -108,8 +108,7 @@ class Gateway:
 
     # -- admission (per-user limit, single session), across processes -------------------
 
-    @inlineCallbacks
-    def admit(self, conn, identity):
+    def admit(self, conn, identity) -> Deferred:
         """
         Decide whether an authenticated connection may join; record it in presence if so.
         Fires with ADMITTED, TOO_MANY_CONNECTIONS (the user has ``ws_max_connections_per_user``
@@ -123,11 +122,15 @@ class Gateway:
         connection is admitted (logged): a Redis blip must not lock users out.  The
         per-user limit does not apply in that mode (a new session replaces the old ones).
         """
+        if not self.config.ws_single_session:  # every connection's path: no generator
+            d = maybeDeferred(self.presence.connection_opened, conn.connection_id,
+                              identity.user_id, self.config.ws_max_connections_per_user)
+            return d.addCallback(lambda ok: ADMITTED if ok else TOO_MANY_CONNECTIONS)
+        return self._admit_single_session(conn, identity)
+
+    @inlineCallbacks
+    def _admit_single_session(self, conn, identity):
         user_id = identity.user_id
-        if not self.config.ws_single_session:
-            ok = yield self.presence.connection_opened(
-                conn.connection_id, user_id, self.config.ws_max_connections_per_user)
-            return ADMITTED if ok else TOO_MANY_CONNECTIONS
         seq = yield self.presence.new_session(user_id)
         conn.session_seq = seq
         event = disconnect_event(user_id, CLOSE_REPLACED, "replaced by a newer session",

@@ -141,14 +141,17 @@ def lazy_autobahn_debug_formatting() -> None:
     global _patched
     if _patched:
         return
+    from autobahn.twisted import websocket as ab_twisted
     from autobahn.websocket import protocol as ab_protocol
 
-    for name in ("pformat", "hltype", "hlval", "hlid"):
-        original = getattr(ab_protocol, name, None)
-        if original is not None:
-            setattr(ab_protocol, name,
-                    lambda *args, _original=original, **kw: _Deferred(
-                        lambda: _original(*args, **kw)))
+    # both modules: the Twisted adapter formats hltype/hlval on every connectionMade,
+    # dataReceived and connectionLost too
+    for module in (ab_protocol, ab_twisted):
+        for name in ("pformat", "hltype", "hlval", "hlid"):
+            original = getattr(module, name, None)
+            if original is not None:
+                setattr(module, name, lambda *args, _original=original, **kw: _Deferred(
+                    lambda: _original(*args, **kw)))
     # the one use of pformat whose result must be a str
     import pprint
     ab_protocol.Timings.__str__ = lambda self: pprint.pformat(self._timings)

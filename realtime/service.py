@@ -176,10 +176,19 @@ def _safe_heartbeat(gateway):
         gateway.heartbeat()
     except Exception:
         _log.failure("server heartbeat failed")
+    try:
+        protocol.keep_alive(gateway.connections(), gateway.now(),
+                            protocol.pong_timeout(gateway.config.ws_heartbeat_ms / 1000.0))
+    except Exception:
+        _log.failure("keep-alive pings failed")
 
 
 def make_heartbeat_service(gateway, clock) -> internet.TimerService:
-    """The server's ``ping`` message to every authenticated connection, each heartbeat."""
+    """
+    Each heartbeat: the server's ``ping`` message to every authenticated connection, and a
+    WebSocket ping to every open one (a connection whose last ping went unanswered for a
+    heartbeat, at least 2 s, is dropped: :func:`realtime.transport.websocket.keep_alive`).
+    """
     heartbeat = internet.TimerService(gateway.config.ws_heartbeat_ms / 1000.0,
                                       _safe_heartbeat, gateway)
     heartbeat.clock = clock

@@ -2,7 +2,9 @@
 What an idle connection holds: a connection opened through the real listener and Autobahn's
 handshake (in memory) keeps every attribute in a slot (no attribute dict), shares what only
 the handshake needed, and makes its topic set and rate limiter on first use; the slots
-shadow no default of Twisted's or Autobahn's base classes that __init__ does not set.
+shadow no default of Twisted's or Autobahn's base classes that __init__ does not set.  Dead
+peers are found by one keep-alive sweep per heartbeat instead of Autobahn's auto-ping timer
+per connection.
 """
 
 import jwt
@@ -14,7 +16,12 @@ from twisted.trial import unittest
 from realtime import config as config_module
 from realtime.service import make_gateway
 from realtime.transport import fastpath
-from realtime.transport.websocket import RealtimeServerProtocol, make_factory
+from realtime.transport.websocket import (
+    RealtimeServerProtocol,
+    keep_alive,
+    make_factory,
+    pong_timeout,
+)
 from tests.keys import HS_SECRET
 
 
@@ -112,3 +119,74 @@ class IdleConnectionTests(unittest.TestCase):
         """Protocol options stay class attributes (options_on_class_factory)."""
         self.assertEqual(set(RealtimeServerProtocol.__slots__)
                          & set(RealtimeServerProtocol.CONFIG_ATTRS), set())
+
+
+class KeepAliveTests(unittest.TestCase):
+    """Dead peers are found by one sweep per heartbeat, not a timer per connection."""
+
+    def test_no_auto_ping_timer_per_connection(self):
+        """Autobahn schedules no ping for an open connection (the heartbeat pings)."""
+        _, listener = make_listener()
+        listener.ws_factory.setProtocolOptions(autoPingInterval=0)  # as make_factory sets
+        conn, _ = open_connection(self, listener=listener)
+        self.assertIsNone(conn.autoPingPendingCall)
+        factory = make_factory(make_gateway(config_module.defaults(jwt_secret=HS_SECRET),
+                                            reactor, http=object()))
+        self.assertEqual(factory.autoPingInterval, 0)
+
+    def test_ping_then_drop_when_unanswered(self):
+        """A sweep pings; the next one after the timeout drops a peer that did not pong."""
+        conn, transport = open_connection(self)
+        transport.clear()
+        keep_alive([conn], 100.0, 2.0)
+        self.assertEqual(transport.value()[:1], b"\x89")  # a ping frame
+        self.assertIn(b"realtime", transport.value())
+        transport.clear()
+        keep_alive([conn], 101.0, 2.0)  # not yet timed out: no second ping, not dropped
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(transport.disconnecting)
+        keep_alive([conn], 102.0, 2.0)
+        self.assertTrue(transport.disconnecting)
+
+    def test_answered_ping_keeps_the_connection(self):
+        """A pong clears the pending ping: the next sweep pings again, nothing is dropped."""
+        conn, transport = open_connection(self)
+        keep_alive([conn], 100.0, 2.0)
+        conn.onPong(b"realtime")
+        transport.clear()
+        keep_alive([conn], 110.0, 2.0)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(transport.value()[:1], b"\x89")
+
+    def test_closed_connections_are_skipped_and_errors_contained(self):
+        """A connection that is not open is left alone; one that raises spares the others."""
+        conn, transport = open_connection(self)
+        other, other_transport = open_connection(self, {"sub": "bob"})
+        conn.state = conn.STATE_CLOSED
+
+        class Broken:
+            def keep_alive(self, now, timeout):
+                raise RuntimeError("broken")
+
+        transport.clear()
+        other_transport.clear()
+        keep_alive([conn, Broken(), other], 100.0, 2.0)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(other_transport.value()[:1], b"\x89")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        conn.state = conn.STATE_OPEN
+
+    def test_pong_timeout(self):
+        """One heartbeat, at least 2 s."""
+        self.assertEqual(pong_timeout(25.0), 25.0)
+        self.assertEqual(pong_timeout(0.5), 2.0)
+
+    def test_heartbeat_pings_every_open_connection(self):
+        """The heartbeat timer's callback runs the sweep over the gateway's connections."""
+        from realtime.service import _safe_heartbeat
+        gateway, listener = make_listener()
+        conn, transport = open_connection(self, listener=listener)
+        transport.clear()
+        _safe_heartbeat(gateway)
+        self.assertIn(b"\x89\x08realtime", transport.value())
+        self.assertIsNotNone(conn._ping_sent_at)

@@ -73,6 +73,10 @@ class Gateway:
     def open_connections(self) -> int:
         return len(self._open)
 
+    def connections(self) -> list:
+        """Every open WebSocket (a copy), authenticated or not."""
+        return list(self._open)
+
     def connection_opened(self, conn) -> None:
         self._open.add(conn)
 

@@ -9,9 +9,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test screenshots deps python-deps node-deps redis-server chromium bench
 
-# The demo page (/demo) is on unless REALTIME_DEMO says otherwise.
+# The demo page (/demo) is on unless REALTIME_DEMO says otherwise; the demo listens on
+# loopback only unless REALTIME_LISTEN says otherwise (the banner says which interfaces).
 run: deps
-	REALTIME_DEMO=$${REALTIME_DEMO:-true} $(PYTHON) -m realtime
+	REALTIME_DEMO=$${REALTIME_DEMO:-true} REALTIME_LISTEN="$${REALTIME_LISTEN:-tcp:8080:interface=127.0.0.1}" $(PYTHON) -m realtime
 
 # Node's test runner: the JavaScript client (clients/js/test/) and the pages in headless
 # Chromium (tests/browser/), each file against its own gateway and pouchdb-server.
@@ -32,6 +33,7 @@ deps: python-deps node-deps
 # A plain (non-editable) install: an editable one hides twisted/plugins from twistd.
 # setuptools and wheel in the environment: the packaging test builds a wheel offline.
 python-deps:
+	@echo "Installing realtime and its Python dependencies (pip install .)."
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check 'setuptools>=68' wheel
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check '.[test]'
 	$(PYTHON) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
@@ -39,6 +41,7 @@ python-deps:
 node-deps: node_modules/.bin/pouchdb-server
 
 node_modules/.bin/pouchdb-server: package.json package-lock.json
+	@echo "Installing pouchdb-server (the embedded CouchDB) and the test tools with npm ci: about a minute, once."
 	$(NPM) ci --no-audit --no-fund --loglevel=error
 	touch $@
 

@@ -9,14 +9,20 @@ arguments; only this module knows about the Config and the reactor.
 
 from __future__ import annotations
 
+import os
+import sys
+
 from twisted.application import internet, service
 from twisted.internet import endpoints
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from realtime.auth import authenticator as auth
 from realtime.auth import jwks, revocation, signing
 from realtime.cluster import ClusterState, make_cluster_state
+from realtime.config import ConfigError
 from realtime.databases import rules as rules_module
 from realtime.databases.writer import CouchDocuments, DocumentWriter, WriteMetrics
 from realtime.dev import benchhook
@@ -34,12 +40,109 @@ from realtime.vocabulary import CLOSE_SHUTDOWN
 _log = Logger()
 
 
+#: the exit status of a start-up failure an operator caused (systemd: RestartPreventExitStatus)
+EXIT_STARTUP_FAILED = 2
+
+
+class Startup:
+    """
+    What a start-up failure does.  A failure an operator causes after the options were
+    read (a listener that cannot listen, the embedded CouchDB that cannot start) prints
+    one line on stderr, ``realtime: <what>: <why>``, stops the reactor (so every service
+    stops, the embedded CouchDB included) and ends the process with
+    :data:`EXIT_STARTUP_FAILED` once the shutdown is over.  Never a traceback, never a
+    server left half running.  (Failures found while the service tree is built, such as a
+    bad option or endpoint string, are :class:`ConfigError`: :mod:`realtime.tap` reports
+    them the same way before anything starts.)
+
+    :param exit: called with the status after the shutdown (``os._exit``: twistd itself
+        would end with 0).
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, stderr=None, exit=os._exit):
+        self._reactor = reactor
+        self._stderr = stderr
+        self._exit = exit
+        self.failed = None  # the message, once failed
+
+    def fail(self, message: str) -> None:
+        if self.failed is not None:
+            return
+        self.failed = message
+        stderr = self._stderr or sys.__stderr__ or sys.stderr
+        stderr.write(f"realtime: {message}\n")
+        stderr.flush()
+        self._log.error("start-up failed: {message}", message=message)
+        self._reactor.addSystemEventTrigger("after", "shutdown", self._end)
+        if self._reactor.running:
+            self._reactor.stop()
+        else:
+            self._reactor.callWhenRunning(self._reactor.stop)
+
+    def _end(self) -> None:
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        self._exit(EXIT_STARTUP_FAILED)
+
+
+def listen_error_text(failure) -> str:
+    """Why a listener could not listen, in a few words (no traceback)."""
+    error = failure.value
+    if isinstance(error, CannotListenError) and error.socketError is not None:
+        socket_error = error.socketError
+        text = getattr(socket_error, "strerror", None) or str(socket_error)
+        return text[0].lower() + text[1:] if text else type(socket_error).__name__
+    return failure.getErrorMessage() or failure.type.__name__
+
+
+class ListenerService(internet.StreamServerEndpointService):
+    """
+    A listening endpoint whose failure to listen stops the process
+    (:meth:`Startup.fail`, one line naming the endpoint and why) instead of being logged
+    while the rest of the server runs.
+    """
+
+    def __init__(self, description: str, endpoint, factory, startup: Startup):
+        super().__init__(endpoint, factory)
+        self.description = description
+        self._startup = startup
+
+    def privilegedStartService(self):
+        service.Service.privilegedStartService(self)
+        self._waitingForPort = self.endpoint.listen(self.factory)
+        self._waitingForPort.addErrback(self._failed)
+
+    def _failed(self, failure):
+        if not failure.check(CancelledError):
+            self._startup.fail(f"cannot listen on {self.description}: "
+                               f"{listen_error_text(failure)}")
+        return None
+
+
+def parse_endpoint(reactor, description: str, option: str = "REALTIME_LISTEN"):
+    """A server endpoint from its string, or :class:`ConfigError` naming it."""
+    try:
+        return endpoints.serverFromString(reactor, description)
+    except Exception as e:  # unknown type, bad argument, a TLS key file that cannot be read
+        raise ConfigError(f"{option}: cannot use {description!r}: "
+                          f"{e.args[0] if e.args else type(e).__name__}") from None
+
+
 def _read_key(value: str) -> bytes:
     """A PEM given inline, or the path of a file holding one."""
     if "-----BEGIN" in value:
         return value.encode("ascii")
-    with open(value, "rb") as f:
-        return f.read()
+    try:
+        with open(value, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"JWT_PUBLIC_KEY: cannot read {value!r}: "
+                          f"{e.strerror or type(e).__name__}") from None
 
 
 def make_jwt_verifier(config, clock, http=None):
@@ -61,10 +164,13 @@ def make_jwt_verifier(config, clock, http=None):
         key_source = jwks.JWKSKeySource(http, config.jwt_jwks_url, clock)
     else:
         return None
-    return auth.JWTVerifier(
-        key, algorithms, audience=config.jwt_audience, issuer=config.jwt_issuer,
-        user_claim=config.jwt_user_claim, roles_claim=config.jwt_roles_claim, clock=clock,
-        key_source=key_source)
+    try:
+        return auth.JWTVerifier(
+            key, algorithms, audience=config.jwt_audience, issuer=config.jwt_issuer,
+            user_claim=config.jwt_user_claim, roles_claim=config.jwt_roles_claim, clock=clock,
+            key_source=key_source)
+    except ValueError as e:  # the algorithm allow-list
+        raise ConfigError(f"JWT_ALGORITHMS: {e}") from None
 
 
 def make_http_client(reactor, persistent: bool = True):
@@ -195,22 +301,57 @@ def make_heartbeat_service(gateway, clock) -> internet.TimerService:
     return heartbeat
 
 
-def make_followers(config, reactor, gateway, agent):
+class FeedsReady:
+    """
+    Tells ``on_ready(followers)`` once, the first time every feed is connected: the moment
+    the gateway serves what it promises (until then the status says ``degraded``).
+    """
+
+    def __init__(self, on_ready):
+        self._on_ready = on_ready
+        self._followers = ()
+        self.done = False
+
+    def watch(self, followers) -> None:
+        self._followers = tuple(followers)
+        self.state_changed(None)
+
+    def state_changed(self, _follower) -> None:
+        if self.done or not self._followers:
+            return
+        if all(f.state == ChangesFollower.CONNECTED for f in self._followers):
+            self.done = True
+            try:
+                self._on_ready(self._followers)
+            except Exception:
+                _log.failure("announcing readiness failed")
+
+
+def make_followers(config, reactor, gateway, agent, on_state=None):
     followers = []
     for db in config.watch_databases:
         followers.append(ChangesFollower(
             agent, reactor, config.couchdb_url, db, gateway.on_change,
-            admin_auth=config.couchdb_admin_auth, heartbeat_ms=config.couchdb_heartbeat_ms))
+            admin_auth=config.couchdb_admin_auth, heartbeat_ms=config.couchdb_heartbeat_ms,
+            on_state=on_state))
     return followers
 
 
-def make_service(config, reactor=None, ready=None) -> service.MultiService:
+def make_service(config, reactor=None, ready=None, startup=None,
+                 on_ready=None) -> service.MultiService:
     """
     :param ready: optional callable returning a Deferred that fires when CouchDB can be
         reached (the embedded server's start); the feeds start after it.
+    :param startup: the :class:`Startup` told when a listener cannot listen (default: one
+        that ends the process).
+    :param on_ready: optional ``on_ready(followers)``, called once when every feed is first
+        connected (:class:`FeedsReady`).
+    :raises ConfigError: an option that cannot be used (an endpoint string, a key file).
     """
     if reactor is None:
         from twisted.internet import reactor
+    if startup is None:
+        startup = Startup(reactor)
     top = service.MultiService()
     http, _ = make_http_client(reactor)
     gateway = make_gateway(config, reactor, http=http)
@@ -220,7 +361,11 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
 
     # The feeds use a plain Agent (no gzip: see realtime.feeds.changes) with their own pool.
     feed_pool = HTTPConnectionPool(reactor, persistent=False)
-    followers = make_followers(config, reactor, gateway, Agent(reactor, pool=feed_pool))
+    feeds_ready = FeedsReady(on_ready) if on_ready is not None else None
+    followers = make_followers(config, reactor, gateway, Agent(reactor, pool=feed_pool),
+                               on_state=feeds_ready and feeds_ready.state_changed)
+    if feeds_ready is not None:
+        feeds_ready.watch(followers)
     gateway.followers = followers
     _FollowersService(followers, ready).setServiceParent(top)
 
@@ -233,8 +378,8 @@ def make_service(config, reactor=None, ready=None) -> service.MultiService:
     listener = fastpath.WebSocketFirstFactory(site, factory, clock=gateway.timers)
     ShutdownService(gateway).setServiceParent(top)
     for description in config.listen:
-        endpoint = endpoints.serverFromString(reactor, description)
-        internet.StreamServerEndpointService(endpoint, listener).setServiceParent(top)
+        endpoint = parse_endpoint(reactor, description)
+        ListenerService(description, endpoint, listener, startup).setServiceParent(top)
 
     # Benchmark hook (realtime.dev.benchhook): off unless REALTIME_BENCH_TRIGGER is set.
     if config.bench_trigger:

@@ -4,22 +4,45 @@ The twistd plugin: ``twistd -n realtime [options]``.
 Every option of :data:`realtime.config.OPTIONS` is a twistd option; with no option given
 the environment decides, then the default.  When ``COUCHDB_URL`` is not set (and
 ``--embedded-couchdb`` is not ``no``), an in-memory pouchdb-server is started for you, with
-an admin and a demo user, and the gateway points at it.
+an admin and a demo user, and the gateway points at it; its banner (plain lines a person
+can copy, written to the terminal rather than the log) says how to log in, connect and
+share it, and a ``ready`` line follows once the feeds are connected.
+
+Start-up failures an operator can cause end the process with one line on stderr,
+``realtime: <what>: <why>``, and exit status 2 (:data:`realtime.service.EXIT_STARTUP_FAILED`):
+an option that cannot be used (here, or by ``python -m realtime`` before twistd runs), a
+rule file that cannot be used, an endpoint string, a listener that cannot listen
+(:class:`realtime.service.Startup`: the embedded CouchDB is then not started, or stopped).
+With ``REDIS_URL`` set (several processes) the embedded CouchDB is refused unless asked
+for explicitly (``--embedded-couchdb=yes``): each process would follow a private database
+of its own.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import secrets
 import sys
 
+import autobahn
 from twisted.application import service
 from twisted.internet import threads
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python import usage
 
+import realtime
+import twisted
 from realtime import config as config_module
+from realtime.databases.rules import RuleFileError
 from realtime.dev.embedded import PouchDBServer
-from realtime.service import make_service
+from realtime.service import EXIT_STARTUP_FAILED, Startup, make_service
+
+
+def version_text() -> str:
+    return (f"realtime {realtime.__version__} (Twisted {twisted.__version__}, "
+            f"Autobahn {autobahn.__version__}, Python {platform.python_version()})")
 
 
 class Options(usage.Options):
@@ -35,6 +58,12 @@ class Options(usage.Options):
         for option in config_module.OPTIONS
     ]
 
+    def opt_version(self):
+        """Print realtime's version (and Twisted's, Autobahn's, Python's) and exit."""
+        sys.stdout.write(version_text() + "\n")
+        sys.stdout.flush()
+        sys.exit(0)
+
     def postOptions(self):
         given = {option.name: self[option.flag] for option in config_module.OPTIONS}
         try:
@@ -42,11 +71,21 @@ class Options(usage.Options):
         except config_module.ConfigError as e:
             raise usage.UsageError(str(e))
         self.embedded = _wants_embedded(self.config, given)
+        if self.embedded and self.config.redis_url and not _embedded_forced(self.config):
+            raise usage.UsageError(
+                "REDIS_URL is set (several processes) but COUCHDB_URL is not: each process "
+                "would start a private in-memory CouchDB of its own; set COUCHDB_URL to one "
+                "shared CouchDB (a first `make run` prints one), or --embedded-couchdb=yes "
+                "for a single process")
+
+
+def _embedded_forced(config) -> bool:
+    return config.embedded_couchdb.strip().lower() in ("yes", "true", "1")
 
 
 def _wants_embedded(config, given) -> bool:
     choice = config.embedded_couchdb.strip().lower()
-    if choice in ("yes", "true", "1"):
+    if _embedded_forced(config):
         return True
     if choice in ("no", "false", "0"):
         return False
@@ -54,84 +93,172 @@ def _wants_embedded(config, given) -> bool:
 
 
 class _EmbeddedCouchDBService(service.Service):
-    """Starts pouchdb-server in a thread (it takes seconds), stops it by PID."""
+    """
+    Starts pouchdb-server in a thread (it takes seconds), stops it by PID.  Not started
+    when start-up has already failed (a listener could not listen); stopped only once its
+    start is over, so that a start cut short leaves no pouchdb-server behind.
+    """
 
-    def __init__(self, server, demo_user, demo_password, listen, demo=False, admin=False):
+    def __init__(self, server, demo_user, demo_password, config, startup):
         self.server = server
         self._demo = (demo_user, demo_password)
-        self._listen = listen
-        self._pages = (demo, admin)  # what the banner points to
-        self._ready = None
+        self._config = config
+        self._startup = startup
+        self._ready = Deferred()  # fires once the server answers (never, if it fails)
+        self._start_done = None
 
     def ready(self):
         return self._ready
 
     def startService(self):
         super().startService()
-        self._ready = threads.deferToThread(self._start)
-        self._ready.addErrback(self._failed)
+        if self._startup.failed is not None:
+            return
+        self._start_done = threads.deferToThread(self._start)
+        self._start_done.addCallbacks(self._ready.callback, self._failed)
 
     def _start(self):
         self.server.start()
         user, password = self._demo
         self.server.create_user(user, password, roles=["member"], email=f"{user}@example.com")
-        _print_banner(self.server, user, password, self._listen, *self._pages)
+        if self._startup.failed is None:
+            _print_banner(self.server, user, password, self._config)
 
     def _failed(self, failure):
-        from twisted.internet import reactor
-        sys.stderr.write(f"realtime: cannot start the embedded pouchdb-server: "
-                         f"{failure.getErrorMessage()}\n")
-        reactor.callLater(0, reactor.stop)
-        return failure
+        self._startup.fail(f"cannot start the embedded pouchdb-server: "
+                           f"{failure.getErrorMessage()}")
 
     def stopService(self):
         super().stopService()
-        return threads.deferToThread(self.server.stop)
+        if self._start_done is None:
+            return None
+        d, self._start_done = self._start_done, None
+        return d.addBoth(lambda _: threads.deferToThread(self.server.stop))
 
 
-def _print_banner(server, user, password, listen, demo=False, admin=False):
-    port = "8080"
+def listen_summary(listen) -> tuple:
+    """
+    ``(base_url, where)`` for the first listening endpoint: the URL a person on this host
+    uses (``http://127.0.0.1:8080``) and the interfaces it serves, in words.
+    """
+    scheme, host, port, where = "http", "127.0.0.1", "8080", "every interface"
     for description in listen:
         parts = description.split(":")
-        if parts[0] in ("tcp", "ssl") and len(parts) > 1:
-            port = parts[1]
-            break
-    scheme = "wss" if listen and listen[0].startswith("ssl") else "ws"
-    sys.stdout.write(f"""
-realtime: embedded in-memory CouchDB (pouchdb-server) at {server.url}
-  admin:      {server.admin} / (generated; see COUCHDB_ADMIN_AUTH to use your own CouchDB)
-  demo user:  {user} / {password}
+        if parts[0] not in ("tcp", "ssl", "reuseport") or len(parts) < 2:
+            continue
+        scheme = "https" if parts[0] == "ssl" else "http"
+        port = parts[1]
+        interfaces = [p.split("=", 1)[1] for p in parts[2:] if p.startswith("interface=")]
+        if interfaces and interfaces[0] not in ("", "0.0.0.0", "::"):
+            host = where = interfaces[0]
+            where = f"{host} only"
+        break
+    return f"{scheme}://{host}:{port}", where
 
-Log in and connect:
-  curl -si -X POST {server.url}/_session -H 'Content-Type: application/json' \\
-       -d '{{"name":"{user}","password":"{password}"}}' | grep -i set-cookie
-  then open {scheme}://127.0.0.1:{port}/ws with that AuthSession cookie
-  (python examples/client.py --couchdb {server.url} --user {user} --password={password} --port {port})
-Change the user's document (in another terminal) and watch it arrive:
-  python examples/client.py --couchdb {server.url} --user {user} --password={password} --touch
-Status: curl http://127.0.0.1:{port}/websocket/status
-""")
-    http = "https" if scheme == "wss" else "http"
-    if demo:
-        sys.stdout.write(f"In a browser: {http}://127.0.0.1:{port}/demo (log in as {user})\n")
-    sys.stdout.write(f"Dashboard:    {http}://127.0.0.1:{port}/admin"
-                     f"{'' if admin else ' (set REALTIME_ADMIN_KEY to use it)'}\n")
-    sys.stdout.flush()
+
+def banner_lines(server, user, password, config) -> list:
+    """
+    What the run command prints once the embedded CouchDB is up: plain lines, every
+    command on one line of its own (a person copies them whole).
+    """
+    base, where = listen_summary(config.listen)
+    ws = base.replace("http", "ws", 1)
+    port = base.rsplit(":", 1)[1]
+    client = (f"python examples/client.py --couchdb {server.url} --user {user} "
+              f"--password={password}")
+    lines = [
+        "",
+        f"realtime {realtime.__version__} is serving {base} ({where}; REALTIME_LISTEN "
+        "chooses)",
+        f"  WebSocket: {ws}/ws    REST API: {base}/websocket/    docs: docs/index.rst",
+        "Embedded in-memory CouchDB (pouchdb-server; its data is lost at exit):",
+        f"  {server.url}/_utils    admin: {server.admin} / {server.password}",
+        f"  demo user: {user} / {password}",
+        "",
+        "Connect as the demo user and print what arrives:",
+        f"  {client} --port {port}",
+        "Change the demo user's document (in another terminal) and watch it arrive:",
+        f"  {client} --touch",
+        "Status:",
+        f"  curl {base}/websocket/status",
+    ]
+    if config.demo:
+        lines += [f"Demo page (log in as {user}; two browsers, two users):", f"  {base}/demo"]
+    lines += ["Operators' dashboard" + ("" if config.admin_key else
+                                        " (set REALTIME_ADMIN_KEY to use it)") + ":",
+              f"  {base}/admin"]
+    if config.jwt_secret:
+        lines += ["A test JWT for the demo user (signed with JWT_SECRET):",
+                  f"  python -m realtime.token {user}"]
+    lines += [
+        "A second process on this CouchDB (with REDIS_URL on both to share the work):",
+        f"  COUCHDB_URL={server.url} COUCHDB_ADMIN_AUTH={server.admin_auth} "
+        "REALTIME_LISTEN=tcp:8081:interface=127.0.0.1 python -m realtime",
+        "",
+        "Waiting for the CouchDB feeds (a few seconds): a 'ready' line follows.",
+    ]
+    return lines
+
+
+def console():
+    """The terminal (not twistd's log, which captures ``sys.stdout``)."""
+    return sys.__stdout__ or sys.stdout
+
+
+def _print_banner(server, user, password, config, out=None):
+    out = out or console()
+    out.write("\n".join(banner_lines(server, user, password, config)) + "\n")
+    out.flush()
 
 
 def makeService(options) -> service.MultiService:
+    """
+    The service tree (with the embedded CouchDB when asked for).  An option that cannot be
+    used ends the process here: one line on stderr, exit status 2.
+    """
+    try:
+        return _make_service(options)
+    except (config_module.ConfigError, RuleFileError) as e:
+        sys.stderr.write(f"realtime: {e}\n")
+        sys.stderr.flush()
+        raise SystemExit(EXIT_STARTUP_FAILED) from None
+
+
+def _make_service(options) -> service.MultiService:
+    from twisted.internet import reactor  # the one twistd installed (--reactor)
 
     config = options.config
+    startup = Startup(reactor)
     if not options.embedded:
-        return make_service(config)
+        return make_service(config, startup=startup, on_ready=_ready_announcer(config))
 
     server = PouchDBServer(port=int(os.environ.get("REALTIME_EMBEDDED_PORT", "0")) or None)
     config = config.replace(couchdb_url=server.url, couchdb_admin_auth=server.admin_auth)
     embedded = _EmbeddedCouchDBService(server, os.environ.get("REALTIME_DEMO_USER", "demo"),
                                        os.environ.get("REALTIME_DEMO_PASSWORD")
-                                       or secrets.token_hex(8), config.listen,  # never starts with '-'
-                                       demo=config.demo, admin=bool(config.admin_key))
+                                       or secrets.token_hex(8),  # never starts with '-'
+                                       config, startup)
     top = service.MultiService()
     embedded.setServiceParent(top)
-    make_service(config, ready=embedded.ready).setServiceParent(top)
+    make_service(config, ready=embedded.ready, startup=startup,
+                 on_ready=_ready_announcer(config, console())).setServiceParent(top)
     return top
+
+
+def ready_line(config, followers) -> str:
+    base, _ = listen_summary(config.listen)
+    feeds = ", ".join(f.db for f in followers)
+    return f"realtime: ready: the CouchDB feeds are connected ({feeds}); serving {base}"
+
+
+def _ready_announcer(config, out=None):
+    """Logs (and, for the run command, prints) the ``ready`` line once the feeds connect."""
+    log = Logger(namespace="realtime")
+
+    def announce(followers):
+        line = ready_line(config, followers)
+        log.info("{line}", line=line)
+        if out is not None:
+            out.write(line + "\n")
+            out.flush()
+    return announce

@@ -259,5 +259,8 @@ class ConnectionLifecycleTests(unittest.TestCase):
         from realtime import config as config_module
         from realtime.service import ShutdownService, make_service
         top = make_service(config_module.defaults(listen=("tcp:0:interface=127.0.0.1",)))
-        kinds = [type(s) for s in top]
-        self.assertLess(kinds.index(ShutdownService), kinds.index(StreamServerEndpointService))
+        services = list(top)
+        shutdown = next(i for i, s in enumerate(services) if isinstance(s, ShutdownService))
+        listener = next(i for i, s in enumerate(services)
+                        if isinstance(s, StreamServerEndpointService))
+        self.assertLess(shutdown, listener)

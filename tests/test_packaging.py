@@ -116,11 +116,11 @@ class BannerTests(unittest.TestCase):
         from realtime.tap import _print_banner
 
         class Server:
-            url, admin = "http://127.0.0.1:5999", "admin"
+            url, admin, password, admin_auth = "http://127.0.0.1:5999", "admin", "pw", "YWRtaW46cHc="
 
         out = io.StringIO()
         with redirect_stdout(out):
-            _print_banner(Server(), "demo", "-dash-first", ("tcp:8080",))
+            _print_banner(Server(), "demo", "-dash-first", config_module.defaults(), out)
         client = runpy.run_path(os.path.join(REPO, "examples", "client.py"))
         commands = [line.split("python examples/client.py", 1)[1].rstrip(")")
                     for line in out.getvalue().splitlines() if "examples/client.py" in line]

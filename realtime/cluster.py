@@ -13,19 +13,14 @@ from __future__ import annotations
 import dataclasses
 
 from realtime.auth.stores import MemoryNonceStore, MemoryRevocationStore
-from realtime.hub.broker import BrokerUnavailable, MemoryBroker
+from realtime.hub.broker import MemoryBroker
 from realtime.hub.history import MemoryHistory
 from realtime.hub.presence import LocalPresence
 from realtime.redis.broker import RedisBroker
-from realtime.redis.client import RedisUnavailable
 from realtime.redis.history import RedisHistory
 from realtime.redis.presence import RedisPresence
 from realtime.redis.stores import RedisNonceStore, RedisRevocationStore
 from realtime.redis.url import parse_redis_url
-
-#: Failures meaning "Redis cannot answer now": REST answers 503, auth answers no (4101).
-#: ``failure.check(*UNAVAILABLE)`` / ``except UNAVAILABLE``.
-UNAVAILABLE = (BrokerUnavailable, RedisUnavailable)
 
 
 @dataclasses.dataclass

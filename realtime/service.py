@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
+import treq.client
 from twisted.application import internet, service
 from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError
@@ -174,7 +175,6 @@ def make_jwt_verifier(config, clock, http=None):
 
 
 def make_http_client(reactor, persistent: bool = True):
-    import treq.client
     pool = HTTPConnectionPool(reactor, persistent=persistent)
     return treq.client.HTTPClient(Agent(reactor, pool=pool)), pool
 

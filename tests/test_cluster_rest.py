@@ -8,9 +8,9 @@ wired to the cluster objects (see the redis branch report), rename it:
 
     git mv tests/pending_test_cluster_rest.py tests/test_cluster_rest.py
 
-The paths and bodies are DESIGN.md's.  What a client receives for ``message/*`` is assumed
+The paths and bodies are docs/rest.rst's.  What a client receives for ``message/*`` is assumed
 to be ``{"type": <type>, "data": <data>, "timestamp": …}`` and for ``publish``
-``{"type": "publication", "topic", "data", "from", "timestamp"}`` (DESIGN.md's table).
+``{"type": "publication", "topic", "data", "from", "timestamp"}`` (docs/rest.rst).
 """
 
 import time

@@ -1,6 +1,6 @@
 """
 The shape of the tree (docs/DEVELOPING.rst, "Layout of the code"): no import cycle among
-the modules of ``realtime``.
+the modules of ``realtime``, nor among its packages.
 
 The import graph is read from the source with :mod:`ast` (every ``import`` statement,
 at module level or inside a function), so a cycle hidden in a function-level import is
@@ -100,6 +100,25 @@ class ImportGraphTests(unittest.TestCase):
         modules = source_modules()
         graph = {name: imports_of(name, path, modules) for name, path in modules.items()}
         self.assertIn("realtime.hub.gateway", graph["realtime.service"])  # the reader works
+        self.assertEqual(cycles(graph), [])
+
+    def test_packages_import_one_way(self):
+        """
+        Between packages too, imports run one way: no package imports one that imports it
+        (each top-level module of realtime counts as a package of its own).
+        """
+        modules = source_modules()
+
+        def area(name):
+            parts = name.split(".")
+            return ".".join(parts[:2])
+
+        graph = {}
+        for name, path in modules.items():
+            for imported in imports_of(name, path, modules):
+                if area(imported) != area(name):
+                    graph.setdefault(area(name), set()).add(area(imported))
+        self.assertIn("realtime.hub", graph["realtime.redis"])
         self.assertEqual(cycles(graph), [])
 
     def test_cycle_finder_finds_a_cycle(self):

@@ -1,5 +1,5 @@
 """
-Signed messages: the exact bytes DESIGN.md defines, verified over the raw text.
+Signed messages: the exact bytes docs/protocol.rst defines, verified over the raw text.
 """
 
 import base64

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import jwt
+import treq
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
@@ -174,7 +175,6 @@ def _describe(error: Exception) -> str:
 
 def _read_limited(response, limit: int) -> Deferred:
     """The body, or a failure with JWKSUnavailable when it is larger than ``limit``."""
-    import treq
     chunks = []
     size = [0]
 

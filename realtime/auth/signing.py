@@ -1,5 +1,5 @@
 """
-Signed client messages (``WS_SIGNED_MESSAGES``; DESIGN.md "Signed messages").
+Signed client messages (``WS_SIGNED_MESSAGES``; docs/protocol.rst, "Signed messages").
 
 ``connected`` carries a random ``sessionSecret``; every later client message is an envelope
 ``{"payload": <message>, "signature": …, "timestamp": <ms since epoch>, "nonce": <string>}``

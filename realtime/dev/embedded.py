@@ -13,6 +13,7 @@ repository (``npm ci`` installs it there), then ``$PATH``.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import shutil
@@ -23,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from typing import Optional
+from urllib.parse import quote
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -129,7 +131,6 @@ class PouchDBServer:
             return e.code, e.read()
 
     def create_user(self, name: str, password: str, roles=(), **fields) -> dict:
-        import json
         doc = {"_id": "org.couchdb.user:" + name, "name": name, "password": password,
                "roles": list(roles), "type": "user", **fields}
         status, body = self.request("PUT", "/_users/org.couchdb.user:" + _quote(name),
@@ -140,7 +141,6 @@ class PouchDBServer:
 
     def login(self, name: str, password: str) -> str:
         """The AuthSession cookie value of a new session for that user."""
-        import json
         request = urllib.request.Request(
             self.url + "/_session", method="POST",
             data=json.dumps({"name": name, "password": password}).encode(),
@@ -174,5 +174,4 @@ def stop_process(process: Optional[subprocess.Popen], grace: float = 10.0) -> No
 
 
 def _quote(text: str) -> str:
-    from urllib.parse import quote
     return quote(text, safe="")

@@ -79,7 +79,6 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from realtime.auth import revocation
-from realtime.cluster import UNAVAILABLE
 from realtime.http.endpoint import (
     MAX_TYPE_LENGTH,
     MAX_USER_IDS,
@@ -95,6 +94,7 @@ from realtime.http.endpoint import (
 from realtime.http.resource import DEFAULT_MAX_BODY_BYTES, JSONResource
 from realtime.http.summary import AdminSummary
 from realtime.hub import topics
+from realtime.hub.broker import UNAVAILABLE
 from realtime.hub.history import BROADCAST_STREAM, topic_stream, user_stream
 from realtime.vocabulary import (
     CLOSE_FORBIDDEN,

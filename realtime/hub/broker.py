@@ -11,7 +11,18 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import Attribute, Interface, implementer
 
 
-class BrokerUnavailable(Exception):
+class Unavailable(Exception):
+    """
+    Shared state (the broker, presence, a store) cannot answer now: Redis is away or too
+    slow.  REST answers 503, auth answers no (4101).  Every such failure is a subclass.
+    """
+
+
+#: ``failure.check(*UNAVAILABLE)`` / ``except UNAVAILABLE``
+UNAVAILABLE = (Unavailable,)
+
+
+class BrokerUnavailable(Unavailable):
     """
     ``publish`` could not hand the event to the other processes (Redis away or too slow):
     nobody received it.  The REST layer answers 503; a client's ``publish`` gets an error.

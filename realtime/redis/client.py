@@ -2,9 +2,9 @@
 One Redis connection that keeps coming back, with a bounded time on every command.
 
 :class:`RedisClient` wraps a txredisapi factory in the style that works with txredisapi
-1.6 (PITFALLS.md): ``factory.startConnecting(endpoint)``, ``convertNumbers=False`` (ids and
-tokens stay strings), a reply timeout as a backstop, and our own timeout, on the injected
-clock, on every command.  While Redis is away a command fails at once with
+1.6 (docs/DEVELOPING.rst, "Facts learnt the hard way"): ``factory.startConnecting(endpoint)``,
+``convertNumbers=False`` (ids and tokens stay strings), a reply timeout as a backstop, and
+our own timeout, on the injected clock, on every command.  While Redis is away a command fails at once with
 :class:`RedisUnavailable` instead of waiting for the reconnection: the callers (REST calls,
 handshakes) want a fast, honest "no", not a hang.
 
@@ -22,15 +22,16 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from realtime.hub.broker import Unavailable
 from realtime.redis.url import RedisAddress, client_endpoint
 
 
-class RedisUnavailable(Exception):
+class RedisUnavailable(Unavailable):
     """Redis cannot be reached now, or did not answer in time."""
 
 
@@ -117,7 +118,6 @@ class RedisClient:
         self.state = "stopped"
         self.protocol = None
         if factory is None:
-            from twisted.internet.defer import succeed
             return succeed(None)
         d = factory.disconnect()
         # txredisapi schedules zero-delay calls while connecting and stopping: let them run

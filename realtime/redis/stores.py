@@ -23,7 +23,7 @@ token ids are already ``jti:…`` or ``sha256:…`` (never the token).
 
 When Redis cannot answer, the Deferred fails with
 :class:`realtime.redis.client.RedisUnavailable`: an auth question Redis cannot answer is
-answered no (DESIGN.md: close 4101 / ``unavailable``; a signed message is refused).
+answered no (docs/protocol.rst: close 4101 / ``unavailable``; a signed message is refused).
 """
 
 from __future__ import annotations

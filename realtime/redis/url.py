@@ -23,6 +23,8 @@ import dataclasses
 import urllib.parse
 from typing import Optional
 
+from twisted.internet import endpoints, ssl
+
 DEFAULT_PORT = 6379
 
 
@@ -95,8 +97,6 @@ def parse_redis_url(url: str) -> RedisAddress:
 
 def tls_options(address: RedisAddress):
     """TLS client options verifying the certificate chain and the host name."""
-    from twisted.internet import ssl
-
     trust_root = None
     if address.ca_path:
         try:
@@ -109,8 +109,6 @@ def tls_options(address: RedisAddress):
 
 def client_endpoint(reactor, address: RedisAddress, connect_timeout: float = 5.0):
     """The endpoint to reach ``address`` (TCP, or TLS over TCP for rediss://)."""
-    from twisted.internet import endpoints
-
     endpoint = endpoints.HostnameEndpoint(reactor, address.host, address.port,
                                           timeout=connect_timeout)
     if address.tls:

@@ -32,8 +32,11 @@ Connection set-up and memory per connection:
 
 from __future__ import annotations
 
+import pprint
 import types
 
+from autobahn.twisted import websocket as ab_twisted
+from autobahn.websocket import protocol as ab_protocol
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
@@ -141,9 +144,6 @@ def lazy_autobahn_debug_formatting() -> None:
     global _patched
     if _patched:
         return
-    from autobahn.twisted import websocket as ab_twisted
-    from autobahn.websocket import protocol as ab_protocol
-
     # both modules: the Twisted adapter formats hltype/hlval on every connectionMade,
     # dataReceived and connectionLost too
     for module in (ab_protocol, ab_twisted):
@@ -153,7 +153,6 @@ def lazy_autobahn_debug_formatting() -> None:
                 setattr(module, name, lambda *args, _original=original, **kw: _Deferred(
                     lambda: _original(*args, **kw)))
     # the one use of pformat whose result must be a str
-    import pprint
     ab_protocol.Timings.__str__ = lambda self: pprint.pformat(self._timings)
     _patched = True
 

@@ -20,6 +20,7 @@ import socket
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IStreamServerEndpoint, IStreamServerEndpointStringParser
+from twisted.internet.tcp import makeBinding
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
@@ -33,8 +34,6 @@ class ReusePortEndpoint:
         self._backlog = backlog
 
     def listen(self, factory):
-        from twisted.internet.tcp import makeBinding
-
         if not hasattr(socket, "SO_REUSEPORT"):
             return defer.fail(NotImplementedError("SO_REUSEPORT is not available here"))
         binding = makeBinding(self._interface, self._port, reuseAddress=True, reusePort=True)

@@ -1,7 +1,7 @@
 """
 The WebSocket endpoint ``/ws``: a thin Autobahn adapter over the gateway.
 
-Wire protocol (v1; the contract is ``DESIGN.md``).  Every message is a JSON object with a
+Wire protocol (v1; the contract is docs/protocol.rst).  Every message is a JSON object with a
 ``type``, both ways; timestamps are ISO 8601 UTC strings.
 
 Connecting:
@@ -815,7 +815,10 @@ def keep_alive(connections, now: float, timeout: float) -> None:
 
 
 def make_factory(gateway, url: str = "ws://localhost/ws") -> WebSocketServerFactory:
-    """The Autobahn factory with every protocol option set explicitly (see PITFALLS.md)."""
+    """
+    The Autobahn factory with every protocol option set explicitly: Autobahn's defaults
+    are not this server's (docs/DEVELOPING.rst, "Facts learnt the hard way").
+    """
     config = gateway.config
     fastpath.lazy_autobahn_debug_formatting()
     factory = _Factory(url)

@@ -44,6 +44,26 @@ class RedisStoreTests(unittest.TestCase):
         self.assertFalse((yield there.is_revoked("jti:other")))
 
     @inlineCallbacks
+    def test_checks_of_one_turn_are_one_command(self):
+        """Checks asked in one reactor turn: one MGET, each answered for its own token."""
+        store = RedisRevocationStore(self.clients[0], reactor, self.prefix)
+        store.MAX_BATCH = 3  # and split past the batch size
+        yield store.revoke("jti:r1", time.time() + 60)
+        yield store.revoke("jti:r4", time.time() + 60)
+        sent = []
+        original = self.clients[0].execute
+
+        def recording(*args, **kwargs):
+            sent.append(args[0])
+            return original(*args, **kwargs)
+
+        self.clients[0].execute = recording
+        ids = [f"jti:r{i}" for i in range(6)]
+        answers = yield gatherResults([store.is_revoked(t) for t in ids])
+        self.assertEqual(answers, [False, True, False, False, True, False])
+        self.assertEqual(sent, ["MGET", "MGET"])
+
+    @inlineCallbacks
     def test_revocation_kept_until_expiry_only(self):
         """A revocation expires with the token (no need to keep it longer)."""
         store = RedisRevocationStore(self.clients[0], reactor, self.prefix)

@@ -9,6 +9,9 @@ It starts, as real processes on loopback:
   ``gateway``  ``python -m realtime`` with ``JWT_SECRET``, ``COUCHDB_URL`` and the benchmark
                hook ``REALTIME_BENCH_TRIGGER`` (see :mod:`realtime.dev.benchhook`); clients
                authenticate with a JWT in the ``token`` query parameter;
+  ``gateway2`` two such processes on one ``reuseport:`` port with ``REDIS_URL`` (a
+               redis-server of their own): the scaled-out deployment on this machine's two
+               cores; compared with ``gateway`` in the same run;
   ``floor``    ``benchmarks/floor_server.py``: raw Twisted, handshake by hand, pre-framed
                bytes; no auth;
   ``node``     ``benchmarks/node_ws_server.js``: Node ``ws``, ``client.send`` to each; no auth;
@@ -28,7 +31,8 @@ N = 1,000 the latency p50/p99/max of events sent at 50/s.  Once per run it measu
 write -> client receipt latency through pouchdb-server (``_users`` doc update ->
 ``user-change``), gateway only.
 
-Results: ``benchmarks/results/<stamp>.json`` and ``.md`` (gitignored); the table is printed.
+Results: ``benchmarks/results/<stamp>.json``, ``.md`` and ``-readme.rst`` (the README's
+table, to paste as it is) (gitignored); the table is printed.
 """
 
 from __future__ import annotations
@@ -56,7 +60,10 @@ from realtime.hub.registry import frame_text  # noqa: E402
 SECRET = "benchmark-secret-not-for-production"
 SIZE = 128  # payload bytes of every benchmark event
 FRAME_LEN = len(frame_text(bench_message(0, SIZE).encode()))
-SERVERS = ("gateway", "floor", "node")
+SERVERS = ("gateway", "gateway2", "floor", "node")
+#: the gateway's configurations: one process; two on a reuseport: port with Redis; and, not
+#: in the default run (--servers), one process with Redis, to tell the cost of Redis apart
+GATEWAYS = ("gateway", "gateway2", "gateway1r")
 BURST_EVENTS = 100  # events per callback in the burst shape (13 KiB per connection)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -98,42 +105,74 @@ def wait_port(port: int, process, timeout: float = 30.0) -> None:
 
 
 class Server:
-    """One server process under test, with its trigger connection."""
+    """
+    The server under test (one process, or ``processes`` of them on one port), with the
+    trigger connection of the first.
+
+    ``gateway2``: two gateway processes on one ``reuseport:`` port (the kernel spreads the
+    connections over them), sharing a redis-server of their own (``REDIS_URL``: broker,
+    presence and revocations in Redis, as a scaled-out deployment runs); the trigger is
+    sent to the first process, and every event reaches the other through Redis.
+    ``gateway1r``: one such process with its redis-server (not in the default run).
+    """
 
     def __init__(self, kind: str, couch: PouchDBServer, log_dir: str, gateway_root=None):
         self.kind = kind
         self.port = free_port()
-        self.trigger_port = free_port()
+        self.redis = None
         log = open(os.path.join(log_dir, f"{kind}.log"), "ab")
         cwd = ROOT
-        env = dict(os.environ)
-        if kind == "gateway":
-            env.update({
-                "REALTIME_LISTEN": f"tcp:{self.port}:interface=127.0.0.1:backlog=4096",
-                "REALTIME_BENCH_TRIGGER": f"tcp:{self.trigger_port}:interface=127.0.0.1",
+        count = 1
+        if kind in GATEWAYS:
+            count = 2 if kind == "gateway2" else 1
+            listen = "reuseport" if count > 1 else "tcp"
+            base = dict(os.environ)
+            base.update({
+                "REALTIME_LISTEN": f"{listen}:{self.port}:interface=127.0.0.1:backlog=4096",
                 "JWT_SECRET": SECRET,
                 "COUCHDB_URL": couch.url,
                 "COUCHDB_ADMIN_AUTH": couch.admin_auth,
                 # no server ping message inside a measurement (the timers still exist)
                 "WS_HEARTBEAT_MS": "3600000",
             })
-            argv = [sys.executable, "-m", "realtime"]
+            if kind in ("gateway1r", "gateway2"):
+                self.redis = start_redis(log_dir)
+                base["REDIS_URL"] = f"redis://127.0.0.1:{self.redis.port}/0"
             cwd = gateway_root or ROOT
-        elif kind == "floor":
-            argv = [sys.executable, os.path.join(HERE, "floor_server.py"),
-                    str(self.port), str(self.trigger_port)]
-        elif kind == "node":
-            argv = ["node", os.path.join(HERE, "node_ws_server.js"),
-                    str(self.port), str(self.trigger_port)]
-        else:
-            raise ValueError(kind)
-        self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=log, stderr=log)
-        self.pid = self.process.pid
-        wait_port(self.trigger_port, self.process)
-        wait_port(self.port, self.process)
+        self.trigger_ports = [free_port() for _ in range(count)]
+        self.trigger_port = self.trigger_ports[0]
+        self.processes = []
+        for trigger_port in self.trigger_ports:
+            env = dict(os.environ)
+            if kind in GATEWAYS:
+                env = dict(base, REALTIME_BENCH_TRIGGER=f"tcp:{trigger_port}:interface=127.0.0.1")
+                argv = [sys.executable, "-m", "realtime"]
+            elif kind == "floor":
+                argv = [sys.executable, os.path.join(HERE, "floor_server.py"),
+                        str(self.port), str(trigger_port)]
+            elif kind == "node":
+                argv = ["node", os.path.join(HERE, "node_ws_server.js"),
+                        str(self.port), str(trigger_port)]
+            else:
+                raise ValueError(kind)
+            self.processes.append(subprocess.Popen(argv, cwd=cwd, env=env,
+                                                   stdin=subprocess.DEVNULL,
+                                                   stdout=log, stderr=log))
+        self.pids = [p.pid for p in self.processes]
+        self.pid = self.pids[0]
+        for process, trigger_port in zip(self.processes, self.trigger_ports):
+            wait_port(trigger_port, process)
+        wait_port(self.port, self.processes[0])
+        if self.redis is not None:
+            wait_redis_connected(self.port, self.processes)
         self.trigger = socket.create_connection(("127.0.0.1", self.trigger_port), timeout=120)
         self.trigger_file = self.trigger.makefile("rb")
+
+    def rss(self) -> int:
+        return sum(rss_kb(pid) for pid in self.pids)
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)
 
     def command(self, line: str) -> None:
         self.trigger.sendall(line.encode("ascii") + b"\n")
@@ -146,13 +185,75 @@ class Server:
             self.trigger.close()
         except OSError:
             pass
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+class _Redis:
+    def __init__(self, process, port):
+        self.process, self.port = process, port
+
+    def stop(self):
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def start_redis(log_dir: str) -> _Redis:
+    """A fresh redis-server (no persistence) on a free loopback port, for one session."""
+    import shutil
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise RuntimeError("redis-server is not installed (make test installs it)")
+    port = free_port()
+    process = subprocess.Popen(
+        [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", log_dir, "--daemonize", "no", "--loglevel", "warning"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, process)
+    return _Redis(process, port)
+
+
+def wait_redis_connected(port: int, processes, timeout: float = 20.0) -> None:
+    """Until /websocket/status answers Redis connected, 20 times in a row (the kernel spreads
+    the requests over the processes by source port, so both have answered)."""
+    deadline = time.monotonic() + timeout
+    streak = 0
+    while streak < 20:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the gateway processes did not connect to Redis")
+        if any(p.poll() is not None for p in processes):
+            raise RuntimeError("a gateway process exited")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.sendall(b"GET /websocket/status HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                body = b""
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    body += chunk
+            state = json.loads(body.partition(b"\r\n\r\n")[2])["redis"]["state"]
+        except (OSError, ValueError, KeyError):
+            state = None
+        if state == "connected":
+            streak += 1
+        else:
+            streak = 0
+            time.sleep(0.1)
 
 
 def build_client(results_dir: str) -> str:
@@ -247,7 +348,7 @@ def fan_out(server: Server, clients: Clients, shape: str, events: int, repeat: i
     """``repeat`` trigger commands of ``events`` events each; deliveries/s until the last byte."""
     clients.send_all(f"count {events * repeat * FRAME_LEN} {timeout}")
     clients.read_all("armed")
-    cpu_server, cpu_clients = cpu_seconds(server.pid), clients.cpu()
+    cpu_server, cpu_clients = server.cpu(), clients.cpu()
     t0 = time.monotonic()
     for _ in range(repeat):
         server.command(f"{shape} {events} {SIZE}")
@@ -263,7 +364,7 @@ def fan_out(server: Server, clients: Clients, shape: str, events: int, repeat: i
         "complete": complete,
         "seconds": round(elapsed, 4),
         "rate": got / elapsed,
-        "server_cpu": (cpu_seconds(server.pid) - cpu_server) / (t_end - t0),
+        "server_cpu": (server.cpu() - cpu_server) / (t_end - t0),
         "client_cpu": (clients.cpu() - cpu_clients) / (t_end - t0),
     }
 
@@ -316,17 +417,17 @@ def session(kind: str, n: int, couch, opts, log_dir: str, first_user: int) -> di
     result = {"server": kind, "n": n}
     try:
         time.sleep(0.5)
-        rss0 = rss_kb(server.pid)
-        cpu0 = cpu_seconds(server.pid)
+        rss0 = server.rss()
+        cpu0 = server.cpu()
         parts = split(n, len(clients.procs))
         starts = [first_user + sum(parts[:i]) for i in range(len(parts))]
         spy = None
         if opts.profile and kind != "node":
             spy = start_profile(server.pid, os.path.join(log_dir, f"profile-{kind}-setup-{n}.txt"))
-            cpu0 = cpu_seconds(server.pid)
+            cpu0 = server.cpu()
         try:
             clients.send_all([f"connect {server.port} {part} {opts.concurrency} "
-                              f"{token_file(log_dir, start, part) if kind == 'gateway' else '-'}"
+                              f"{token_file(log_dir, start, part) if kind.startswith('gateway') else '-'}"
                               for part, start in zip(parts, starts)])
             connected = clients.read_all("connected")
         finally:
@@ -338,12 +439,12 @@ def session(kind: str, n: int, couch, opts, log_dir: str, first_user: int) -> di
         result.update({
             "connected": ok, "failed": failed,
             "setup_rate": ok / setup_seconds if setup_seconds > 0 else None,
-            "setup_server_cpu": (cpu_seconds(server.pid) - cpu0) / setup_seconds,
+            "setup_server_cpu": (server.cpu() - cpu0) / setup_seconds,
         })
         if ok == 0:
             return result
         time.sleep(opts.settle)
-        result["idle_kb_per_conn"] = (rss_kb(server.pid) - rss0) / ok
+        result["idle_kb_per_conn"] = (server.rss() - rss0) / ok
         plan = {
             # many events in one callback: bursts of BURST_EVENTS, repeated (one callback each)
             "burst": (BURST_EVENTS, max(1, opts.deliveries // (BURST_EVENTS * ok))),
@@ -544,6 +645,21 @@ def markdown(summary: dict, couch: dict, ns, servers, meta: dict) -> str:
             f"{ratio(g['burst_rate'], f.get('burst_rate'))} | "
             f"{ratio(g['spread_rate'], nd.get('spread_rate'))} | "
             f"{ratio(g.get('p99_ms'), f.get('p99_ms')) if g.get('p99_ms') is not None else '–'} |")
+    for base, label in (("gateway", "one process (`gateway`, no Redis)"),
+                        ("gateway1r", "one process with Redis (`gateway1r`)")):
+        pairs = [(n, summary.get(f"{n}/{base}"), summary.get(f"{n}/gateway2")) for n in ns]
+        pairs = [(n, one, two) for n, one, two in pairs if one and two]
+        if not pairs:
+            continue
+        lines += ["", "Two gateway processes on one `reuseport:` port (with Redis) as a ratio "
+                  f"of {label} in the same run (target ≥ 1.7):", "",
+                  "| N | setup | burst | spread | idle KB/conn |", "|---|---|---|---|---|"]
+        for n, one, two in pairs:
+            lines.append(
+                f"| {n:,} | {ratio(two['setup_rate'], one['setup_rate'])} | "
+                f"{ratio(two['burst_rate'], one['burst_rate'])} | "
+                f"{ratio(two['spread_rate'], one['spread_rate'])} | "
+                f"{ratio(two['idle_kb_per_conn'], one['idle_kb_per_conn'])} |")
     if couch.get("error"):
         lines += ["", f"CouchDB write → client receipt: failed ({couch['error']})"]
     elif couch:
@@ -558,8 +674,44 @@ def markdown(summary: dict, couch: dict, ns, servers, meta: dict) -> str:
               f"{SIZE}-byte JSON text messages ({FRAME_LEN}-byte frames). CPU: share of one core "
               "used by the server / by all load clients during the fan-out. Latency: events "
               f"at {meta['latency_rate']:.0f}/s to N = {meta['latency_n']:,} clients, "
-              "driver send → client receipt.", ""]
+              "driver send → client receipt. gateway2: two gateway processes on one "
+              "`reuseport:` port sharing a redis-server (events published on the first reach "
+              "the second through Redis, whose reader takes them in batches: its spread is "
+              "not one event per turn at the connections); CPU and memory are the sum of "
+              "both.", ""]
     return "\n".join(lines)
+
+
+#: how the README names the servers
+README_NAMES = {"gateway": "realtime", "gateway2": "realtime, 2 processes (reuseport, Redis)",
+                "gateway1r": "realtime, 1 process with Redis",
+                "floor": "raw Twisted floor", "node": "Node ``ws``"}
+
+
+def readme_table(summary: dict, ns, servers) -> str:
+    """The README's results table (reStructuredText list-table), from a run's summary."""
+    lines = [".. list-table::", "   :header-rows: 1", "",
+             "   * - N", "     - server", "     - setup conn/s", "     - idle KB/conn",
+             "     - burst deliveries/s", "     - one-event-per-turn deliveries/s",
+             "     - p50 / p99 / max ms"]
+    for n in ns:
+        for kind in servers:
+            row = summary.get(f"{n}/{kind}")
+            if row is None:
+                continue
+            kb = row["idle_kb_per_conn"]
+            lat = ""
+            if row.get("p50_ms") is not None:
+                lat = f" {row['p50_ms']:.1f} / {row['p99_ms']:.1f} / {row['max_ms']:.1f}"
+            spread = row["spread_rate"]
+            spread = "" if spread is None else f"{spread / 1e3:.0f}k"
+            lines += [f"   * - {n:,}", f"     - {README_NAMES.get(kind, kind)}",
+                      f"     - {fmt_rate(row['setup_rate'])}",
+                      f"     - {'' if kb is None else f'{kb:.1f}'}",
+                      f"     - {fmt_rate(row['burst_rate'])}",
+                      f"     - {spread}",
+                      f"     -{lat}"]
+    return "\n".join(lines) + "\n"
 
 
 def _pct(value):
@@ -656,6 +808,8 @@ def main(argv=None) -> int:
                    "couch": couch_result}, f, indent=1)
     with open(os.path.join(results_dir, f"{stamp}.md"), "w") as f:
         f.write(table)
+    with open(os.path.join(results_dir, f"{stamp}-readme.rst"), "w") as f:
+        f.write(readme_table(summary, opts.n, servers))
     print(table)
     return 0
 

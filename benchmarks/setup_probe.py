@@ -54,7 +54,7 @@ runpy.run_module("realtime", run_name="__main__", alter_sys=True)
         rss0 = run.rss_kb(server.pid)
         parts = run.split(n, len(clients.procs))
         starts = [first_user + sum(parts[:i]) for i in range(len(parts))]
-        files = [run.token_file(log_dir, s, p) if kind == "gateway" else "-"
+        files = [run.token_file(log_dir, s, p) if kind in run.GATEWAYS else "-"
                  for p, s in zip(parts, starts)]
         spy = None
         if opts.profile and kind != "node":

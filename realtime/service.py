@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import treq.client
 from twisted.application import internet, service
@@ -174,9 +175,22 @@ def make_jwt_verifier(config, clock, http=None):
         raise ConfigError(f"JWT_ALGORITHMS: {e}") from None
 
 
+def no_cookies() -> CookieJar:
+    """
+    A cookie jar that keeps nothing.  treq's client keeps every cookie it is sent and sends
+    it back; the gateway's one client makes every request: checking users' sessions
+    (CouchDB refreshes a session cookie in the answer), relaying the demo's logins, and its
+    own admin requests.  A kept user cookie would then ride along with those (CouchDB
+    authenticates a cookie before Basic auth), or with another user's login.  Each request
+    carries exactly the credentials it is given.
+    """
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+
 def make_http_client(reactor, persistent: bool = True):
+    """The gateway's treq client (``(client, pool)``); it keeps no cookie (:func:`no_cookies`)."""
     pool = HTTPConnectionPool(reactor, persistent=persistent)
-    return treq.client.HTTPClient(Agent(reactor, pool=pool)), pool
+    return treq.client.HTTPClient(Agent(reactor, pool=pool), cookiejar=no_cookies()), pool
 
 
 def make_writer(config, reactor, http, rules, metrics) -> DocumentWriter:

@@ -33,7 +33,7 @@ from realtime.dev.embedded import PouchDBServer, free_port, stop_process
 from realtime.http.pages import make_pages
 from realtime.http.rest import make_api
 from realtime.http.site import make_site
-from realtime.service import make_followers, make_gateway, make_heartbeat_service
+from realtime.service import make_followers, make_gateway, make_heartbeat_service, no_cookies
 from realtime.transport import fastpath
 from realtime.transport import websocket as protocol_module
 
@@ -266,7 +266,7 @@ class GatewayHarness:
         import treq.client
         pool = HTTPConnectionPool(reactor, persistent=False)
         self._pools.append(pool)
-        http = treq.client.HTTPClient(Agent(reactor, pool=pool))
+        http = treq.client.HTTPClient(Agent(reactor, pool=pool), cookiejar=no_cookies())
         self.http = http
         self.gateway = make_gateway(self.config, reactor, http=http, rules=self.rules)
         self.seen_ids = set()

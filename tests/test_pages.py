@@ -176,6 +176,27 @@ class DemoTests(PagesTestCase):
         self.assertIn("Max-Age=0", self.header(out, "Set-Cookie"))
 
     @inlineCallbacks
+    def test_two_logins_never_mix(self):
+        """
+        Two users logging in one after the other each get their own session: the gateway's
+        HTTP client keeps no cookie from an answer (treq's would, and send it with the next
+        request: the next user's login, or the gateway's own admin requests).
+        """
+        first, first_pw = self.new_user()
+        second, second_pw = self.new_user()
+        _, answer = yield self.login(first, first_pw)
+        self.assertEqual(answer["name"], first)
+        response, answer = yield self.login(second, second_pw)
+        self.assertEqual(answer["name"], second)
+        cookie = self.header(response, "Set-Cookie").split(";")[0]
+        again, body = yield self.get("/demo/session", headers={"Cookie": cookie})
+        self.assertEqual(json.loads(body)["name"], second)
+        # and a request of the gateway's own carries no user's cookie
+        response = yield self.gw.http.get(harness.pouchdb().url + "/_session")
+        session = yield response.json()
+        self.assertIsNone(session["userCtx"]["name"])
+
+    @inlineCallbacks
     def test_wrong_password_and_bad_requests(self):
         """A wrong password is 401 with no cookie; a body that is not JSON 415; no name 400."""
         name, _ = self.new_user()

@@ -198,7 +198,10 @@ class DemoTests(PagesTestCase):
 
     @inlineCallbacks
     def test_wrong_password_and_bad_requests(self):
-        """A wrong password is 401 with no cookie; a body that is not JSON 415; no name 400."""
+        """
+        A wrong password is 401 with no cookie; a body that is not JSON 415; no name 400;
+        asking who is logged in without a (valid) session: nobody.
+        """
         name, _ = self.new_user()
         response, answer = yield self.login(name, "not-the-password")
         self.assertEqual((response.code, answer["error"]), (401, "auth_failed"))
@@ -208,7 +211,10 @@ class DemoTests(PagesTestCase):
         response, answer = yield self.login("", "x")
         self.assertEqual((response.code, answer.get("field")), (400, "name"))
         response, body = yield self.get("/demo/session")
-        self.assertEqual(response.code, 401)
+        self.assertEqual((response.code, json.loads(body)), (200, {"name": None}))
+        response, body = yield self.get("/demo/session",
+                                        headers={"Cookie": "AuthSession=Zm9yZ2VkOjEyMzQ6YWJj"})
+        self.assertEqual((response.code, json.loads(body)), (200, {"name": None}))
 
     @inlineCallbacks
     def test_the_password_reaches_no_log(self):

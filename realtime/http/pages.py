@@ -152,7 +152,8 @@ class DemoSession(Endpoint):
       ``auth_failed`` for a wrong name or password (CouchDB's own answer is not passed on);
       503 when CouchDB does not answer.
     - ``GET /demo/session``: the same answer for the session the cookie holds (a page
-      reload: the cookie is ``HttpOnly``, the page cannot read it), 401 without one.
+      reload: the cookie is ``HttpOnly``, the page cannot read it); ``{"name": null}``
+      without one, or when it has ended (a 200: a page asking is not an error).
     - ``DELETE /demo/session``: the cookie is cleared and the session ended on CouchDB.
 
     ``profile`` is the user's own ``_users`` document as the user reads it with that
@@ -204,8 +205,13 @@ class DemoSession(Endpoint):
     def handle_GET(self, request):
         cookie = request.getCookie(b"AuthSession")
         if not cookie or _auth_session([b"AuthSession=" + cookie]) is None:
-            raise HTTPError(401, "not_logged_in", "no session")
-        answer = yield self._whoami(cookie)
+            return (200, {"name": None})
+        try:
+            answer = yield self._whoami(cookie)
+        except HTTPError as e:
+            if e.status != 401:
+                raise
+            return (200, {"name": None})
         return (200, answer)
 
     @inlineCallbacks

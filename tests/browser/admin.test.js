@@ -94,6 +94,23 @@ test("actions: a message to a user and a broadcast reach the client", async () =
   await page.context().close();
 });
 
+test("revoking a token from the dashboard closes its connection (4001, revoked)", async () => {
+  const page = await newPage(browser);
+  await loggedIn(page);
+  const token = jwt(unique("revoked"));
+  const rt = new Realtime(gateway.wsUrl, { token, WebSocket: recordingWebSocket().WebSocket });
+  clients.push(rt);
+  await within(rt.once("state", (s) => s === "open"), T, "connected");
+  const closed = within(rt.once("state", (s) => s === "closed"), T, "the client to be closed");
+  await page.fill('#f-revoke input[name="token"]', token);
+  await page.click('#f-revoke button[type="submit"]');
+  const [, detail] = await closed;
+  assert.deepEqual([detail.code, detail.reason], [4001, "revoked"]);
+  // the token was sent in the body only: it is not on the page afterwards
+  assert.equal((await page.content()).includes(token), false);
+  await page.context().close();
+});
+
 test("screenshot of the dashboard with traffic on its charts", async () => {
   const page = await newPage(browser);
   const people = await Promise.all(["ada", "grace", "linus", "ken"].map((name) => nodeClient(unique(name))));
@@ -110,7 +127,7 @@ test("screenshot of the dashboard with traffic on its charts", async () => {
   } finally {
     clearInterval(publishing);
   }
-  await page.screenshot({ path: screenshotPath("admin.png"), fullPage: true });
+  await page.screenshot({ path: screenshotPath("admin.png"), fullPage: true, animations: "disabled" });
   assert.ok(Number(await page.textContent("#t-auth")) >= 4);
   await page.context().close();
 });

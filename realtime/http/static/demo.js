@@ -282,6 +282,6 @@ $("edit-form").addEventListener("submit", async (event) => {
 // -- start ------------------------------------------------------------------------------
 
 session("GET").then(({ status, answer }) => {
-  if (status === 200) start(answer);
+  if (status === 200 && answer.name) start(answer);
   else showLogin("");
 });

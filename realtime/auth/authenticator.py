@@ -92,9 +92,17 @@ class JWTVerifier:
         self.roles_claim = roles_claim
         self.leeway = leeway
         self._clock = clock
+        # What PyJWT checks, given once (not merged into its defaults on every token)
+        options = {"require": ["exp"], "verify_aud": audience is not None}
+        self._decode_kwargs = {}
+        if audience is not None:
+            self._decode_kwargs["audience"] = audience
+        if issuer is not None:
+            self._decode_kwargs["issuer"] = issuer
+            options["require"].append("iss")
         # HMAC secrets checked once, not per token; tokens of the static key cached
-        self._decoder = tokencache.prepared_decoder(key, self.algorithms) if key is not None \
-            else jwt.PyJWT()
+        self._decoder = tokencache.prepared_decoder(key, self.algorithms, options) \
+            if key is not None else jwt.PyJWT(options)
         self._cache = tokencache.TokenCache(leeway, cache_size) \
             if key is not None and cache_size else None
 
@@ -124,16 +132,9 @@ class JWTVerifier:
         self.header(token)
         if key is None:
             key = self._key
-        options = {"require": ["exp"], "verify_aud": self.audience is not None}
-        kwargs = {}
-        if self.audience is not None:
-            kwargs["audience"] = self.audience
-        if self.issuer is not None:
-            kwargs["issuer"] = self.issuer
-            options["require"].append("iss")
         try:
             claims = self._decoder.decode(token, key, algorithms=self.algorithms,
-                                          options=options, leeway=self.leeway, **kwargs)
+                                          leeway=self.leeway, **self._decode_kwargs)
         except jwt.ExpiredSignatureError:
             raise AuthFailure("token-expired", "token expired") from None
         except jwt.InvalidTokenError as e:

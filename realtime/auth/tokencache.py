@@ -96,9 +96,12 @@ class _PreparedHMAC(HMACAlgorithm):
         return super().prepare_key(key)  # any other key: every check, as before
 
 
-def prepared_decoder(key, algorithms) -> "jwt.PyJWT":
-    """A ``jwt.PyJWT`` for ``key`` (see the module docstring); plain when it cannot be."""
-    decoder = jwt.PyJWT()
+def prepared_decoder(key, algorithms, options=None) -> "jwt.PyJWT":
+    """
+    A ``jwt.PyJWT(options)`` for ``key`` (see the module docstring); plain when it cannot
+    be.
+    """
+    decoder = jwt.PyJWT(options)
     jws = getattr(decoder, "_jws", None)
     if not isinstance(jws, jwt.PyJWS) or not isinstance(key, (str, bytes)):
         return decoder

@@ -31,7 +31,7 @@ function recordSent() {
   WebSocket.prototype.send = function (text) {
     try {
       const message = JSON.parse(text);
-      window.__sent.push(message.payload && message.signature ? message.payload : message);
+      window.__sent.push(message.payload && message.signature ? { ...message.payload, signed: true } : message);
     } catch {
       // not JSON
     }
@@ -198,6 +198,30 @@ describe("close codes and lost networks", () => {
     assert.equal(resumed.recovered._users, true);
     await page.waitForFunction(() => window.messages.some((m) => m.type === "user-change" && m.doc && m.doc.step === 2),
       null, { timeout: T });
+    await page.context().close();
+  });
+});
+
+describe("signed messages", () => {
+  test("with WS_SIGNED_MESSAGES the page signs with WebCrypto, and the gateway accepts it", async (t) => {
+    const signed = await new Gateway(couch, { WS_SIGNED_MESSAGES: "true" }).start();
+    t.after(() => signed.cleanup());
+    const page = await clientPage(signed.url, { token: jwt("sig") });
+    await page.waitForFunction(isOpen, null, { timeout: T });
+    const pong = await page.evaluate(async () => {
+      const topic = "public:signed-in-chromium";
+      window.seen = [];
+      await window.rt.subscribe(topic, (m) => window.seen.push(m.data.n));
+      await Promise.all([1, 2, 3].map((n) => window.rt.publish(topic, { n })));
+      return (await window.rt.ping()).type;
+    });
+    assert.equal(pong, "pong");
+    await page.waitForFunction(() => window.seen.length === 3, null, { timeout: T });
+    assert.deepEqual(await page.evaluate(() => window.seen), [1, 2, 3]);
+    assert.deepEqual(await page.evaluate(() => window.messages.filter((m) => m.type === "error")), []);
+    const sent = await page.evaluate(() => window.__sent);
+    assert.equal(sent[0].type, "auth"); // before connected: not signed
+    assert.ok(sent.length > 4 && sent.slice(1).every((m) => m.signed), JSON.stringify(sent));
     await page.context().close();
   });
 });

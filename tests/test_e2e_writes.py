@@ -161,6 +161,21 @@ class WriterTests(unittest.TestCase):
                          ("new", "b", "alice", answer["rev"]))
 
     @inlineCallbacks
+    def test_update_keeps_other_fields_and_attachments(self):
+        """Fields outside the change, nested values and attachments stay as they were."""
+        rev = self.couch.put("n1", owner="alice", title="old", meta={"k": [1, 2]},
+                             _attachments={"a.txt": {"content_type": "text/plain",
+                                                     "data": "aGVsbG8="}})
+        answer = yield self.write("alice", "doc.update", id="n1", rev=rev,
+                                  changes={"title": "new"})
+        self.assertEqual(answer["type"], "doc.updated")
+        stored = self.couch.get("n1")
+        self.assertEqual((stored["title"], stored["meta"]), ("new", {"k": [1, 2]}))
+        self.assertEqual(list(stored["_attachments"]), ["a.txt"])
+        status, body = self.couch.server.request("GET", f"/{self.db}/n1/a.txt")
+        self.assertEqual((status, body), (200, b"hello"))
+
+    @inlineCallbacks
     def test_forbidden_field_is_named_and_nothing_written(self):
         rev = self.couch.put("n1", owner="alice", title="old")
         answer = yield self.write("alice", "doc.update", id="n1", rev=rev,

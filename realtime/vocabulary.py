@@ -66,7 +66,13 @@ DOC_PREFIX = "doc:"
 def utc_timestamp(seconds: float) -> str:
     """ISO 8601 UTC with milliseconds, as a browser's ``Date.toISOString()`` writes it."""
     moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    whole = moment.replace(microsecond=0)
+    if whole != _last_second[0]:  # strftime once per second (thousands of calls in a storm)
+        _last_second[:] = [whole, whole.strftime("%Y-%m-%dT%H:%M:%S.")]
+    return _last_second[1] + f"{moment.microsecond // 1000:03d}Z"
+
+
+_last_second = [None, ""]
 
 
 # -- broker events -----------------------------------------------------------------------

@@ -69,6 +69,14 @@ class RouterTests(unittest.TestCase):
         """Timestamps are ISO 8601 UTC with milliseconds and Z."""
         self.assertEqual(utc_timestamp(1700000000.1234), "2023-11-14T22:13:20.123Z")
 
+    def test_timestamp_second_remembered_correctly(self):
+        """The remembered second never leaks into another: same, next, earlier, rounded up."""
+        self.assertEqual(utc_timestamp(1700000000.5), "2023-11-14T22:13:20.500Z")
+        self.assertEqual(utc_timestamp(1700000000.9), "2023-11-14T22:13:20.900Z")
+        self.assertEqual(utc_timestamp(1700000001.0), "2023-11-14T22:13:21.000Z")
+        self.assertEqual(utc_timestamp(1600000000.25), "2020-09-13T12:26:40.250Z")
+        self.assertEqual(utc_timestamp(1700000000.9999996), "2023-11-14T22:13:21.000Z")
+
 
 class FakeConnection:
     def __init__(self, connection_id, user_id, accept=True):

@@ -151,7 +151,7 @@ def lazy_autobahn_debug_formatting() -> None:
             original = getattr(module, name, None)
             if original is not None:
                 setattr(module, name, lambda *args, _original=original, **kw: _Deferred(
-                    lambda: _original(*args, **kw)))
+                    _original, *args) if not kw else _Deferred(lambda: _original(*args, **kw)))
     # the one use of pformat whose result must be a str
     ab_protocol.Timings.__str__ = lambda self: pprint.pformat(self._timings)
     _patched = True

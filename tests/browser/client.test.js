@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
-import { CouchDB, Gateway, TcpProxy, jwt, unique, until } from "../../clients/js/test/gateway.js";
+import { CouchDB, Gateway, TcpProxy, jwt, unique, until, within } from "../../clients/js/test/gateway.js";
 import { errorsOf, launch, newPage } from "./browser.js";
 
 const T = 20000;
@@ -114,6 +114,24 @@ describe("the four ways to authenticate", () => {
     });
     await page.waitForFunction(isOpen, null, { timeout: T });
     assert.equal(await page.evaluate(() => window.rt.user.name), name);
+    await page.context().close();
+  });
+});
+
+describe("another origin", () => {
+  test("a page of another origin imports /realtime.js (CORS) and connects with a token", async (t) => {
+    const proxy = await new TcpProxy(gateway.port).start(); // another port: another origin
+    t.after(() => proxy.stop());
+    const page = await newPage(browser);
+    await page.goto(`http://127.0.0.1:${proxy.port}/websocket/status`); // a JSON page: no CSP
+    const user = await within(page.evaluate(async ({ base, token }) => {
+      const { Realtime } = await import(`${base}/realtime.js`);
+      const rt = new Realtime(`${base.replace("http", "ws")}/ws`, { token });
+      await new Promise((resolve) => rt.on("state", (s) => s === "open" && resolve()));
+      rt.close();
+      return rt.user.id;
+    }, { base: gateway.url, token: jwt("far-away") }), T, "the client from another origin");
+    assert.equal(user, "far-away");
     await page.context().close();
   });
 });

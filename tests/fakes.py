@@ -69,6 +69,10 @@ class FakeConnection:
     def user_id(self):
         return self.identity.user_id
 
+    @property
+    def roles(self):
+        return self.identity.roles
+
     def deliver_frame(self, frame: bytes) -> bool:
         if self.closed is not None:
             return False

@@ -23,6 +23,7 @@ class FakeConnection:
         self.user_id = user_id
         self.topics = set()
         self.messages = []
+        self.roles = ()
         self.closed = None
 
     def deliver_frame(self, frame: bytes) -> bool:

@@ -38,6 +38,7 @@ class FakeConnection:
         self.user_id = user_id
         self.token_id = token_id
         self.topics = set()
+        self.roles = ()
         self.failures = []
 
     def deliver_frame(self, frame):

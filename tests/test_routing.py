@@ -84,6 +84,7 @@ class FakeConnection:
         self.user_id = user_id
         self.topics = set()
         self.frames = []
+        self.roles = ()
         self.closed = None
         self.accept = accept
 

@@ -58,6 +58,7 @@ class Connection(TypingProtocol):
 
     connection_id: str
     user_id: Optional[str]
+    roles: tuple  # the roles held now (they follow the user's _users document)
     topics: set
 
     def deliver_frame(self, frame: bytes) -> bool:
@@ -77,6 +78,10 @@ class Registry:
         self._by_id: Dict[str, Connection] = {}
         self._by_user: Dict[str, Dict[str, Connection]] = {}
         self._by_topic: Dict[str, Dict[str, Connection]] = {}
+        # role -> connections holding it, and what was indexed for each connection (so
+        # that a connection whose roles changed is re-indexed exactly: see reindex_roles)
+        self._by_role: Dict[str, Dict[str, Connection]] = {}
+        self._indexed_roles: Dict[str, tuple] = {}
         self.max_topics_per_connection = max_topics_per_connection
         self.deliveries = 0
         self.on_delivered = None  # optional callable(event, count), for metrics
@@ -95,6 +100,7 @@ class Registry:
         assert conn.user_id is not None, "only authenticated connections are registered"
         self._by_id[conn.connection_id] = conn
         self._by_user.setdefault(conn.user_id, {})[conn.connection_id] = conn
+        self._index_roles(conn)
 
     def remove(self, conn: Connection) -> None:
         """Forget a connection and all its subscriptions (idempotent)."""
@@ -105,6 +111,7 @@ class Registry:
             mine.pop(conn.connection_id, None)
             if not mine:
                 del self._by_user[conn.user_id]
+        self._unindex_roles(conn)
         for topic in list(conn.topics):
             self._drop_subscription(conn, topic)
         conn.topics.clear()
@@ -128,6 +135,32 @@ class Registry:
     def users(self) -> Dict[str, int]:
         """user id -> number of connections."""
         return {user: len(conns) for user, conns in self._by_user.items()}
+
+    # -- roles (recipients of application documents named by role) --------------------
+
+    def _index_roles(self, conn: Connection) -> None:
+        roles = tuple(conn.roles)
+        self._indexed_roles[conn.connection_id] = roles
+        for role in roles:
+            self._by_role.setdefault(role, {})[conn.connection_id] = conn
+
+    def _unindex_roles(self, conn: Connection) -> None:
+        for role in self._indexed_roles.pop(conn.connection_id, ()):
+            holders = self._by_role.get(role)
+            if holders is not None:
+                holders.pop(conn.connection_id, None)
+                if not holders:
+                    del self._by_role[role]
+
+    def reindex_roles(self, conn: Connection) -> None:
+        """The connection's ``roles`` changed: index it under its new ones."""
+        if self._by_id.get(conn.connection_id) is not conn:
+            return
+        self._unindex_roles(conn)
+        self._index_roles(conn)
+
+    def connections_with_role(self, role: str) -> List[Connection]:
+        return list(self._by_role.get(role, {}).values())
 
     # -- topics -------------------------------------------------------------------------
 
@@ -199,6 +232,11 @@ class Registry:
             return 0
         self._log.warn("unknown event kind {kind} ignored", kind=kind)
         return 0
+
+    def deliver(self, conns: Iterable[Connection], message_text: str, kind: str) -> int:
+        """Deliver one message (JSON text, framed once) to the given local connections;
+        counted like an event of type ``kind``."""
+        return self._delivered({"type": kind}, self._send(list(conns), message_text))
 
     def _delivered(self, event: dict, count: int) -> int:
         if self.on_delivered is not None and count:

@@ -216,6 +216,10 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         return self.identity.user_id if self.identity is not None else None
 
     @property
+    def roles(self) -> tuple:
+        return self.identity.roles if self.identity is not None else ()
+
+    @property
     def token_id(self) -> Optional[str]:
         return self.identity.token_id if self.identity is not None else None
 

@@ -94,6 +94,13 @@ class BackoffTests(unittest.TestCase):
 class FakeBodyTransport:
     def __init__(self):
         self.stopped = False
+        self.paused = False
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
 
     def stopProducing(self):
         self.stopped = True
@@ -308,3 +315,78 @@ class FollowerTests(unittest.TestCase):
         self.assertEqual(len(self.agent.requests), 2)
         self.assertEqual(self.follower.state, "stopped")
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class AsyncCallbackTests(unittest.TestCase):
+    """A callback returning a Deferred (an application database reading an older revision)."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.agent = FakeAgent()
+        self.seen = []
+        self.pending = {}
+
+        def on_change(db, change):
+            self.seen.append(change["seq"])
+            if change["id"].startswith("slow"):
+                d = self.pending[change["seq"]] = Deferred()
+                return d
+            return None
+
+        self.follower = ChangesFollower(self.agent, self.clock, "http://couch.test", "app",
+                                        on_change, heartbeat_ms=1000,
+                                        backoff=Backoff(random=lambda: 1.0))
+        self.follower.start()
+        self.addCleanup(self.follower.stop)
+        self.agent.answer_position(0)
+
+    def line(self, seq, doc_id):
+        return b'{"seq":%d,"id":"%s","changes":[]}\n' % (seq, doc_id.encode())
+
+    def test_later_changes_wait_in_order(self):
+        """Changes read while one is pending are processed after it, in order; the resume
+        point moves only past processed changes; the lag is the pending change's age."""
+        response = self.agent.respond()
+        response.send(self.line(1, "a") + self.line(2, "slow") + self.line(3, "b"))
+        self.assertEqual(self.seen, [1, 2])
+        self.assertEqual(self.follower.last_seq, 1)
+        self.assertEqual(self.follower.pending, 2)
+        self.clock.advance(0.5)
+        self.assertEqual(self.follower.lag_seconds(), 0.5)
+        response.send(self.line(4, "slow") + self.line(5, "c"))
+        self.pending[2].callback(None)
+        self.assertEqual(self.seen, [1, 2, 3, 4])
+        self.assertEqual(self.follower.last_seq, 3)
+        self.pending[4].errback(ValueError("boom"))  # logged; the change still counts
+        self.assertEqual(self.seen, [1, 2, 3, 4, 5])
+        self.assertEqual(self.follower.last_seq, 5)
+        self.assertEqual(self.follower.lag_seconds(), 0.0)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_backpressure_pauses_the_response(self):
+        """Past MAX_HELD_LINES held, the response is paused, and the watchdog rests."""
+        from realtime import changes
+        self.patch(changes, "MAX_HELD_LINES", 3)
+        response = self.agent.respond()
+        response.send(self.line(1, "slow") + b"".join(self.line(n, "x") for n in (2, 3, 4)))
+        self.assertTrue(response.transport.paused)
+        self.clock.advance(10)  # paused by us: no watchdog abort
+        self.assertFalse(response.transport.stopped)
+        self.pending[1].callback(None)
+        self.assertFalse(response.transport.paused)
+        self.assertEqual(self.seen, [1, 2, 3, 4])
+        self.clock.advance(3.1)  # the watchdog is armed again
+        self.assertTrue(response.transport.stopped)
+
+    def test_stream_end_waits_for_the_pending_change(self):
+        """A stream ending while a change is pending reconnects only once it is processed,
+        from its seq: the held lines are read again, nothing is routed twice."""
+        response = self.agent.respond()
+        response.send(self.line(1, "slow") + self.line(2, "b"))
+        response.end(ResponseFailed([ConnectionLost()]))
+        self.clock.advance(5.0)
+        requests = len(self.agent.requests)
+        self.pending[1].callback(None)
+        self.assertEqual(self.seen, [1])
+        self.assertEqual(len(self.agent.requests), requests + 1)
+        self.assertEqual(self.agent.last_query()["since"], ["1"])

@@ -19,6 +19,13 @@ Behaviour:
   again, since ``since`` only moves past fully processed lines).
 - A watchdog on the injected clock aborts the request when no byte (change or heartbeat) has
   arrived for ``3 x heartbeat``, including while waiting for the response headers.
+- The callback may return a Deferred (an application database reading an older revision
+  from CouchDB): the change counts as processed when it fires, and the lines read
+  meanwhile are held and processed after it, in order (past :data:`MAX_HELD_LINES` the
+  response is paused: backpressure, and the watchdog rests while paused).  A stream that
+  ends meanwhile reconnects only once the pending change is processed, so nothing is routed
+  twice.  ``lag_seconds`` is how long the oldest change read and not yet processed has
+  waited (the feed lag of the metrics).
 - Any end of the stream (server closed it, watchdog, connection refused, non-200 answer)
   schedules a reconnection after :class:`Backoff`: 1 s doubling to 30 s, with jitter.  The
   backoff resets once a connection has delivered a byte of body.
@@ -31,16 +38,21 @@ continuous feed back.  Short requests elsewhere use treq.
 from __future__ import annotations
 
 import random
+from collections import deque
 from typing import Callable, Optional
 from urllib.parse import quote, urlencode
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.client import ResponseDone, readBody
 from twisted.web.http_headers import Headers
 
 from realtime import jsonutil
+
+
+#: lines held while a change is being processed asynchronously; past it, the feed pauses
+MAX_HELD_LINES = 1000
 
 
 class LineParser:
@@ -136,6 +148,14 @@ class _FeedBody(Protocol):
         if self.transport is not None:
             self.transport.stopProducing()
 
+    def pause(self):
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resume(self):
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
 
 class ChangesFollower:
     """
@@ -145,7 +165,8 @@ class ChangesFollower:
     :param clock: an ``IReactorTime``.
     :param on_change: ``on_change(db, change)`` for each change line (a dict with ``id``,
         ``seq``, ``changes``, ``doc`` or ``deleted``).  When it returns, the change counts as
-        processed and its ``seq`` becomes the resume point.  An exception it raises is logged
+        processed and its ``seq`` becomes the resume point; when it returns a Deferred,
+        once that fires (later changes wait for it).  An exception it raises is logged
         and the change still counts as processed (one bad document must not stall the feed).
     :param on_state: optional ``on_state(follower)`` called on every state change.
     """
@@ -182,6 +203,11 @@ class ChangesFollower:
         self._retry = None
         self._running = False
         self._stall_abort = False
+        self._busy: Optional[Deferred] = None  # a change being processed asynchronously
+        self._busy_since = 0.0
+        self._held: deque = deque()  # rows read while busy, processed after it in order
+        self._paused = False
+        self._connect_when_idle = False
 
     # -- public -------------------------------------------------------------------------
 
@@ -193,6 +219,8 @@ class ChangesFollower:
 
     def stop(self) -> None:
         self._running = False
+        self._held.clear()
+        self._paused = False
         self._cancel_timer("_retry")
         self._cancel_timer("_watchdog")
         if self._request is not None:
@@ -255,6 +283,11 @@ class ChangesFollower:
 
     def _connect(self) -> None:
         if not self._running:
+            return
+        if self._busy is not None:
+            # A change of the last stream is still being processed: connecting now would
+            # resume before it and route it twice.
+            self._connect_when_idle = True
             return
         self._stall_abort = False
         self._set_state(self.CONNECTING if self.reconnects == 0 else self.RECONNECTING)
@@ -340,13 +373,16 @@ class ChangesFollower:
             self._backoff.reset()
             self.last_error = None
             self._set_state(self.CONNECTED)
-        self._arm_watchdog()
+        if not self._paused:
+            self._arm_watchdog()
         self._parser.feed(data)
 
     def _body_ended(self, body: _FeedBody, reason) -> None:
         if body is not self._body:
             return
         self._body = None
+        self._held.clear()  # read again from the resume point
+        self._paused = False
         if not self._running:
             return
         if not reason.check(ResponseDone) and not self._stall_abort:
@@ -381,12 +417,30 @@ class ChangesFollower:
             return
         if not isinstance(row, dict):
             return
+        if self._busy is not None:
+            self._held.append(row)
+            if len(self._held) >= MAX_HELD_LINES and not self._paused and self._body:
+                self._paused = True
+                self._cancel_timer("_watchdog")
+                self._body.pause()
+            return
+        self._row(row)
+
+    def _row(self, row: dict) -> None:
         if "id" in row and "seq" in row:
             self.changes_seen += 1
             try:
-                self._on_change(self.db, row)
+                result = self._on_change(self.db, row)
             except Exception:
                 self._log.failure("processing a change of {db} failed", db=self.db)
+                result = None
+            if isinstance(result, Deferred):
+                if not result.called:
+                    self._busy = result
+                    self._busy_since = self._clock.seconds()
+                    result.addBoth(self._processed, row)
+                    return
+                result.addErrback(self._failed)
             self.last_seq = row["seq"]
         elif "last_seq" in row:
             # The server ends the feed (timeout): resume from there.
@@ -395,6 +449,38 @@ class ChangesFollower:
             self.last_error = str(row.get("reason") or row.get("error"))
             self._log.warn("changes feed of {db} reported an error: {error}",
                            db=self.db, error=self.last_error)
+
+    def _failed(self, failure) -> None:
+        self._log.failure("processing a change of {db} failed", failure, db=self.db)
+
+    def _processed(self, result, row: dict) -> None:
+        """An asynchronous change is done: it counts, then the held lines are processed."""
+        if hasattr(result, "check"):  # a Failure
+            self._failed(result)
+        self._busy = None
+        self.last_seq = row["seq"]
+        while self._held and self._busy is None:
+            self._row(self._held.popleft())
+        if self._busy is None:
+            if self._paused:
+                self._paused = False
+                if self._body is not None:
+                    self._arm_watchdog()
+                    self._body.resume()
+            if self._connect_when_idle:
+                self._connect_when_idle = False
+                self._connect()
+
+    @property
+    def pending(self) -> int:
+        """Changes read and not yet processed."""
+        return len(self._held) + (1 if self._busy is not None else 0)
+
+    def lag_seconds(self) -> float:
+        """How long the oldest change read and not yet processed has waited (0: none)."""
+        if self._busy is None:
+            return 0.0
+        return max(0.0, self._clock.seconds() - self._busy_since)
 
     def status(self) -> dict:
         return {

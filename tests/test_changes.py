@@ -365,7 +365,7 @@ class AsyncCallbackTests(unittest.TestCase):
 
     def test_backpressure_pauses_the_response(self):
         """Past MAX_HELD_LINES held, the response is paused, and the watchdog rests."""
-        from realtime import changes
+        from realtime.feeds import changes
         self.patch(changes, "MAX_HELD_LINES", 3)
         response = self.agent.respond()
         response.send(self.line(1, "slow") + b"".join(self.line(n, "x") for n in (2, 3, 4)))

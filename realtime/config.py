@@ -50,6 +50,15 @@ def _redis_url(text: str) -> Optional[str]:
     return text
 
 
+def _rules(text: str):
+    """The rule file, loaded and validated at start-up (one-line error naming file, table
+    and key); kept as a :class:`realtime.databases.rules.RuleSet`."""
+    from realtime.databases.rules import EMPTY, load_rules
+    if not text:
+        return EMPTY
+    return load_rules(text)
+
+
 @dataclasses.dataclass(frozen=True)
 class Option:
     name: str  # attribute of Config, and twistd option with _ replaced by -
@@ -74,6 +83,12 @@ OPTIONS = (
            "heartbeat asked of _changes; the feed reconnects after 3x this with no byte"),
     Option("watch_databases", "REALTIME_WATCH_DATABASES", "_users", _list,
            "databases whose _changes feed is followed (comma-separated)"),
+    Option("config", "REALTIME_CONFIG", "", _rules,
+           "TOML rule file: the application databases to follow and who may read them "
+           "(docs/databases.rst)"),
+    Option("readers_index_size", "REALTIME_READERS_INDEX_SIZE", "100000", _positive_int,
+           "documents per application database whose readers are remembered (beyond it, "
+           "an access lost is found by reading the previous revision from CouchDB)"),
     Option("ws_heartbeat_ms", "WS_HEARTBEAT_MS", "25000", _positive_int,
            "interval of the server's ping message and WebSocket ping"),
     Option("jwt_secret", "JWT_SECRET", None, _optional,

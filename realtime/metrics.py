@@ -12,7 +12,18 @@ Counters kept as things happen:
 
 Read from the gateway at each scrape: open connections, authenticated connections and
 users, topics, deliveries, uptime, broker state, and per watched database the feed state
-(``realtime_feed_up{db}``), its reconnects and the changes seen.
+(``realtime_feed_up{db}``), its reconnects, the changes seen, and its lag
+(``realtime_feed_lag_seconds{db}``: how long the oldest change read and not yet routed has
+waited; ``realtime_feed_pending{db}``: how many wait).
+
+Per application database (the rule file's), counted by its router:
+``realtime_db_changes_total{db}`` (changes routed), ``realtime_db_deliveries_total{db}``
+(``doc-change`` frames written: documents, deletions and removals),
+``realtime_db_removals_total{db}``, ``realtime_db_deletions_total{db}``,
+``realtime_db_undecidable_total{db}`` (changes whose previous readers could not be known:
+see :mod:`realtime.databases.readers`), ``realtime_db_rule_errors_total{db}`` (access
+callables that failed), ``realtime_db_previous_reads_total{db}`` (previous revisions read
+from CouchDB) and the gauge ``realtime_db_indexed_documents{db}`` (readers index size).
 
 No label ever holds a user id, topic or other client-chosen text: message types outside
 the protocol's own are counted as ``other``, so the number of series stays bounded.
@@ -118,9 +129,48 @@ class _GatewayCollector:
             up.add_metric([follower.db], 1 if follower.state == "connected" else 0)
             reconnects.add_metric([follower.db], getattr(follower, "reconnects", 0))
             changes.add_metric([follower.db], getattr(follower, "changes_seen", 0))
+        lag = GaugeMetricFamily("realtime_feed_lag_seconds",
+                                "Age of the oldest change read and not yet routed",
+                                labels=["db"])
+        pending = GaugeMetricFamily("realtime_feed_pending",
+                                    "Changes read and not yet routed", labels=["db"])
+        for follower in gateway.followers:
+            lag.add_metric([follower.db], follower.lag_seconds())
+            pending.add_metric([follower.db], follower.pending)
         yield up
         yield reconnects
         yield changes
+        yield lag
+        yield pending
+        if gateway.databases is not None:
+            yield from _database_metrics(gateway.databases.stats())
+
+
+#: per-database counters: (stats key, metric name, help)
+_DATABASE_COUNTERS = (
+    ("changes", "realtime_db_changes", "Changes of an application database routed"),
+    ("deliveries", "realtime_db_deliveries",
+     "doc-change frames written (documents, deletions, removals)"),
+    ("removals", "realtime_db_removals", "removed frames written (access lost)"),
+    ("deletions", "realtime_db_deletions", "deleted frames written"),
+    ("undecidable", "realtime_db_undecidable",
+     "Changes whose previous readers could not be known (nobody but doc: subscribers told)"),
+    ("rule_errors", "realtime_db_rule_errors", "access callables that failed"),
+    ("fetches", "realtime_db_previous_reads", "Previous revisions read from CouchDB"),
+)
+
+
+def _database_metrics(stats: dict):
+    for key, name, documentation in _DATABASE_COUNTERS:
+        family = CounterMetricFamily(name, documentation, labels=["db"])
+        for db, counters in stats.items():
+            family.add_metric([db], counters[key])
+        yield family
+    indexed = GaugeMetricFamily("realtime_db_indexed_documents",
+                                "Documents in the readers index", labels=["db"])
+    for db, counters in stats.items():
+        indexed.add_metric([db], counters["indexed"])
+    yield indexed
 
 
 def _gauge(name: str, documentation: str, value) -> GaugeMetricFamily:

@@ -26,9 +26,12 @@ from realtime.auth import jwks, revocation, signing
 from realtime.cluster import ClusterState, make_cluster_state
 from realtime.config import ConfigError
 from realtime.databases import rules as rules_module
+from realtime.databases.application import ApplicationDatabases
+from realtime.databases.readers import CouchRevisions
 from realtime.databases.writer import CouchDocuments, DocumentWriter, WriteMetrics
 from realtime.dev import benchhook
 from realtime.feeds.changes import ChangesFollower
+from realtime.feeds.routing import utc_timestamp
 from realtime.http.pages import make_pages
 from realtime.http.rest import make_api
 from realtime.http.site import make_site
@@ -208,14 +211,15 @@ def make_gateway(config, reactor, http=None, broker=None, metrics=None,
     ``config.redis_url`` the broker, presence, revocations and signed-message nonces live in
     Redis (``gateway.cluster``, to be started and stopped: :class:`ClusterService`); a
     ``broker`` given replaces the configured one.  ``rules``: the application databases'
-    rules (a :class:`realtime.databases.rules.RuleSet`; none by default).
+    rules (a :class:`realtime.databases.rules.RuleSet`; by default the rule file's,
+    ``config.config``).
     """
     if http is None:
         http, _ = make_http_client(reactor)
     if metrics is None:
         metrics = Metrics()
     if rules is None:
-        rules = rules_module.EMPTY
+        rules = config.config or rules_module.EMPTY
     registry = registry_module.Registry()
     cluster = make_cluster_state(config, reactor, registry)
     if broker is not None:
@@ -227,15 +231,37 @@ def make_gateway(config, reactor, http=None, broker=None, metrics=None,
         allowed_origins=config.cors_origins,
         revocations=cluster.revocations,
     )
+    databases = make_databases(config, reactor, registry, http, metrics, rules)
     gateway = Gateway(config, reactor, registry, cluster.broker, authenticator,
                       metrics=metrics, presence=cluster.presence,
                       writer=make_writer(config, reactor, http, rules, metrics),
-                      history=cluster.history)
+                      history=cluster.history, databases=databases)
     gateway.cluster = cluster
     gateway.revoker = revocation.Revoker(cluster.revocations, cluster.broker, reactor)
     if config.ws_signed_messages:
         gateway.message_verifier = signing.MessageVerifier(cluster.nonces, reactor)
     return gateway
+
+
+def make_databases(config, reactor, registry, http, metrics, rules):
+    """The application databases of ``rules`` (the rule file's), or None when empty."""
+    if not rules:
+        return None
+    revisions = CouchRevisions(http, config.couchdb_url, config.couchdb_admin_auth,
+                               clock=reactor)
+    return ApplicationDatabases(rules, registry, revisions,
+                                lambda: utc_timestamp(reactor.seconds()),
+                                index_size=config.readers_index_size,
+                                on_error=metrics.error)
+
+
+def followed_databases(config, rules=()) -> tuple:
+    """``REALTIME_WATCH_DATABASES`` then the databases of the rules, each once."""
+    names = list(config.watch_databases)
+    for db in rules:
+        if db not in names:
+            names.append(db)
+    return tuple(names)
 
 
 class _FollowersService(service.Service):
@@ -343,7 +369,8 @@ class FeedsReady:
 
 def make_followers(config, reactor, gateway, agent, on_state=None):
     followers = []
-    for db in config.watch_databases:
+    rules = gateway.databases.rules if gateway.databases is not None else ()
+    for db in followed_databases(config, rules):
         followers.append(ChangesFollower(
             agent, reactor, config.couchdb_url, db, gateway.on_change,
             admin_auth=config.couchdb_admin_auth, heartbeat_ms=config.couchdb_heartbeat_ms,

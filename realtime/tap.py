@@ -69,7 +69,10 @@ class Options(usage.Options):
         try:
             self.config = config_module.load(given, os.environ)
         except config_module.ConfigError as e:
-            raise usage.UsageError(str(e))
+            # One clear line and a non-zero exit (not the whole usage text, no traceback).
+            sys.stderr.write(f"realtime: {e}\n")
+            sys.stderr.flush()
+            raise SystemExit(2)
         self.embedded = _wants_embedded(self.config, given)
         if self.embedded and self.config.redis_url and not _embedded_forced(self.config):
             raise usage.UsageError(

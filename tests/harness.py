@@ -235,6 +235,14 @@ def connect(port: int, path: str = "/ws", headers=None, query=None, origin=None,
     return result
 
 
+def _passing(function, *args):
+    """A callback calling ``function(*args)`` and passing its result on."""
+    def callback(result):
+        function(*args)
+        return result
+    return callback
+
+
 class GatewayHarness:
     """
     A real gateway on the global reactor: ``yield harness.start()``, then use
@@ -273,10 +281,15 @@ class GatewayHarness:
         on_change = self.gateway.on_change
 
         def record(db, change):
+            result = None
             try:
-                return on_change(db, change)
+                result = on_change(db, change)
+                return result
             finally:
-                self.seen_ids.add(change.get("id"))
+                if isinstance(result, Deferred):  # seen once routed
+                    result.addBoth(_passing(self.seen_ids.add, change.get("id")))
+                else:
+                    self.seen_ids.add(change.get("id"))
 
         self.gateway.on_change = record
         # Broker and presence (Redis connections when redis_url is given).

@@ -296,3 +296,23 @@ class WritersTests(unittest.TestCase):
         self.assertFalse(rule.may_write(doc, "bob"))
         self.assertEqual(rule.writers({"_deleted": True, "owner": "alice"}), NOBODY)
         self.assertEqual(parse_rules(NOTES)["wiki"].writers(doc), NOBODY)
+
+
+class StartupTests(unittest.TestCase):
+    def test_invalid_file_stops_the_server_with_one_line(self):
+        """`python -m realtime` with an invalid rule file exits non-zero, printing one line
+        naming the file, the table and the key (no usage text, no traceback)."""
+        import subprocess
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[databases.notes]\nusers = ["owner"]\npush = "sometimes"\n')
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, REALTIME_CONFIG=path, REALTIME_EMBEDDED_COUCHDB="no",
+                   REALTIME_LISTEN="tcp:0:interface=127.0.0.1")
+        result = subprocess.run([sys.executable, "-m", "realtime"], cwd=root, env=env,
+                                capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(result.returncode, 0)
+        lines = result.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertIn(f"{path}: [databases.notes] push:", lines[0])
+        self.assertEqual(result.stdout, "")

@@ -56,14 +56,22 @@ class PermissionTests(unittest.TestCase):
         self.assertTrue(topics.may_subscribe(identity(grants=("*",)), "anything:at-all"))
 
     def test_everything_else_is_forbidden(self):
-        """Ungranted topics, doc: topics included, are refused; a grant opens a doc topic."""
+        """Ungranted topics are refused; database topics are never opened by a grant (the
+        document rules decide them, against CouchDB)."""
         for name in ("room:42", "doc:db/doc1", "admin", "users:alice"):
             self.assertFalse(topics.may_subscribe(identity("alice"), name))
-        self.assertTrue(topics.may_subscribe(identity(grants=("doc:db/*",)), "doc:db/doc1"))
+        for grants in (("doc:db/*",), ("*",), ("db:db",)):
+            for name in ("doc:db/doc1", "db:db"):
+                self.assertFalse(topics.may_subscribe(identity(grants=grants), name))
 
     def test_publish_follows_subscribe(self):
-        """A client may publish exactly where it may subscribe."""
-        self.assertIs(topics.may_publish, topics.may_subscribe)
+        """A client may publish where it may subscribe, never on a database topic."""
+        for who, name in ((identity("alice"), "user:alice"), (identity("a"), "public:x"),
+                          (identity(grants=("room:*",)), "room:1")):
+            self.assertTrue(topics.may_publish(who, name))
+        for who, name in ((identity("alice"), "user:bob"), (identity(grants=("*",)), "doc:a/b"),
+                          (identity(grants=("*",)), "db:a")):
+            self.assertFalse(topics.may_publish(who, name))
 
 
 class ClientTopicTests(unittest.TestCase):

@@ -182,6 +182,10 @@ class CouchRevisions:
         self._clock = clock
         self.requests = 0
 
+    @property
+    def base_url(self) -> str:
+        return self._base
+
     def doc_url(self, db: str, doc_id: str, query: str = "") -> str:
         url = f"{self._base}/{quote(db, safe='')}/{quote(doc_id, safe='')}"
         return url + ("?" + query if query else "")

@@ -143,11 +143,14 @@ class DatabaseRouter:
         self.index = index if index is not None else ReadersIndex()
         self.stats = DatabaseStats()
         self._db_topic = db_topic(rule.db)
+        #: seq of the last change seen (routed or not); None before the first
+        self.last_seq = None
 
     # -- the feed callback -------------------------------------------------------------
 
     def on_change(self, change: dict) -> Optional[Deferred]:
         """Route one change; a Deferred when the previous readers are read from CouchDB."""
+        self.last_seq = change.get("seq")
         doc_id = change.get("id")
         if not isinstance(doc_id, str) or is_internal(doc_id):
             return None

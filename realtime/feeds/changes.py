@@ -197,6 +197,8 @@ class ChangesFollower:
         self.reconnects = 0
         self.changes_seen = 0
         self.last_error: Optional[str] = None
+        #: the database answered 404 (it does not exist, yet): retried with the backoff
+        self.missing = False
         self._request = None
         self._body: Optional[_FeedBody] = None
         self._watchdog = None
@@ -328,10 +330,12 @@ class ChangesFollower:
             self._log.warn("changes feed of {db}: no last_seq in the answer", db=self.db)
             self._schedule_reconnect()
             return
+        self.missing = False
         self.last_seq = seq
         self._connect()
 
     def _refused(self, response) -> None:
+        self.missing = response.code == 404
         self.last_error = f"HTTP {response.code}"
         self._log.warn("changes feed of {db} answered HTTP {code}; retrying",
                        db=self.db, code=response.code)
@@ -372,6 +376,7 @@ class ChangesFollower:
         if self.state != self.CONNECTED:
             self._backoff.reset()
             self.last_error = None
+            self.missing = False
             self._set_state(self.CONNECTED)
         if not self._paused:
             self._arm_watchdog()
@@ -484,7 +489,7 @@ class ChangesFollower:
 
     def status(self) -> dict:
         return {
-            "state": self.state,
+            "state": "missing" if self.missing else self.state,
             "lastSeq": self.last_seq,
             "reconnects": self.reconnects,
             "lastError": self.last_error,

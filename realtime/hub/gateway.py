@@ -8,6 +8,7 @@ turns CouchDB changes into deliveries, and reports status.  It never reads the e
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from typing import List
@@ -16,7 +17,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, suc
 from twisted.logger import Logger
 
 from realtime import jsonutil
-from realtime.feeds.routing import router_for
+from realtime.feeds.routing import USERS_DB, router_for
 from realtime.hub.history import MemoryHistory
 from realtime.hub.presence import LocalPresence
 from realtime.metrics import Metrics
@@ -40,7 +41,7 @@ class Gateway:
     replayer = None
 
     def __init__(self, config, clock, registry, broker, authenticator, metrics=None,
-                 presence=None, writer=None, history=None):
+                 presence=None, writer=None, history=None, databases=None):
         self.config = config
         self.clock = clock
         # The per-connection timers (first-line and auth timeouts, JWT expiry, revalidation)
@@ -61,6 +62,9 @@ class Gateway:
         # Message history (offsets, resume): in Redis with a Redis cluster.
         self.history = history if history is not None else MemoryHistory(clock)
         self.followers: List = []
+        # The application databases of the rule file (realtime.databases.application),
+        # or None when there are none.
+        self.databases = databases
         self.started_at = clock.seconds()
         self._open = set()  # every open WebSocket, authenticated or not
         self._drained = []  # Deferreds waiting for the last connection to close
@@ -157,17 +161,65 @@ class Gateway:
 
     # -- CouchDB changes ----------------------------------------------------------------
 
-    def on_change(self, db: str, change: dict) -> int:
+    def on_change(self, db: str, change: dict):
         """
         Route one change and deliver it to this process's connections (every process follows
-        CouchDB itself, so changes never cross the broker).  Returns the deliveries made.
+        CouchDB itself, so changes never cross the broker).  An application database's
+        change may return a Deferred (its previous readers are read from CouchDB: the feed
+        waits for it); otherwise the deliveries made are returned.
+
+        A ``_users`` change also carries the user's roles to that user's live connections
+        (see :meth:`user_roles_changed`).
         """
+        databases = self.databases
+        if databases is not None and db in databases:
+            return databases.on_change(db, change)
         recipients, message = router_for(db)(change, self.clock.seconds())
         recipients = list(recipients)
-        if message is None or not recipients:
-            return 0
-        event = users_event(recipients, jsonutil.dumps_text(message), message["type"])
-        return self.registry.dispatch(event)  # counted in metrics by the registry hook
+        delivered = 0
+        if message is not None and recipients:
+            event = users_event(recipients, jsonutil.dumps_text(message), message["type"])
+            delivered = self.registry.dispatch(event)  # counted by the registry hook
+        if db == USERS_DB and message is not None:
+            doc = change.get("doc")
+            roles = ()
+            if "doc" in message and isinstance(doc, dict) and isinstance(doc.get("roles"), list):
+                roles = tuple(r for r in doc["roles"] if isinstance(r, str))
+            self.user_roles_changed(recipients[0], roles)
+        return delivered
+
+    def user_roles_changed(self, user_id: str, roles) -> None:
+        """
+        The user's ``_users`` document now gives these roles (none when it was deleted):
+        every live connection of the user holds them from now on (they replace the roles
+        of its token or session), for reading application documents; a role lost is
+        answered as :meth:`ApplicationDatabases.roles_changed` says.
+        """
+        roles = tuple(roles)
+        for conn in self.registry.connections_of(user_id):
+            if tuple(conn.roles) == roles:
+                continue
+            old = tuple(conn.roles)
+            conn.identity = dataclasses.replace(conn.identity, roles=roles)
+            self.connection_roles_changed(conn, old)
+
+    def connection_roles_changed(self, conn, old_roles) -> None:
+        """A connection's roles changed (``_users`` document, refreshed token)."""
+        self.registry.reindex_roles(conn)
+        if self.databases is not None:
+            try:
+                self.databases.roles_changed(conn, old_roles)
+            except Exception:
+                self._log.failure("applying a change of roles failed")
+
+    def subscribe_database_topic(self, conn, topic: str, message: dict) -> None:
+        """``subscribe`` to ``doc:`` / ``db:`` (answered on ``conn``)."""
+        if self.databases is None:
+            conn.send_json({"type": "error", "code": "forbidden",
+                            "message": "you may not subscribe to this topic", "topic": topic})
+            self.metrics.error("forbidden")
+            return
+        self.databases.subscribe(conn, topic, message)
 
     def heartbeat(self) -> int:
         """Send the server's ``ping`` message to every authenticated connection (framed once)."""
@@ -188,6 +240,8 @@ class Gateway:
         body = {
             "state": state,
             "lastSeq": {f.db: f.last_seq for f in self.followers},
+            "databases": {f.db: {"state": "missing" if f.missing else f.state,
+                                 "lastSeq": f.last_seq} for f in self.followers},
         }
         if detail:
             body["feeds"] = {f.db: f.status() for f in self.followers}

@@ -312,7 +312,8 @@ def positions(gateway) -> dict:
     """``connected.seqs``: each followed database's last seq, and ``messages``."""
     seqs = {}
     for follower in gateway.followers:
-        if follower.last_seq is not None:
+        if follower.last_seq is not None and follower.last_seq != "now":
+            # "now": the follower's own marker while it finds its start (not a seq)
             seqs[follower.db] = follower.last_seq
     head = gateway.history.head()
     if head is not None:

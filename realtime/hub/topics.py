@@ -5,16 +5,12 @@ Names (:func:`topic_error`): 1 to :data:`MAX_TOPIC_LENGTH` characters, none of t
 control character, whitespace or ``*`` (``*`` only ever appears in grants).  Any other
 Unicode is allowed, since ``user:<id>`` carries CouchDB user names.
 
-Who may subscribe (:func:`may_subscribe`), and so publish (a client may publish only where
-it may subscribe):
-
-- ``user:<id>``: that user only;
-- ``public:<name>``: any authenticated user;
-- a topic granted by the JWT ``topics`` claim (:attr:`Identity.topics`): an exact name, or
-  ``prefix*`` for every topic starting with ``prefix`` (``*`` alone grants every topic);
-- anything else, ``doc:<db>/<docid>`` included, is refused with ``error`` ``forbidden``.
-  ``doc:`` topics will later be checked against CouchDB at subscribe time; until then
-  only a grant opens them.
+Who may subscribe and publish is decided in :mod:`realtime.auth.access`: ``user:<id>``
+(that user), ``public:<name>`` (anyone), JWT ``topics`` grants; anything else is refused
+with ``error`` ``forbidden``.  The database topics ``doc:<db>/<docid>`` and ``db:<db>``
+are never opened by a grant: their subscriptions are checked against CouchDB and the
+database's rule (:meth:`realtime.databases.application.ApplicationDatabases.subscribe`),
+and nobody may publish on them.
 
 Client messages and answers:
 
@@ -46,6 +42,9 @@ from typing import Optional
 from twisted.logger import Logger
 
 from realtime import jsonutil
+from realtime.auth.access import (  # noqa: F401 (grant_matches: part of this module's API)
+    DOC_PREFIX, PUBLIC_PREFIX, USER_PREFIX, grant_matches, is_database_topic, may_publish,
+    may_subscribe)
 from realtime.hub import history, resume
 from realtime.vocabulary import PUBLIC_PREFIX, USER_PREFIX, topic_event
 
@@ -69,25 +68,6 @@ def topic_error(topic) -> Optional[str]:
     return None
 
 
-def grant_matches(grant: str, topic: str) -> bool:
-    """A ``topics`` claim entry: an exact name, or ``prefix*``."""
-    if grant.endswith("*"):
-        return topic.startswith(grant[:-1])
-    return grant == topic
-
-
-def may_subscribe(identity, topic: str) -> bool:
-    """May this authenticated identity subscribe to (and publish on) a valid ``topic``?"""
-    if identity is None:
-        return False
-    if topic.startswith(USER_PREFIX) and topic[len(USER_PREFIX):] == identity.user_id:
-        return True
-    if topic.startswith(PUBLIC_PREFIX) and len(topic) > len(PUBLIC_PREFIX):
-        return True
-    return any(grant_matches(grant, topic) for grant in identity.topics)
-
-
-may_publish = may_subscribe
 
 
 def publication(topic: str, data, sender: str, timestamp: str) -> dict:
@@ -124,6 +104,9 @@ def handle_subscribe(conn, message: dict) -> None:
     if problem is not None:
         _refuse(conn, "bad_request", problem, topic)
         return
+    if is_database_topic(topic):
+        conn.gateway.subscribe_database_topic(conn, topic, message)
+        return
     if not may_subscribe(conn.identity, topic):
         _refuse(conn, "forbidden", "you may not subscribe to this topic", topic)
         return
@@ -149,10 +132,11 @@ def handle_unsubscribe(conn, message: dict) -> None:
 
 
 def recheck_subscriptions(conn) -> None:
-    """After the identity changed: leave the topics it no longer allows."""
+    """After the identity changed: leave the topics it no longer allows.  Database topics
+    stay: each change re-checks them with the connection's roles of that moment."""
     registry = conn.gateway.registry
     for topic in sorted(conn.topics):
-        if not may_subscribe(conn.identity, topic):
+        if not is_database_topic(topic) and not may_subscribe(conn.identity, topic):
             registry.unsubscribe(conn, topic)
             conn.send_json({"type": "unsubscribed", "topic": topic, "reason": "forbidden"})
 

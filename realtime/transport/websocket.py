@@ -514,13 +514,17 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         elif identity.user_id != self.identity.user_id:
             self.send_error("forbidden", "a refreshed token must name the same user")
         else:
+            old_roles = self.roles
             self.identity = identity
             if self._watch is not None:
                 self._watch.watch(identity)
             self.send_json({"type": "connected", "user": identity.public(),
                             "connectionId": self.connection_id,
-                            "timestamp": self.gateway.timestamp()})
+                            "timestamp": self.gateway.timestamp(),
+                            "seqs": resume.positions(self.gateway)})
             topics.recheck_subscriptions(self)
+            if tuple(identity.roles) != tuple(old_roles):
+                self.gateway.connection_roles_changed(self, old_roles)
 
     # -- messages -----------------------------------------------------------------------
 

@@ -1,0 +1,286 @@
+"""
+The application databases of a gateway: one router per database of the rule file, the
+``doc:`` / ``db:`` subscriptions, and roles that change while a user is connected.
+
+Subscriptions (:meth:`ApplicationDatabases.subscribe`):
+
+- ``doc:<db>/<docid>``: the document is read from CouchDB (the winning revision); the
+  subscription is allowed when it exists and the user may read it now, with the roles the
+  connection holds.  A missing document, a deleted one, one the user may not read, a
+  database that is not followed and a ``_design/`` or ``_local/`` id all get the same
+  ``error`` ``forbidden`` (same message), so ids cannot be probed.  CouchDB not answering
+  is ``error`` ``unavailable`` (whatever the id).  With ``snapshot: true`` the document
+  comes first, as ``doc-change`` with ``"snapshot": true``, then ``subscribed``.  If the
+  document changed while it was read (the readers index has a newer revision), it is read
+  again, so a snapshot never follows a newer live change.
+- ``db:<db>``: any authenticated user may subscribe to a followed database; the routing
+  gives each subscriber only what it may read.  With ``snapshot: true`` every document the
+  user may read comes first (read with ``_all_docs``, 1000 at a time, the rule applied to
+  each), then ``subscribed`` with ``"snapshot": N``.  A ``selector`` is refused for now
+  (``error`` ``bad_request``).
+- Either kind counts against the per-connection topic limit (``too_many_topics``).
+
+Roles (:meth:`ApplicationDatabases.roles_changed`): when a connection loses a role (its
+user's ``_users`` document changed, or a refreshed token carries fewer roles), it gets
+``removed`` for each document the readers index knows that role opened and the user may
+no longer read (``rev`` of that revision, ``seq`` of the database's last change), and its
+``doc:`` subscriptions are checked again (those the index does not know, against CouchDB):
+one it may no longer read ends with ``removed`` and ``unsubscribed`` ``access_lost``.
+Documents the index does not hold (evicted, or unchanged since the process started) are
+not announced: the client sees its roles in ``user-change`` and reloads what depends on
+them.  A role gained sends nothing by itself: the next change of each document it opens
+does (or a ``db:`` snapshot).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, Optional
+from urllib.parse import quote
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
+
+from realtime import jsonutil
+from realtime.auth.access import may_read_document, parse_database_topic
+from realtime.databases.readers import DEFAULT_INDEX_SIZE, ReadersIndex
+from realtime.databases.routing import (
+    DOC_CHANGE, DatabaseRouter, db_topic, doc_change_message, doc_topic, is_internal)
+from realtime.databases.rules import RuleSet, may_read
+
+#: documents read per ``_all_docs`` request for a ``db:`` snapshot
+SNAPSHOT_PAGE = 1000
+
+FORBIDDEN_TEXT = "you may not subscribe to this topic"
+
+
+def _generation(rev) -> int:
+    """The generation of a CouchDB revision (``3-abc`` -> 3; CouchDB's own rule)."""
+    try:
+        return int(str(rev).split("-", 1)[0])
+    except ValueError:
+        return 0
+
+
+class ApplicationDatabases:
+    """
+    :param rules: the :class:`RuleSet` of the rule file.
+    :param directory: the registry.
+    :param revisions: a :class:`realtime.databases.readers.CouchRevisions`.
+    :param timestamp: callable returning the current ISO timestamp.
+    :param index_size: entries of each database's readers index.
+    :param on_error: ``on_error(code)`` for each refusal sent (metrics), optional.
+    """
+
+    _log = Logger()
+
+    def __init__(self, rules: RuleSet, directory, revisions, timestamp: Callable[[], str],
+                 index_size: int = DEFAULT_INDEX_SIZE,
+                 on_error: Optional[Callable[[str], None]] = None):
+        self.rules = rules
+        self.directory = directory
+        self.revisions = revisions
+        self._timestamp = timestamp
+        self._on_error = on_error
+        self.routers: Dict[str, DatabaseRouter] = {
+            db: DatabaseRouter(rule, directory, revisions, timestamp,
+                               ReadersIndex(index_size))
+            for db, rule in rules.items()
+        }
+
+    def __contains__(self, db: str) -> bool:
+        return db in self.routers
+
+    def __iter__(self):
+        return iter(self.routers)
+
+    def __len__(self) -> int:
+        return len(self.routers)
+
+    def on_change(self, db: str, change: dict):
+        """Route a change of a followed application database (see DatabaseRouter)."""
+        return self.routers[db].on_change(change)
+
+    def stats(self) -> Dict[str, dict]:
+        """Per database: the routing counters and the readers index size."""
+        out = {}
+        for db, router in self.routers.items():
+            counters = router.stats.as_dict()
+            counters["indexed"] = len(router.index)
+            out[db] = counters
+        return out
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    def _refuse(self, conn, code: str, text: str, topic: str) -> None:
+        conn.send_json({"type": "error", "code": code, "message": text, "topic": topic})
+        if self._on_error is not None:
+            self._on_error(code)
+
+    def subscribe(self, conn, topic: str, message: dict):
+        """Handle ``subscribe`` for a database topic; answers on ``conn``.  Returns a
+        Deferred when CouchDB is asked (fires once answered), else None."""
+        parsed = parse_database_topic(topic, self.routers)
+        if parsed is None:
+            self._refuse(conn, "forbidden", FORBIDDEN_TEXT, topic)
+            return None
+        kind, db, doc_id = parsed
+        if message.get("selector") is not None:
+            self._refuse(conn, "bad_request", "a selector on database topics is not "
+                         "supported yet; subscribe without one", topic)
+            return None
+        snapshot = message.get("snapshot", False)
+        if not isinstance(snapshot, bool):
+            self._refuse(conn, "bad_request", "snapshot must be true or false", topic)
+            return None
+        registry = self.directory
+        if topic not in conn.topics and \
+                len(conn.topics) >= registry.max_topics_per_connection:
+            self._refuse(conn, "too_many_topics", f"at most "
+                         f"{registry.max_topics_per_connection} topics per connection", topic)
+            return None
+        if kind == "doc":
+            if is_internal(doc_id):
+                self._refuse(conn, "forbidden", FORBIDDEN_TEXT, topic)
+                return None
+            d = self._subscribe_doc(conn, topic, db, doc_id, snapshot)
+        elif snapshot:
+            d = self._subscribe_db_snapshot(conn, topic, db)
+        else:
+            self._subscribed(conn, topic)
+            return None
+        d.addErrback(self._failed, conn, topic)
+        return d
+
+    def _subscribed(self, conn, topic: str, **extra) -> bool:
+        if not self.directory.subscribe(conn, topic):
+            self._refuse(conn, "too_many_topics", f"at most "
+                         f"{self.directory.max_topics_per_connection} topics per connection",
+                         topic)
+            return False
+        conn.send_json({"type": "subscribed", "topic": topic, **extra})
+        return True
+
+    def _failed(self, failure, conn, topic: str) -> None:
+        self._log.warn("a database subscription could not be checked: {error}",
+                       error=failure.getErrorMessage())
+        if conn in self.directory:
+            self._refuse(conn, "unavailable", "CouchDB did not answer; try again", topic)
+
+    @inlineCallbacks
+    def _subscribe_doc(self, conn, topic: str, db: str, doc_id: str, snapshot: bool):
+        router = self.routers[db]
+        doc = yield self.revisions.document(db, doc_id)
+        entry = router.index.get(doc_id)
+        if doc is not None and entry is not None and \
+                _generation(entry.rev) > _generation(doc.get("_rev")):
+            doc = yield self.revisions.document(db, doc_id)  # changed while read
+        if conn not in self.directory:
+            return  # gone meanwhile
+        if doc is None or not may_read_document(router.rule, doc, conn.user_id, conn.roles):
+            self._refuse(conn, "forbidden", FORBIDDEN_TEXT, topic)
+            return
+        if snapshot:
+            conn.send_json(doc_change_message(
+                db, doc_id, doc.get("_rev"), router.last_seq, self._timestamp(),
+                doc=router.rule.sanitise(doc), snapshot=True))
+        self._subscribed(conn, topic)
+
+    @inlineCallbacks
+    def _subscribe_db_snapshot(self, conn, topic: str, db: str):
+        router = self.routers[db]
+        seq = router.last_seq
+        sent = 0
+        startkey = None
+        while True:
+            query = f"include_docs=true&limit={SNAPSHOT_PAGE}"
+            if startkey is not None:
+                query += "&skip=1&startkey=" + quote(jsonutil.dumps_text(startkey), safe="")
+            page = yield self.revisions.get_json(
+                f"{self.revisions.base_url}/{quote(db, safe='')}/_all_docs?{query}")
+            rows = page.get("rows") if isinstance(page, dict) else None
+            if not isinstance(rows, list):
+                raise IOError("CouchDB answered _all_docs without rows")
+            if conn not in self.directory:
+                return
+            for row in rows:
+                doc = row.get("doc") if isinstance(row, dict) else None
+                if not isinstance(doc, dict) or not isinstance(doc.get("_id"), str):
+                    continue
+                if is_internal(doc["_id"]):
+                    continue
+                if may_read_document(router.rule, doc, conn.user_id, conn.roles):
+                    conn.send_json(doc_change_message(
+                        db, doc["_id"], doc.get("_rev"), seq, self._timestamp(),
+                        doc=router.rule.sanitise(doc), snapshot=True))
+                    sent += 1
+            if len(rows) < SNAPSHOT_PAGE:
+                break
+            startkey = rows[-1].get("id")
+        self._subscribed(conn, topic, snapshot=sent)
+
+    # -- roles --------------------------------------------------------------------------
+
+    def roles_changed(self, conn, old_roles: Iterable[str]):
+        """
+        The connection's roles changed from ``old_roles`` to ``conn.roles`` (already
+        re-indexed in the registry): tell it what it lost (see the module docstring).
+        Returns a Deferred when ``doc:`` subscriptions are checked against CouchDB.
+        """
+        old_roles = tuple(old_roles)
+        lost = set(old_roles) - set(conn.roles)
+        pending = []
+        for db, router in self.routers.items():
+            checked = set()
+            if lost:
+                candidates = set()
+                for role in lost:
+                    candidates.update(router.index.docs_opened_by(role))
+                for doc_id in sorted(candidates):
+                    checked.add(doc_id)
+                    entry = router.index.get(doc_id)
+                    if entry is None:
+                        continue
+                    if may_read(entry.principals, conn.user_id, old_roles) and \
+                            not may_read(entry.principals, conn.user_id, conn.roles):
+                        self._lost(conn, router, doc_id, entry.rev)
+            for topic in list(conn.topics):
+                parsed = parse_database_topic(topic, (db,))
+                if parsed is None or parsed[0] != "doc" or parsed[2] in checked:
+                    continue
+                doc_id = parsed[2]
+                entry = router.index.get(doc_id)
+                if entry is not None:
+                    if not may_read(entry.principals, conn.user_id, conn.roles):
+                        self._lost(conn, router, doc_id, entry.rev)
+                else:
+                    pending.append(self._recheck(conn, router, doc_id))
+        if pending:
+            from twisted.internet.defer import DeferredList
+            return DeferredList(pending, consumeErrors=True)
+        return None
+
+    def _lost(self, conn, router: DatabaseRouter, doc_id: str, rev: str) -> None:
+        topic = doc_topic(router.db, doc_id)
+        subscribed = topic in conn.topics
+        if router.rule.push_all or subscribed or db_topic(router.db) in conn.topics:
+            message = doc_change_message(router.db, doc_id, rev, router.last_seq,
+                                         self._timestamp(), removed=True)
+            sent = self.directory.deliver([conn], jsonutil.dumps_text(message), DOC_CHANGE)
+            router.stats.removals += sent
+            router.stats.deliveries += sent
+        if subscribed:
+            router.end_subscriptions([conn], topic)
+
+    @inlineCallbacks
+    def _recheck(self, conn, router: DatabaseRouter, doc_id: str):
+        try:
+            doc = yield self.revisions.document(router.db, doc_id)
+        except Exception as e:
+            self._log.warn("re-checking a doc: subscription failed: {error}",
+                           error=type(e).__name__)
+            return
+        topic = doc_topic(router.db, doc_id)
+        if conn not in self.directory or topic not in conn.topics:
+            return
+        if doc is None or not may_read_document(router.rule, doc, conn.user_id, conn.roles):
+            self._lost(conn, router, doc_id, doc.get("_rev") if doc else None)

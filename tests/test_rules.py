@@ -303,7 +303,7 @@ class StartupTests(unittest.TestCase):
         """`python -m realtime` with an invalid rule file exits non-zero, printing one line
         naming the file, the table and the key (no usage text, no traceback)."""
         import subprocess
-        path = self.mktemp()
+        path = os.path.abspath(self.mktemp())
         with open(path, "w") as f:
             f.write('[databases.notes]\nusers = ["owner"]\npush = "sometimes"\n')
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -351,10 +351,11 @@ class MissingDatabaseTests(DatabaseCase):
     def test_missing_database_is_shown_and_retried(self):
         """A database missing on CouchDB is shown in the status and retried, not fatal;
         once created, its changes flow."""
-        from realtime.feeds.changes import Backoff
-        from realtime.service import make_followers
         from twisted.internet import reactor
         from twisted.web.client import Agent, HTTPConnectionPool
+
+        from realtime.feeds.changes import Backoff
+        from realtime.service import make_followers
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(pool.closeCachedConnections)
         followers = make_followers(self.gw.config, reactor, self.gw.gateway,

@@ -44,7 +44,13 @@ from realtime import jsonutil
 from realtime.auth.access import may_read_document, parse_database_topic
 from realtime.databases.readers import DEFAULT_INDEX_SIZE, ReadersIndex
 from realtime.databases.routing import (
-    DOC_CHANGE, DatabaseRouter, db_topic, doc_change_message, doc_topic, is_internal)
+    DOC_CHANGE,
+    DatabaseRouter,
+    db_topic,
+    doc_change_message,
+    doc_topic,
+    is_internal,
+)
 from realtime.databases.rules import RuleSet, may_read
 
 #: documents read per ``_all_docs`` request for a ``db:`` snapshot

@@ -51,7 +51,15 @@ from twisted.logger import Logger
 from realtime import jsonutil
 from realtime.databases.readers import UNKNOWN, ReadersIndex, is_first_rev
 from realtime.databases.rules import (
-    NOBODY, PUBLIC, ROLE, USER, AccessRuleFailed, DatabaseRule, Principals, may_read)
+    NOBODY,
+    PUBLIC,
+    ROLE,
+    USER,
+    AccessRuleFailed,
+    DatabaseRule,
+    Principals,
+    may_read,
+)
 
 DOC_TOPIC_PREFIX = "doc:"
 DB_TOPIC_PREFIX = "db:"

@@ -50,7 +50,6 @@ from twisted.web.http_headers import Headers
 
 from realtime import jsonutil
 
-
 #: lines held while a change is being processed asynchronously; past it, the feed pauses
 MAX_HELD_LINES = 1000
 

@@ -59,6 +59,8 @@ USER_PREFIX = "user:"
 PUBLIC_PREFIX = "public:"
 #: ``doc:<db>/<id>``: a document's changes
 DOC_PREFIX = "doc:"
+#: ``db:<db>``: the changes of an application database a user may read
+DB_PREFIX = "db:"
 
 # -- timestamps --------------------------------------------------------------------------
 

@@ -26,11 +26,7 @@ from __future__ import annotations
 from typing import Iterable, Optional, Tuple
 
 from realtime.databases.rules import AccessRuleFailed, DatabaseRule, may_read
-
-USER_PREFIX = "user:"
-PUBLIC_PREFIX = "public:"
-DOC_PREFIX = "doc:"
-DB_PREFIX = "db:"
+from realtime.vocabulary import DB_PREFIX, DOC_PREFIX, PUBLIC_PREFIX, USER_PREFIX
 
 
 def grant_matches(grant: str, topic: str) -> bool:

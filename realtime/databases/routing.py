@@ -60,9 +60,10 @@ from realtime.databases.rules import (
     Principals,
     may_read,
 )
+from realtime.vocabulary import DB_PREFIX, DOC_PREFIX
 
-DOC_TOPIC_PREFIX = "doc:"
-DB_TOPIC_PREFIX = "db:"
+DOC_TOPIC_PREFIX = DOC_PREFIX
+DB_TOPIC_PREFIX = DB_PREFIX
 
 DOC_CHANGE = "doc-change"
 

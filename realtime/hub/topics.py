@@ -43,16 +43,13 @@ from twisted.logger import Logger
 
 from realtime import jsonutil
 from realtime.auth.access import (  # noqa: F401 (grant_matches: part of this module's API)
-    DOC_PREFIX,
-    PUBLIC_PREFIX,
-    USER_PREFIX,
     grant_matches,
     is_database_topic,
     may_publish,
     may_subscribe,
 )
 from realtime.hub import history, resume
-from realtime.vocabulary import PUBLIC_PREFIX, USER_PREFIX, topic_event
+from realtime.vocabulary import PUBLIC_PREFIX, USER_PREFIX, topic_event  # noqa: F401
 
 MAX_TOPIC_LENGTH = 200
 

@@ -15,6 +15,7 @@ import dataclasses
 import os
 from typing import Any, Callable, Mapping, Optional
 
+from realtime.databases import rules
 from realtime.redis.url import parse_redis_url
 
 
@@ -53,10 +54,9 @@ def _redis_url(text: str) -> Optional[str]:
 def _rules(text: str):
     """The rule file, loaded and validated at start-up (one-line error naming file, table
     and key); kept as a :class:`realtime.databases.rules.RuleSet`."""
-    from realtime.databases.rules import EMPTY, load_rules
     if not text:
-        return EMPTY
-    return load_rules(text)
+        return rules.EMPTY
+    return rules.load_rules(text)
 
 
 @dataclasses.dataclass(frozen=True)

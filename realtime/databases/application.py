@@ -37,7 +37,7 @@ from __future__ import annotations
 from typing import Callable, Dict, Iterable, Optional
 from urllib.parse import quote
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.logger import Logger
 
 from realtime import jsonutil
@@ -261,7 +261,6 @@ class ApplicationDatabases:
                 else:
                     pending.append(self._recheck(conn, router, doc_id))
         if pending:
-            from twisted.internet.defer import DeferredList
             return DeferredList(pending, consumeErrors=True)
         return None
 

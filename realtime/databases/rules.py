@@ -65,6 +65,7 @@ API (pure: no I/O except importing ``access`` callables at load time):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import re
@@ -234,7 +235,6 @@ class DatabaseRule:
         return frozenset(found) if found else NOBODY
 
     def _call_access(self, doc: dict) -> Principals:
-        import copy
         try:
             result = self.access(copy.deepcopy(doc))
             principals = frozenset(result)

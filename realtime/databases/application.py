@@ -41,7 +41,6 @@ from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.logger import Logger
 
 from realtime import jsonutil
-from realtime.auth.access import may_read_document, parse_database_topic
 from realtime.databases.readers import DEFAULT_INDEX_SIZE, ReadersIndex
 from realtime.databases.routing import (
     DOC_CHANGE,
@@ -50,6 +49,7 @@ from realtime.databases.routing import (
     doc_change_message,
     doc_topic,
     is_internal,
+    parse_database_topic,
 )
 from realtime.databases.rules import RuleSet, may_read
 
@@ -182,7 +182,7 @@ class ApplicationDatabases:
             doc = yield self.revisions.document(db, doc_id)  # changed while read
         if conn not in self.directory:
             return  # gone meanwhile
-        if doc is None or not may_read_document(router.rule, doc, conn.user_id, conn.roles):
+        if doc is None or not router.rule.may_read(doc, conn.user_id, conn.roles):
             self._refuse(conn, "forbidden", FORBIDDEN_TEXT, topic)
             return
         if snapshot:
@@ -214,7 +214,7 @@ class ApplicationDatabases:
                     continue
                 if is_internal(doc["_id"]):
                     continue
-                if may_read_document(router.rule, doc, conn.user_id, conn.roles):
+                if router.rule.may_read(doc, conn.user_id, conn.roles):
                     conn.send_json(doc_change_message(
                         db, doc["_id"], doc.get("_rev"), seq, self._timestamp(),
                         doc=router.rule.sanitise(doc), snapshot=True))
@@ -287,5 +287,5 @@ class ApplicationDatabases:
         topic = doc_topic(router.db, doc_id)
         if conn not in self.directory or topic not in conn.topics:
             return
-        if doc is None or not may_read_document(router.rule, doc, conn.user_id, conn.roles):
+        if doc is None or not router.rule.may_read(doc, conn.user_id, conn.roles):
             self._lost(conn, router, doc_id, doc.get("_rev") if doc else None)

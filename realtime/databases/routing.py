@@ -43,7 +43,7 @@ connection provides ``connection_id``, ``user_id``, ``roles`` and ``send_json``.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -74,6 +74,30 @@ def doc_topic(db: str, doc_id: str) -> str:
 
 def db_topic(db: str) -> str:
     return DB_TOPIC_PREFIX + db
+
+
+def parse_database_topic(topic: str, databases: Iterable[str]
+                         ) -> Optional[Tuple[str, str, Optional[str]]]:
+    """
+    ``("doc", db, docid)`` or ``("db", db, None)`` for a database topic naming a followed
+    database, None otherwise.  CouchDB database names may hold ``/``: the longest followed
+    database name that fits wins (``doc:a/b/c`` with databases ``a`` and ``a/b`` is
+    document ``c`` of ``a/b``).
+    """
+    if topic.startswith(DB_PREFIX):
+        db = topic[len(DB_PREFIX):]
+        return ("db", db, None) if db in set(databases) else None
+    if not topic.startswith(DOC_PREFIX):
+        return None
+    rest = topic[len(DOC_PREFIX):]
+    best = None
+    for db in databases:
+        if rest.startswith(db + "/") and len(rest) > len(db) + 1:
+            if best is None or len(db) > len(best):
+                best = db
+    if best is None:
+        return None
+    return ("doc", best, rest[len(best) + 1:])
 
 
 def is_internal(doc_id: str) -> bool:

@@ -258,6 +258,15 @@ class DatabaseRule:
     # sanitize: the spelling of the rest of the code base (realtime.feeds' users routing)
     sanitize = sanitise
 
+    def may_read(self, doc, user_id: str, roles: Iterable[str]) -> bool:
+        """Whether the user, with these roles, may read this revision (an ``access``
+        callable that fails means no)."""
+        try:
+            readers = self.readers(doc)
+        except AccessRuleFailed:
+            return False
+        return may_read(readers, user_id, roles)
+
     def writers(self, doc) -> Principals:
         """``user:NAME`` principals of the users named in ``write`` fields of ``doc``."""
         if not isinstance(doc, dict) or doc.get("_deleted"):

@@ -100,7 +100,7 @@ class TimerWheel:
     def callLater(self, delay: float, func, *args, **kw) -> Timer:
         when = self._clock.seconds() + max(0.0, delay)
         slot = math.ceil(when / self.resolution)
-        timer = Timer(self, when, slot, func, args, kw)
+        timer = Timer(self, when, slot, func, args, kw or None)  # no empty dict per timer
         timers = self._slots.get(slot)
         if timers is None:
             timers = self._slots[slot] = {}
@@ -152,7 +152,10 @@ class TimerWheel:
                 func, args, kw = timer.func, timer.args, timer.kw
                 timer.func = timer.args = timer.kw = None
                 try:
-                    func(*args, **kw)
+                    if kw is None:
+                        func(*args)
+                    else:
+                        func(*args, **kw)
                 except Exception:
                     self._log.failure("a timer's callback failed")
         while order and not slots.get(order[0]):  # drop emptied slots at the front

@@ -342,7 +342,7 @@ class GatewayHarness:
         yield self.heartbeat.stopService()
         # Close server-side connections that are still open.
         for conn in list(self.gateway.registry.connections()):
-            conn.dropConnection(abort=True)
+            conn.transport.dropConnection(abort=True)
         yield self.listening.stopListening()
         yield self.gateway.cluster.stop()
         for pool in self._pools:

@@ -450,7 +450,7 @@ class SlowReaderTests(AuthCase):
         self.addCleanup(lambda: client.transport.abortConnection())
         yield wait_for(lambda: self.gw.gateway.registry.count_of(user) == 1,
                        what="the silent client to authenticate")
-        conn = self.gw.gateway.registry.connections_of(user)[0]
+        conn = self.gw.gateway.registry.connections_of(user)[0].transport  # the adapter
         closed = []
         conn.onClose = lambda *args, _orig=conn.onClose: (closed.append(args), _orig(*args))
 

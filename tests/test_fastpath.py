@@ -215,7 +215,7 @@ class DeliveryEndToEndTests(unittest.TestCase):
         for i in range(3):
             client = yield self.connected_client(f"fan{i}")
             clients.append(client)
-        self.assertIsNotNone(self.server_side("fan0")._batcher)  # fast path in use
+        self.assertIsNotNone(self.server_side("fan0").transport._batcher)  # fast path in use
         registry = self.gw.gateway.registry
         for seq in range(200):
             registry.dispatch({"t": "all", "msg": jsonutil.dumps_text(
@@ -241,7 +241,7 @@ class DeliveryEndToEndTests(unittest.TestCase):
     def test_handshake_leftovers_are_freed(self):
         """Once open, the connection no longer holds the request headers or the raw request."""
         yield self.connected_client("slim")
-        conn = self.server_side("slim")
+        conn = self.server_side("slim").transport  # the WebSocket adapter of the session
         self.assertIsNone(conn.http_headers)
         self.assertIsNone(conn.http_request_data)
         self.assertEqual(conn._queue, ())
@@ -258,7 +258,7 @@ class DeliveryEndToEndTests(unittest.TestCase):
                       "Sec-WebSocket-Version: 13\r\n\r\n").encode())
         yield harness.wait_for(lambda: self.gw.gateway.registry.count_of("sleeper") == 1,
                                what="the raw client to be registered")
-        conn = self.server_side("sleeper")
+        conn = self.server_side("sleeper").transport
         frame = frame_text(b"x" * 8000)
         sent = 0
         for _ in range(2000):  # 16 MB at most; the limit is 256 KiB + socket buffers
@@ -311,7 +311,7 @@ class WebSocketFirstFactoryTests(unittest.TestCase):
         message = yield client.next("connected")
         self.assertEqual(message["user"]["id"], "routed")
         [conn] = self.gw.gateway.registry.connections_of("routed")
-        self.assertIsNone(conn.http_headers)
+        self.assertIsNone(conn.transport.http_headers)
         self.gw.gateway.registry.dispatch({"t": "all", "msg": '{"type":"hello"}'})
         yield client.next("hello")
 

@@ -6,6 +6,7 @@ Clock), with hypothesis-generated JSON.
 
 import time
 
+from autobahn.websocket.types import ConnectionRequest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -16,7 +17,6 @@ from twisted.trial import unittest
 
 from realtime import config as config_module
 from realtime import jsonutil
-from realtime.auth.identity import Identity
 from realtime.auth.signing import envelope
 from realtime.service import make_gateway
 from realtime.transport.websocket import make_factory
@@ -50,12 +50,19 @@ def open_protocol(test, signed=False, authenticated=True, **overrides):
     transport = StringTransport()
     proto.makeConnection(transport)
     transport.registerProducer(proto, True)  # as Autobahn's resource would have
+    # The handshake's request as Autobahn hands it to onConnect: with a token in the query
+    # (authenticated) or no credentials at all.
+    params = {}
+    if authenticated:
+        params = {"token": [hs_token("alice", exp=int(clock.seconds()) + 600, jti="x")]}
+    request = ConnectionRequest("tcp:127.0.0.1:1", {"host": "x"}, "x", "/ws", params, 13, "",
+                                [], [])
+    proto.onConnect(request)
     proto.state = proto.STATE_OPEN
     proto.websocket_version = 13
     proto.onOpen()
     if authenticated:
-        proto._accept(Identity(user_id="alice", name="alice", expires_at=time.time() + 600,
-                               token_id="jti:x"))
+        assert proto.session.identity is not None
     return clock, proto, transport
 
 
@@ -97,7 +104,7 @@ class ProtocolFuzzTests(unittest.TestCase):
         clock, proto, transport = open_protocol(self, authenticated=False)
         proto.onMessage(jsonutil.dumps(message), False)
         self.assertEqual(self.failures, [])
-        self.assertIsNone(proto.identity)  # no generated token is valid
+        self.assertIsNone(proto.session.identity)  # no generated token is valid
         proto.onClose(False, 1006, "")
 
     @settings(max_examples=200, deadline=None)
@@ -105,7 +112,7 @@ class ProtocolFuzzTests(unittest.TestCase):
     def test_any_signed_message(self, message, nonce):
         """With signed messages on: any correctly signed payload is handled without error."""
         clock, proto, transport = open_protocol(self, signed=True)
-        secret = proto._session_secret
+        secret = proto.session._session_secret
         text = envelope(secret, message, int(clock.seconds() * 1000), nonce)
         proto.onMessage(text.encode(), False)
         self.assertEqual(self.failures, [])
@@ -125,5 +132,5 @@ class ProtocolFuzzTests(unittest.TestCase):
         """An auth message with a valid token authenticates the in-memory connection."""
         clock, proto, transport = open_protocol(self, authenticated=False)
         proto.onMessage(jsonutil.dumps({"type": "auth", "token": hs_token("bob")}), False)
-        self.assertEqual(proto.user_id, "bob")
+        self.assertEqual(proto.session.user_id, "bob")
         proto.onClose(False, 1006, "")

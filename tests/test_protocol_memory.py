@@ -56,8 +56,8 @@ def open_connection(test, claims=None, path="/ws?token={token}", listener=None):
     def close():
         if conn.state != conn.STATE_CLOSED:
             conn.onClose(False, 1006, "")
-        if conn._watch is not None:
-            conn._watch.stop()
+        if conn.session._watch is not None:
+            conn.session._watch.stop()
 
     test.addCleanup(close)
     return conn, transport
@@ -84,13 +84,13 @@ class IdleConnectionTests(unittest.TestCase):
     def test_topics_and_limiter_made_on_first_use(self):
         """No topic set and no rate limiter until the client sends something."""
         conn, transport = open_connection(self)
-        self.assertIsNone(conn._topics)
-        self.assertIsNone(conn._limiter)
+        self.assertIsNone(conn.session._topics)
+        self.assertIsNone(conn.session._limiter)
         conn.onMessage(b'{"type":"ping"}', False)
-        self.assertIsNotNone(conn._limiter)
+        self.assertIsNotNone(conn.session._limiter)
         self.assertIn(b'"type":"pong"', transport.value())
-        self.assertEqual(conn.topics, set())
-        self.assertIs(conn.topics, conn.topics)
+        self.assertEqual(conn.session.topics, set())
+        self.assertIs(conn.session.topics, conn.session.topics)
 
     def test_rate_limit_still_applies_from_the_first_message(self):
         """The limiter made at the first message counts that message."""

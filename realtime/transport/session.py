@@ -1,0 +1,484 @@
+"""
+One client's session, whatever carries it: authentication and admission, the limits on
+what the client sends, its topics and the handling of each message type.
+
+A :class:`Session` knows nothing of WebSocket: its transport (:class:`ISessionTransport`:
+the Autobahn adapter :mod:`realtime.transport.websocket` today; SSE or long-poll would be
+another thin adapter) hands it the handshake's outcome (:meth:`Session.opened`), each
+client message as bytes (:meth:`Session.received`) and the end (:meth:`Session.closed`),
+and writes the frames the session gives it.  The registry, topics, resume and the REST API
+see the session: it is what they call a connection (``connection_id``, ``identity``,
+``topics``, ``deliver_frame``, ``close_with``, ``fail_auth``...).  ``deliver_frame`` is the
+transport's own method (no extra call on the write path).
+
+Authentication (credentials: :mod:`realtime.auth.authenticator`): credentials from the
+handshake are accepted or refused as soon as the connection opens.  Without any, the client
+is told ``connection_established`` and must send ``auth`` within ``WS_AUTH_TIMEOUT_MS``
+(else ``auth_failed`` ``timeout``, 4001); before that it may send ``auth`` and ``ping``
+only (anything else: ``error`` ``not_authenticated`` and 4001), at most
+:data:`PREAUTH_MAX_TOTAL_BYTES` in all (more: 4008).  An accepted identity is admitted by
+the gateway (per-user limit and single session across processes: 4029, 4004); messages
+that arrive while admission waits for Redis are held (a few) and handled once admitted.
+A later ``auth`` with a fresh token for the same user refreshes the identity.
+
+Every client message and ping counts against the rate limit
+(:mod:`realtime.transport.ratelimit`: ``error`` ``rate_limited``; repeatedly: 4008).  With
+``WS_SIGNED_MESSAGES`` each message after ``connected`` is an envelope checked by the
+gateway's verifier (:mod:`realtime.auth.signing`), handled in arrival order.
+
+Message types, once authenticated: each is handled by a ``handle_<type>`` method
+(``doc.create`` -> ``handle_doc_create``); the logic of topics is in
+:mod:`realtime.hub.topics`, of resume in :mod:`realtime.hub.resume`, of document writes in
+:mod:`realtime.transport.doc_writes`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.internet.defer import inlineCallbacks, succeed
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface
+
+from realtime import jsonutil
+from realtime.auth.expiry import SessionWatch
+from realtime.auth.identity import AuthFailure, Identity
+from realtime.auth.signing import SignatureError, new_session_secret
+from realtime.hub import resume, topics
+from realtime.hub.gateway import ADMITTED, REPLACED
+from realtime.hub.registry import frame_text
+from realtime.transport import ratelimit
+from realtime.transport.doc_writes import DocWrites
+from realtime.vocabulary import (
+    CLOSE_POLICY,
+    CLOSE_REPLACED,
+    CLOSE_TOO_MANY_CONNECTIONS,
+    CLOSE_UNAUTHORIZED,
+)
+
+#: all an unauthenticated client may send before authenticating; past it, close 4008
+PREAUTH_MAX_TOTAL_BYTES = 32 * 1024
+
+#: client messages held while a connection's admission waits for Redis
+MAX_HELD_MESSAGES = 16
+
+
+class ISessionTransport(Interface):
+    """What a session needs of the transport that carries it."""
+
+    still_open = Attribute("True while messages can be sent")
+
+    def deliver_frame(frame, direct=False):
+        """
+        Write one message, already framed for this transport; True when written or queued.
+        ``direct`` (answers, replays) bypasses the hold of a running resume.
+        """
+
+    def close_with(code, reason):
+        """Close the connection with a close code of docs/protocol.rst."""
+
+    def limit_before_auth():
+        """Lower the largest accepted message while the client is not authenticated."""
+
+    def lift_auth_limits():
+        """Authenticated: the configured message size limits apply again."""
+
+    def begin_hold():
+        """Hold live frames (a replay runs); returns the hold."""
+
+    def end_hold():
+        """One replay ended; after the last, send the held frames it did not give."""
+
+
+class Session:
+    """One client's state and message handling (see the module docstring)."""
+
+    _log = Logger()
+
+    __slots__ = (
+        "transport", "gateway", "deliver_frame", "connection_id", "identity", "_topics",
+        "_auth_timer", "_authenticating", "_registered", "_limiter", "_watch",
+        "_session_secret", "_inbox", "_preauth_bytes", "_admitting", "_held", "_present_as",
+        "session_seq", "admitted_at", "_doc_writes", "resuming",
+    )
+
+    def __init__(self, transport: ISessionTransport, gateway, connection_id: str):
+        self.transport = transport
+        self.gateway = gateway
+        self.deliver_frame = transport.deliver_frame  # the write path, without a hop
+        self.connection_id = connection_id
+        self.identity: Optional[Identity] = None
+        self._topics: Optional[set] = None  # made on first use: see topics
+        self._auth_timer = None
+        self._authenticating = False
+        self._registered = False
+        self._limiter = None
+        self._watch: Optional[SessionWatch] = None
+        self._session_secret: Optional[str] = None
+        self._inbox = None  # a Deferred chaining signed messages, handled in arrival order
+        self._preauth_bytes = 0
+        self._admitting = False
+        self._held: tuple = ()  # client messages received while admission was pending
+        self._present_as: Optional[str] = None  # user id recorded in presence
+        self.session_seq = 0  # single-session mode: this session's number
+        self.admitted_at = 0.0  # when admitted (gateway clock): see Registry.dispatch
+        self._doc_writes: Optional[DocWrites] = None  # made on the first document write
+        self.resuming = False  # a resume is running (one at a time)
+
+    # -- what the registry, topics and resume read ---------------------------------------
+
+    @property
+    def topics(self) -> set:
+        """The topics this connection subscribes to (a set of its own from first use)."""
+        topics = self._topics
+        if topics is None:
+            topics = self._topics = set()
+        return topics
+
+    @property
+    def user_id(self) -> Optional[str]:
+        return self.identity.user_id if self.identity is not None else None
+
+    @property
+    def roles(self) -> tuple:
+        return self.identity.roles if self.identity is not None else ()
+
+    @property
+    def token_id(self) -> Optional[str]:
+        return self.identity.token_id if self.identity is not None else None
+
+    @property
+    def still_open(self) -> bool:
+        return self.transport.still_open
+
+    def close_with(self, code: int, reason: str) -> None:
+        self.transport.close_with(code, reason)
+
+    def begin_hold(self) -> "resume.Hold":
+        return self.transport.begin_hold()
+
+    def end_hold(self) -> None:
+        self.transport.end_hold()
+
+    # -- from the transport --------------------------------------------------------------
+
+    def opened(self, outcome) -> None:
+        """
+        The connection is open; ``outcome`` is what the handshake's credentials gave: an
+        Identity, an AuthFailure, or None (no credentials: wait for ``auth``).
+        """
+        if isinstance(outcome, Identity):
+            self._accept(outcome)
+        elif isinstance(outcome, AuthFailure):
+            self._refuse(outcome)
+        else:
+            self.transport.limit_before_auth()
+            self.send_json({"type": "connection_established",
+                            "message": "Please authenticate to continue"})
+            self._auth_timer = self.gateway.timers.callLater(
+                self.gateway.config.ws_auth_timeout_ms / 1000.0, self._auth_timed_out)
+
+    def received(self, payload: bytes, is_binary: bool) -> None:
+        """One client message (the transport has checked that the connection is open)."""
+        if self.identity is None:
+            self._preauth_bytes += len(payload)
+            if self._preauth_bytes > PREAUTH_MAX_TOTAL_BYTES:
+                self.send_error("policy", "too much data before authentication")
+                self.close_with(CLOSE_POLICY, "too much data before authentication")
+                return
+        if self.within_rate_limit():
+            self._on_message(payload, is_binary)
+
+    def closed(self) -> None:
+        """The connection is gone: forget it everywhere."""
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        if self._watch is not None:
+            self._watch.stop()
+        if self._registered:
+            self._registered = False
+            self.gateway.registry.remove(self)
+        if self._present_as is not None:
+            user_id, self._present_as = self._present_as, None
+            self.gateway.connection_left(self, user_id)
+
+    def within_rate_limit(self, tell: bool = True) -> bool:
+        """Count one message (or ping) against the rate limit; False when refused."""
+        limiter = self._limiter
+        if limiter is None:  # made at the first message: an idle connection holds none
+            config = self.gateway.config
+            limiter = self._limiter = ratelimit.MessageLimiter(
+                config.ws_rate_limit_max_messages, config.ws_rate_limit_window_ms / 1000.0,
+                self.gateway.clock)
+        verdict, wait = limiter.check()
+        if verdict == ratelimit.ALLOW:
+            return True
+        if tell or verdict == ratelimit.CLOSE:
+            self.send_json({"type": "error", "code": "rate_limited",
+                            "message": "too many messages; slow down",
+                            "retryAfterMs": int(wait * 1000) + 1})
+        if verdict == ratelimit.CLOSE:
+            self.close_with(CLOSE_POLICY, "rate limit exceeded repeatedly")
+        return False
+
+    # -- authentication -----------------------------------------------------------------
+
+    def _accept(self, identity: Identity) -> None:
+        """
+        Admit an authenticated connection (per-user limit and single session, across every
+        process: see :meth:`Gateway.admit`).  Admission may wait for Redis; client messages
+        arriving meanwhile are held (a few) and handled once admitted.
+        """
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        self._admitting = True
+        d = self.gateway.admit(self, identity)
+        d.addCallback(self._admitted, identity)
+        d.addErrback(self._admission_failed)
+
+    def _admitted(self, verdict: str, identity: Identity) -> None:
+        self._admitting = False
+        held, self._held = self._held, ()
+        gateway = self.gateway
+        config = gateway.config
+        if verdict == REPLACED:
+            self.close_with(CLOSE_REPLACED, "replaced by a newer session")
+            return
+        if verdict != ADMITTED:
+            self.send_error("too_many_connections",
+                            f"at most {config.ws_max_connections_per_user} connections per user")
+            self.close_with(CLOSE_TOO_MANY_CONNECTIONS, "too many connections")
+            return
+        if not self.transport.still_open:  # closed while admission waited
+            self.gateway.connection_left(self, identity.user_id)
+            return
+        if identity.token_id is not None and gateway.registry.revoked(identity.token_id):
+            # revoked while admission waited: the revocation event found no connection
+            self.gateway.connection_left(self, identity.user_id)
+            self._refuse(AuthFailure("revoked", "token revoked"))
+            return
+        self._present_as = identity.user_id
+        self.admitted_at = gateway.now()
+        self.identity = identity
+        self.gateway.registry.add(self)
+        self._registered = True
+        self.transport.lift_auth_limits()
+        revocations = gateway.authenticator.revocations
+        if revocations is not None and not revocations.recheck_live_connections:
+            revocations = None  # no periodic re-check timer: see the store's docstring
+        self._watch = SessionWatch(
+            gateway.timers, self.fail_auth, gateway.authenticator.session_checker,
+            revalidate_interval=config.ws_session_revalidate_ms / 1000.0,
+            revocations=revocations)
+        self._watch.watch(identity)
+        connected = {
+            "type": "connected",
+            "user": identity.public(),
+            "connectionId": self.connection_id,
+            "timestamp": gateway.timestamp(),
+            "seqs": resume.positions(gateway),
+        }
+        if config.ws_signed_messages:
+            self._session_secret = new_session_secret()
+            connected["sessionSecret"] = self._session_secret
+        self.send_json(connected)
+        for message in held:
+            if self.transport.still_open:
+                self._handle(message)
+
+    def _admission_failed(self, failure) -> None:
+        self._admitting = False
+        self._held = ()
+        self._log.failure("admitting a connection failed", failure)
+        if self.transport.still_open:
+            self._refuse(AuthFailure("unavailable", "admission failed"))
+
+    def _refuse(self, failure: AuthFailure) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+        self.send_json({"type": "auth_failed", "reason": failure.reason})
+        self.close_with(failure.close_code, failure.reason)
+
+    def fail_auth(self, failure: AuthFailure) -> None:
+        """The credentials ended (expired, revoked, session gone): ``auth_failed``, close."""
+        if self.transport.still_open:
+            self._log.info("closing connection {id}: {reason}", id=self.connection_id,
+                           reason=failure.reason)
+            self._refuse(failure)
+
+    def _auth_timed_out(self) -> None:
+        self._auth_timer = None
+        if self.identity is None:
+            self._refuse(AuthFailure("timeout"))
+
+    @inlineCallbacks
+    def handle_auth(self, message: dict):
+        token = message.get("token")
+        if not isinstance(token, str) or not token:
+            self.send_error("bad_request", "auth needs a token")
+            return
+        if self._authenticating or self._admitting:
+            self.send_error("bad_request", "authentication already in progress")
+            return
+        self._authenticating = True
+        try:
+            identity = yield self.gateway.authenticator.verify_token(token)
+        except AuthFailure as failure:
+            if self.transport.still_open:
+                self._refuse(failure)
+            return
+        except Exception:
+            self._log.failure("verifying an auth token failed")
+            if self.transport.still_open:
+                self._refuse(AuthFailure("unavailable"))
+            return
+        finally:
+            self._authenticating = False
+        if not self.transport.still_open:
+            return
+        if self.identity is None:
+            self._accept(identity)
+        elif identity.user_id != self.identity.user_id:
+            self.send_error("forbidden", "a refreshed token must name the same user")
+        else:
+            old_roles = self.roles
+            self.identity = identity
+            if self._watch is not None:
+                self._watch.watch(identity)
+            self.send_json({"type": "connected", "user": identity.public(),
+                            "connectionId": self.connection_id,
+                            "timestamp": self.gateway.timestamp(),
+                            "seqs": resume.positions(self.gateway)})
+            topics.recheck_subscriptions(self)
+            if tuple(identity.roles) != tuple(old_roles):
+                self.gateway.connection_roles_changed(self, old_roles)
+
+    # -- messages -----------------------------------------------------------------------
+
+    def _on_message(self, payload: bytes, is_binary: bool) -> None:
+        if is_binary:
+            self.send_error("bad_request", "binary messages are not supported")
+            return
+        if self.identity is not None and self._session_secret is not None:
+            self._on_signed(payload)
+            return
+        try:
+            message = jsonutil.loads(payload)
+        except (ValueError, RecursionError):
+            self.send_error("invalid_json", "the message is not JSON")
+            return
+        self._handle(message)
+
+    def _handle(self, message) -> None:
+        if not isinstance(message, dict):
+            self.send_error("bad_request", "a message must be a JSON object")
+            return
+        kind = message.get("type")
+        if not isinstance(kind, str):
+            self.send_error("bad_request", "a message needs a string type")
+            return
+        self.gateway.metrics.received(kind)
+        if kind == "auth":
+            self.handle_auth(message)
+            return
+        if kind == "ping":
+            self.handle_ping(message)
+            return
+        if self.identity is None and self._admitting:
+            # Authenticated, admission pending (presence in Redis): hold a few messages.
+            # Not with signed messages (they could not have been signed yet: the secret
+            # comes with `connected`), and not past the few: refused, the connection stays.
+            if not self.gateway.config.ws_signed_messages and len(self._held) < MAX_HELD_MESSAGES:
+                self._held += (message,)
+            else:
+                self.send_error("not_ready", "wait for `connected` before sending this")
+            return
+        if self.identity is None:
+            self.send_error("not_authenticated", "authenticate first")
+            self.close_with(CLOSE_UNAUTHORIZED, "not authenticated")
+            return
+        handler_name = _HANDLERS.get(kind)
+        if handler_name is None:
+            self.send_error("unknown_type", f"unknown message type {kind[:64]!r}")
+            return
+        getattr(self, handler_name)(message)
+
+    def _on_signed(self, payload: bytes) -> None:
+        """Verify an envelope, then handle its payload (in arrival order)."""
+        secret = self._session_secret
+        text = payload.decode("utf-8")  # the transport has validated the UTF-8
+
+        def verify(_):
+            return self.gateway.message_verifier.verify(secret, text)
+
+        def refused(failure):
+            if failure.check(SignatureError):
+                self.send_error(failure.value.code, failure.value.message)
+            else:
+                self._log.failure("verifying a signed message failed", failure)
+                self.send_error("internal", "the server failed to handle that message")
+
+        def handle(message):
+            if self.transport.still_open:
+                self._handle(message)
+
+        def failed(failure):
+            self._log.failure("handling a signed message failed", failure)
+            self.send_error("internal", "the server failed to handle that message")
+
+        if self._inbox is None:
+            self._inbox = succeed(None)
+        d = self._inbox.addCallback(verify)
+        d.addCallbacks(handle, refused)
+        d.addErrback(failed)
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send_json(self, message: dict) -> bool:
+        sent = self.deliver_frame(frame_text(jsonutil.dumps(message)), True)
+        if sent:
+            self.gateway.metrics.sent(message.get("type"))
+        return sent
+
+    def send_error(self, code: str, text: str, ref: Optional[str] = None) -> bool:
+        self.gateway.metrics.error(code)
+        message = {"type": "error", "code": code, "message": text}
+        if ref is not None:
+            message["ref"] = ref
+        return self.send_json(message)
+
+    # -- message types ------------------------------------------------------------------
+
+    def handle_ping(self, message: dict) -> None:
+        self.send_json({"type": "pong", "timestamp": self.gateway.timestamp()})
+
+    def handle_subscribe(self, message: dict) -> None:
+        topics.handle_subscribe(self, message)
+
+    def handle_unsubscribe(self, message: dict) -> None:
+        topics.handle_unsubscribe(self, message)
+
+    def handle_publish(self, message: dict) -> None:
+        topics.handle_publish(self, message)
+
+    def handle_resume(self, message: dict) -> None:
+        resume.handle_resume(self, message)
+
+    def handle_doc_write(self, message: dict) -> None:
+        """``doc.create``, ``doc.update`` and ``doc.delete``."""
+        if self._doc_writes is None:
+            self._doc_writes = DocWrites(self.gateway.writer, self.send_json,
+                                         self.gateway.metrics.error)
+        self._doc_writes.handle(self.user_id, self.identity.roles, message)
+
+    handle_doc_create = handle_doc_update = handle_doc_delete = handle_doc_write
+
+
+#: message type -> name of the method handling it once the client is authenticated
+_HANDLERS = {
+    kind: "handle_" + kind.replace(".", "_").replace("-", "_")
+    for kind in ("subscribe", "unsubscribe", "publish", "resume",
+                 "doc.create", "doc.update", "doc.delete")
+}

@@ -159,19 +159,28 @@ class TurnBatcherTests(unittest.TestCase):
 
 class AutobahnAdaptationTests(unittest.TestCase):
     def test_lazy_debug_arguments_render_the_same_text(self):
-        """Autobahn's debug-log arguments, made lazy, render exactly as before when logged."""
+        """Autobahn's debug-log arguments, made lazy, render exactly as before when logged
+        (at debug level); below it, where Autobahn's log.debug is a no-op, they pass through
+        unformatted."""
         import pprint
 
+        import txaio
         from autobahn import util
         from autobahn.websocket import protocol as ab
 
         fastpath.lazy_autobahn_debug_formatting()
         value = [("a", 1), ("b", {"c": 2})]
+        level = txaio.get_global_log_level()
+        self.addCleanup(txaio.set_global_log_level, level)
+        txaio.set_global_log_level("debug")
         self.assertEqual(str(ab.pformat(value)), pprint.pformat(value))
         self.assertEqual("{}".format(ab.hlval(3)), util.hlval(3))
         timings = ab.Timings()
         timings.track("x")
         self.assertIsInstance(str(timings), str)
+        txaio.set_global_log_level("info")
+        self.assertIs(ab.hlval(value), value)  # never rendered: ...
+        self.assertIs(txaio.make_logger().debug, txaio.tx._no_op)  # ... debug is a no-op
 
     def test_protocol_options_live_on_the_class(self):
         """Each connection reads the factory's options from its class, not its own copy."""

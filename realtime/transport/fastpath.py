@@ -130,6 +130,28 @@ class _Deferred:
 
 _patched = False
 
+#: txaio's levels at which Autobahn's debug log calls are not no-ops
+_DEBUG_LEVELS = frozenset(("debug", "trace"))
+
+
+def _lazy(original):
+    """
+    ``original`` (a formatting helper), made lazy.  Below txaio's debug level Autobahn's
+    ``log.debug`` is a no-op, so what the helper returns is never rendered: the argument is
+    passed through as it is, at no cost.  At debug level a :class:`_Deferred` formats it,
+    with the same text, if the event is rendered.
+    """
+    import txaio
+
+    def lazy(*args, **kw):
+        if txaio.get_global_log_level() not in _DEBUG_LEVELS:
+            return args[0] if args else None
+        if kw:
+            return _Deferred(lambda: original(*args, **kw))
+        return _Deferred(original, *args)
+
+    return lazy
+
 
 def lazy_autobahn_debug_formatting() -> None:
     """
@@ -139,7 +161,8 @@ def lazy_autobahn_debug_formatting() -> None:
     when debug logging is off: ``pformat`` of every protocol option on each new connection
     (about a fifth of the server's CPU while accepting connections, by py-spy), and
     coloured ``hltype``/``hlval`` strings on each write.  Wrapped, they are formatted only if
-    a log observer renders the event; the text is the same when it does.
+    a log observer renders the event; the text is the same when it does.  Below txaio's
+    debug level (where Autobahn's ``log.debug`` is a no-op) they are not even wrapped.
     """
     global _patched
     if _patched:
@@ -150,8 +173,7 @@ def lazy_autobahn_debug_formatting() -> None:
         for name in ("pformat", "hltype", "hlval", "hlid"):
             original = getattr(module, name, None)
             if original is not None:
-                setattr(module, name, lambda *args, _original=original, **kw: _Deferred(
-                    _original, *args) if not kw else _Deferred(lambda: _original(*args, **kw)))
+                setattr(module, name, _lazy(original))
     # the one use of pformat whose result must be a str
     ab_protocol.Timings.__str__ = lambda self: pprint.pformat(self._timings)
     _patched = True

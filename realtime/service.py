@@ -243,6 +243,11 @@ def make_gateway(config, reactor, http=None, broker=None, metrics=None,
     return gateway
 
 
+def _rules_of(gateway):
+    """The application databases' rules the gateway follows (empty: none)."""
+    return gateway.databases.rules if gateway.databases is not None else rules_module.EMPTY
+
+
 def make_databases(config, reactor, registry, http, metrics, rules):
     """The application databases of ``rules`` (the rule file's), or None when empty."""
     if not rules:
@@ -414,7 +419,7 @@ def make_service(config, reactor=None, ready=None, startup=None,
 
     factory = protocol.make_factory(gateway)
     site = make_site(gateway, factory, api_resource=make_api(gateway),
-                     pages=make_pages(gateway, http, config))
+                     pages=make_pages(gateway, http, config, rules=_rules_of(gateway)))
     # /ws handshakes go straight to Autobahn, the rest to the site (realtime.transport.fastpath)
     listener = fastpath.WebSocketFirstFactory(site, factory, clock=gateway.timers)
     ShutdownService(gateway).setServiceParent(top)

@@ -326,7 +326,8 @@ class GatewayHarness:
     def site_arguments(self) -> dict:
         """Keyword arguments for make_site: the REST API and pages, as the service builds them."""
         return {"api_resource": make_api(self.gateway),
-                "pages": make_pages(self.gateway, self.http, self.config)}
+                "pages": make_pages(self.gateway, self.http, self.config,
+                                    rules=self.rules or self.config.config)}
 
     @inlineCallbacks
     def connect(self, **kwargs):

@@ -13,6 +13,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
+from realtime.databases.rules import parse_rules
 from realtime.http import pages
 from tests import harness
 from tests.harness import GatewayHarness, unique
@@ -228,3 +229,29 @@ class DemoTests(PagesTestCase):
         from twisted.logger import formatEvent
         text = "\n".join(formatEvent(e) + repr(e) for e in events)
         self.assertNotIn(password, text)
+
+
+class DemoWithDatabasesTests(PagesTestCase):
+    overrides = {"demo": True}
+
+    @inlineCallbacks
+    def setUp(self):
+        self.gw = GatewayHarness(feeds=False, rules=parse_rules(
+            '[databases.notes]\nusers = ["owner"]\nwrite = ["owner"]\nfields = ["title", "body"]\n'
+            '[databases.wiki]\npublic = true\n', "rules.toml"), demo=True)
+        yield self.gw.start()
+        self.addCleanup(self.gw.stop)
+
+    @inlineCallbacks
+    def test_the_session_lists_the_databases(self):
+        """The login answer names the rule file's databases and the fields a client may write."""
+        name, password = unique("demo"), unique("pw")
+        harness.pouchdb().create_user(name, password)
+        response, body = yield self.get(
+            "/demo/session", method="POST", headers={"Content-Type": "application/json"},
+            body=json.dumps({"name": name, "password": password}).encode())
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body)["databases"], [
+            {"db": "notes", "fields": ["title", "body"], "writable": True},
+            {"db": "wiki", "fields": [], "writable": False},
+        ])

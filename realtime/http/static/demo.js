@@ -136,8 +136,8 @@ function renderDatabases() {
   box.replaceChildren();
   const note = $("docs-note");
   if (state.info.databases.length === 0) {
-    note.textContent = "No application database is configured on this gateway (REALTIME_CONFIG names the rule file; " +
-      "make run starts one with a demo database). Your profile above is live all the same.";
+    note.textContent = "No application database is configured on this gateway (REALTIME_CONFIG names the rule file: " +
+      "see docs/databases.rst). Your profile above is live all the same.";
     return;
   }
   note.textContent = "Each user sees only the documents the database's rule lets them read. " +

@@ -31,6 +31,7 @@ from realtime.databases.readers import CouchRevisions
 from realtime.databases.writer import CouchDocuments, DocumentWriter, WriteMetrics
 from realtime.dev import benchhook
 from realtime.feeds.changes import ChangesFollower
+from realtime.feeds.replay import ChangesReader, Replayer
 from realtime.feeds.routing import utc_timestamp
 from realtime.http.pages import make_pages
 from realtime.http.rest import make_api
@@ -204,6 +205,15 @@ def make_writer(config, reactor, http, rules, metrics) -> DocumentWriter:
     return DocumentWriter(documents, rules, reactor, metrics=WriteMetrics(metrics.registry))
 
 
+def make_replayer(config, reactor, http, rules) -> Replayer:
+    """Replays of the followed databases for ``resume``, with the gateway's credentials."""
+    reader = ChangesReader(http, config.couchdb_url, reactor,
+                           admin_auth=config.couchdb_admin_auth)
+    return Replayer(reader, reactor, followed=config.watch_databases,
+                    max_changes=config.resume_max_changes,
+                    concurrency=config.resume_concurrency)
+
+
 def make_gateway(config, reactor, http=None, broker=None, metrics=None,
                  rules=None) -> Gateway:
     """
@@ -235,7 +245,8 @@ def make_gateway(config, reactor, http=None, broker=None, metrics=None,
     gateway = Gateway(config, reactor, registry, cluster.broker, authenticator,
                       metrics=metrics, presence=cluster.presence,
                       writer=make_writer(config, reactor, http, rules, metrics),
-                      history=cluster.history, databases=databases)
+                      history=cluster.history, databases=databases,
+                      replayer=make_replayer(config, reactor, http, rules))
     gateway.cluster = cluster
     gateway.revoker = revocation.Revoker(cluster.revocations, cluster.broker, reactor)
     if config.ws_signed_messages:

@@ -37,11 +37,10 @@ class Gateway:
     revoker = None
     #: a :class:`realtime.auth.signing.MessageVerifier` when signed messages are on
     message_verifier = None
-    #: replays of CouchDB changes for ``resume`` (:mod:`realtime.feeds.replay`), or None
-    replayer = None
 
     def __init__(self, config, clock, registry, broker, authenticator, metrics=None,
-                 presence=None, writer=None, history=None, databases=None):
+                 presence=None, writer=None, history=None, databases=None,
+                 replayer=None):
         self.config = config
         self.clock = clock
         # The per-connection timers (first-line and auth timeouts, JWT expiry, revalidation)
@@ -61,6 +60,8 @@ class Gateway:
         self.writer = writer
         # Message history (offsets, resume): in Redis with a Redis cluster.
         self.history = history if history is not None else MemoryHistory(clock)
+        # Replays of CouchDB changes for resume (realtime.feeds.replay); None: none.
+        self.replayer = replayer
         self.followers: List = []
         # The application databases of the rule file (realtime.databases.application),
         # or None when there are none.

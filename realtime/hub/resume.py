@@ -26,8 +26,9 @@ read); after ``resumed`` they are sent, less those the replay already gave: the 
 - ``messages``: ``history_trimmed`` (the history no longer reaches back that far, or the
   offset is from another history: a restart without Redis, Redis lost its data), with
   ``missed`` when the number is known; ``unknown_offset`` (not an offset of this server).
-- a database: ``unknown_seq``, ``too_far_behind`` (see :mod:`realtime.feeds.replay`),
-  ``unknown_database`` (not followed by this gateway).
+- a database: ``unknown_seq``, ``too_far_behind``, ``unavailable`` (CouchDB did not
+  answer: resume again later) (see :mod:`realtime.feeds.replay`), ``unknown_database``
+  (not followed by this gateway, or not replayable yet).
 
 ``subscribe {topic, since: offset}`` (after the usual checks; :mod:`realtime.hub.topics`):
 the topic's publications after ``offset`` (``"replay": true``), then ``subscribed`` with

@@ -1,0 +1,270 @@
+"""
+Replay from CouchDB for ``resume``: per database, every change since a client's ``seq``
+that concerns this user, read from CouchDB itself (``_changes?since=``), so there is no
+window: a client back after a second or after a month gets what it missed.
+
+:class:`Replayer` answers ``replay(conn, db, since, send)`` with a :class:`ReplayResult`
+(``until``, ``replayed``, ``recovered``, ``reason``) after calling ``send(message)`` for
+each message to replay (:mod:`realtime.hub.resume` marks them ``replay: true``, holds the
+live messages meanwhile and sends ``resumed``).
+
+What is replayed:
+
+- ``_users``: the user's own document ``org.couchdb.user:NAME``, if it changed since the
+  seq, as one ``user-change`` (its latest revision, authentication fields removed, or
+  ``deleted: true``).  Read with ``POST _changes?filter=_doc_ids`` naming that one id, so
+  CouchDB sends nothing else.
+- Application databases: see :class:`AppDatabaseReplay`.
+
+Only the latest revision of each document is sent (CouchDB's ``_changes`` gives each
+document once, at its latest change).
+
+Checks, before anything is asked of CouchDB:
+
+- ``since`` is untrusted input and is never passed on as given: it must be a
+  non-negative integer (pouchdb-server's seqs) or a string of the shape of CouchDB seqs
+  (``<digits>`` or ``<digits>-<base64url>``, at most 4 KiB), else ``recovered: false`` reason
+  ``unknown_seq``.  (pouchdb-server answers any ``since`` by echoing it; CouchDB 3
+  answers 400 for a malformed one, which is ``unknown_seq`` too.)
+- An integer ``since`` beyond the database's ``update_seq`` (a database recreated since,
+  or a seq of another database) is ``unknown_seq``.
+- More than ``max_changes`` changes to read (``REALTIME_RESUME_MAX_CHANGES``): reason
+  ``too_far_behind``, nothing replayed: the client reloads that database from its own
+  API.  The count is CouchDB's ``pending`` (CouchDB 2/3); pouchdb-server has none, and
+  its integer seqs are counts, so there ``update_seq - since`` is used.
+
+``until`` is where the client stands after the replay (the ``last_seq`` of the read; for
+a database not recovered, where it stands now, so that the client can reload and go on
+from there).
+
+Load: at most ``concurrency`` replays read CouchDB at once per process
+(``REALTIME_RESUME_CONCURRENCY``); more wait their turn (queued, never refused).  Reads
+are in batches of ``batch_size`` changes, each a separate request, so live delivery to
+other connections goes on between them; a client that disconnects stops its read at the
+next batch (and leaves the queue if still waiting).  Every request has a deadline; a
+CouchDB that cannot answer makes the database ``recovered: false`` reason
+``unavailable`` (the client may resume again).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Optional
+from urllib.parse import quote
+
+from twisted.internet.defer import DeferredSemaphore, inlineCallbacks
+from twisted.logger import Logger
+
+from realtime import jsonutil
+from realtime.feeds.routing import USER_PREFIX, USERS_DB, route_users_change
+
+#: a CouchDB 2/3 sequence: the sum of shard seqs, a dash, an opaque base64url string
+_COUCH_SEQ = re.compile(r"[0-9]{1,20}(-[A-Za-z0-9_\-]{1,4096})?\Z")
+MAX_SEQ_LENGTH = 4200
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_BATCH = 1000
+
+
+@dataclasses.dataclass
+class ReplayResult:
+    until: Any
+    replayed: int
+    recovered: bool
+    reason: Optional[str] = None
+
+
+class CouchUnavailable(Exception):
+    """CouchDB did not answer a replay read (in time, or sensibly)."""
+
+
+class SeqRefused(Exception):
+    """CouchDB refused the ``since`` (400): not a seq of this database."""
+
+
+def seq_shape_ok(since) -> bool:
+    """Whether ``since`` looks like a seq of pouchdb-server or CouchDB 2/3 (never more)."""
+    if isinstance(since, bool):
+        return False
+    if isinstance(since, int):
+        return 0 <= since < 2 ** 63
+    return isinstance(since, str) and len(since) <= MAX_SEQ_LENGTH and \
+        _COUCH_SEQ.match(since) is not None
+
+
+class ChangesReader:
+    """The few CouchDB reads a replay needs, with the gateway's credentials and deadlines."""
+
+    _log = Logger()
+
+    def __init__(self, http, couchdb_url: str, clock, admin_auth: Optional[str] = None,
+                 timeout: float = DEFAULT_TIMEOUT):
+        self._http = http
+        self._base = couchdb_url.rstrip("/")
+        self._clock = clock
+        self._timeout = timeout
+        self._headers = {b"Accept": [b"application/json"],
+                         b"Content-Type": [b"application/json"]}
+        if admin_auth:
+            self._headers[b"Authorization"] = [b"Basic " + admin_auth.encode("ascii")]
+
+    def db_url(self, db: str) -> str:
+        return f"{self._base}/{quote(db, safe='')}"
+
+    @inlineCallbacks
+    def request(self, method: str, url: str, body=None):
+        """The parsed JSON object of a 200; SeqRefused on 400; CouchUnavailable else."""
+        data = jsonutil.dumps(body) if body is not None else None
+        try:
+            d = self._http.request(method, url, headers=self._headers, data=data)
+            d.addCallback(lambda response: response.content().addCallback(
+                lambda content: (response.code, content)))
+            d.addTimeout(self._timeout, self._clock)
+            status, content = yield d
+        except Exception as e:
+            raise CouchUnavailable(f"no answer from CouchDB ({type(e).__name__})") from None
+        if status == 400:
+            raise SeqRefused()
+        try:
+            parsed = jsonutil.loads(content) if content else None
+        except ValueError:
+            parsed = None
+        if status != 200 or not isinstance(parsed, dict):
+            raise CouchUnavailable(f"CouchDB answered {status}")
+        return parsed
+
+    def info(self, db: str):
+        return self.request("GET", self.db_url(db))
+
+    def changes(self, db: str, since, limit: int, include_docs: bool = True,
+                doc_ids=None, selector=None):
+        """One batch of the normal feed after ``since`` (already checked)."""
+        query = f"?since={quote(str(since), safe='')}&limit={int(limit)}"
+        if include_docs:
+            query += "&include_docs=true"
+        if doc_ids is not None:
+            return self.request("POST", self.db_url(db) + "/_changes" + query +
+                                "&filter=_doc_ids", {"doc_ids": list(doc_ids)})
+        if selector is not None:
+            # GET with selector= (pouchdb-server crashes on POST ?filter=_selector)
+            query += "&filter=_selector&selector=" + quote(jsonutil.dumps_text(selector),
+                                                           safe="")
+        return self.request("GET", self.db_url(db) + "/_changes" + query)
+
+    def bulk_get(self, db: str, docs, revs: bool = False):
+        """``_bulk_get`` of (id, rev) pairs: old revisions (until compaction)."""
+        query = "?revs=true" if revs else ""
+        return self.request("POST", self.db_url(db) + "/_bulk_get" + query,
+                            {"docs": [{"id": i, "rev": r} for i, r in docs]})
+
+
+class Replayer:
+    """
+    :param reader: a :class:`ChangesReader`.
+    :param clock: an ``IReactorTime`` (timestamps).
+    :param databases: name -> replay of that database; ``_users`` is built in.
+    :param max_changes: ``REALTIME_RESUME_MAX_CHANGES``.
+    :param concurrency: replays reading CouchDB at once.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reader: ChangesReader, clock, followed=(USERS_DB,), databases=None,
+                 max_changes: int = 100_000, concurrency: int = 4,
+                 batch_size: int = DEFAULT_BATCH):
+        self.reader = reader
+        self._clock = clock
+        self._followed = frozenset(followed)
+        self._databases = dict(databases or {})
+        self.max_changes = max_changes
+        self.batch_size = batch_size
+        self._slots = DeferredSemaphore(concurrency)
+        self.running = 0  # replays reading now (metrics, tests)
+        self.waiting = 0  # replays queued for a slot
+
+    def follows(self, db: str) -> bool:
+        return db in self._followed and (db == USERS_DB or db in self._databases)
+
+    @inlineCallbacks
+    def replay(self, conn, db: str, since, send: Callable[[dict], bool]):
+        if not seq_shape_ok(since):
+            until = yield self._head(db, since)
+            return ReplayResult(until, 0, False, "unknown_seq")
+        self.waiting += 1
+        try:
+            yield self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        try:
+            if not conn.still_open:
+                return ReplayResult(since, 0, False, "disconnected")
+            return (yield self._replay(conn, db, since, send))
+        except SeqRefused:
+            until = yield self._head(db, since)
+            return ReplayResult(until, 0, False, "unknown_seq")
+        except CouchUnavailable as e:
+            self._log.warn("resume of {db}: CouchDB unavailable ({error})", db=db,
+                           error=str(e))
+            return ReplayResult(since, 0, False, "unavailable")
+        finally:
+            self.running -= 1
+            self._slots.release()
+
+    @inlineCallbacks
+    def _head(self, db: str, fallback):
+        try:
+            info = yield self.reader.info(db)
+        except Exception:
+            return fallback
+        return info.get("update_seq", fallback)
+
+    @inlineCallbacks
+    def _behind(self, db: str, since):
+        """(too far behind?, update_seq) before reading."""
+        info = yield self.reader.info(db)
+        head = info.get("update_seq")
+        if isinstance(since, int) and isinstance(head, int):
+            if since > head:
+                raise SeqRefused()
+            return head - since > self.max_changes, head
+        probe = yield self.reader.changes(db, since, 1, include_docs=False)
+        pending = probe.get("pending")
+        if isinstance(pending, int) and not isinstance(pending, bool):
+            return pending + len(probe.get("results") or ()) > self.max_changes, head
+        return False, head
+
+    @inlineCallbacks
+    def _replay(self, conn, db: str, since, send):
+        too_far, head = yield self._behind(db, since)
+        if too_far:
+            return ReplayResult(head if head is not None else since, 0, False,
+                                "too_far_behind")
+        if db == USERS_DB:
+            return (yield self._replay_users(conn, since, send))
+        return (yield self._databases[db].replay(self, conn, since, send))
+
+    @inlineCallbacks
+    def _replay_users(self, conn, since, send):
+        doc_id = USER_PREFIX + conn.user_id
+        answer = yield self.reader.changes(USERS_DB, since, self.batch_size,
+                                           doc_ids=[doc_id])
+        sent = 0
+        for change in _results(answer):
+            if change.get("id") != doc_id:
+                continue  # never anyone else's, whatever CouchDB answered
+            recipients, message = route_users_change(change, self._clock.seconds())
+            if message is None or tuple(recipients) != (conn.user_id,):
+                continue
+            if not send(message):
+                return ReplayResult(since, sent, False, "disconnected")
+            sent += 1
+        return ReplayResult(answer.get("last_seq", since), sent, True)
+
+
+def _results(answer: dict):
+    results = answer.get("results")
+    if not isinstance(results, list):
+        raise CouchUnavailable("a _changes answer without results")
+    return [r for r in results if isinstance(r, dict)]

@@ -223,7 +223,7 @@ class FakeCouch3(Resource):
             return json.dumps({"error": "bad_request", "reason": "Malformed sequence"}).encode()
         after = [(s, c) for s, c in self.changes if self.number(s) > self.number(since)]
         if args.get("filter") == "_doc_ids":
-            wanted = set(json.loads(body)["doc_ids"])
+            wanted = set(json.loads(args["doc_ids"]))
             after = [(s, c) for s, c in after if c["id"] in wanted]
         limit = int(args.get("limit", 10 ** 9))
         page = after[:limit]
@@ -296,9 +296,8 @@ class StringSeqReplay(unittest.TestCase):
                          [("user-change", seq(3), "blue")])
         self.assertNotIn("derived_key", sent[0]["doc"])
         method, path, args, body = self.couch.requests[-1]
-        self.assertEqual((method, args["since"], args["filter"], json.loads(body)),
-                         ("POST", seq(1), "_doc_ids",
-                          {"doc_ids": ["org.couchdb.user:ann"]}))
+        self.assertEqual((method, args["since"], args["filter"], json.loads(args["doc_ids"])),
+                         ("GET", seq(1), "_doc_ids", ["org.couchdb.user:ann"]))
 
     def test_a_seq_couchdb_refuses_is_unknown_seq(self):
         """A well-shaped seq CouchDB answers 400 to: unknown_seq, until = update_seq."""
@@ -348,6 +347,27 @@ class StringSeqReplay(unittest.TestCase):
         # third's info, count and read (3)
         self.assertEqual(len(self.couch.requests) - reads_before, 4)
         self.assertEqual((replayer.running, replayer.waiting), (0, 0))
+
+    def test_a_5xx_is_asked_again(self):
+        """A 500 (pouchdb-server has transient ones) is asked again, twice at most."""
+        real = self.couch.render
+        failures = [2]
+
+        def flaky(request):
+            if b"_changes" in request.path and failures[0]:
+                failures[0] -= 1
+                request.setResponseCode(500)
+                return b'{"error":"internal"}'
+            return real(request)
+
+        self.couch.render = flaky
+        d, sent = self.replay_of(self.replayer(), FakeConn("ann"), seq(1))
+        self.clock.advance(0.2)
+        self.treq.flush()
+        self.clock.advance(0.4)
+        self.treq.flush()
+        self.assertTrue(self.successResultOf(d).recovered)
+        self.assertEqual(len(sent), 1)
 
     def test_couchdb_away_is_unavailable(self):
         """No answer in time: recovered false, reason unavailable (the client may retry)."""

@@ -12,7 +12,7 @@ What is replayed:
 
 - ``_users``: the user's own document ``org.couchdb.user:NAME``, if it changed since the
   seq, as one ``user-change`` (its latest revision, authentication fields removed, or
-  ``deleted: true``).  Read with ``POST _changes?filter=_doc_ids`` naming that one id, so
+  ``deleted: true``).  Read with ``_changes?filter=_doc_ids`` naming that one id, so
   CouchDB sends nothing else.
 - Application databases: see :class:`AppDatabaseReplay`.
 
@@ -54,7 +54,9 @@ from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 from twisted.internet.defer import DeferredSemaphore, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from realtime import jsonutil
 from realtime.feeds.routing import USER_PREFIX, USERS_DB, route_users_change
@@ -78,9 +80,18 @@ class ReplayResult:
 class CouchUnavailable(Exception):
     """CouchDB did not answer a replay read (in time, or sensibly)."""
 
+    def __init__(self, message: str, retry: bool = False):
+        super().__init__(message)
+        self.retry = retry  # worth asking again (a 5xx, a dropped connection)
+
 
 class SeqRefused(Exception):
     """CouchDB refused the ``since`` (400): not a seq of this database."""
+
+
+def _timed_out(result, timeout):
+    """A read past its deadline (not asked again: CouchDB is too slow now)."""
+    return Failure(CouchUnavailable(f"no answer from CouchDB within {timeout:g} s"))
 
 
 def seq_shape_ok(since) -> bool:
@@ -114,16 +125,36 @@ class ChangesReader:
 
     @inlineCallbacks
     def request(self, method: str, url: str, body=None):
-        """The parsed JSON object of a 200; SeqRefused on 400; CouchUnavailable else."""
+        """
+        The parsed JSON object of a 200; SeqRefused on 400; CouchUnavailable else.  A read:
+        a 5xx or a dropped connection is asked again (``RETRIES`` times, 0.2 s apart);
+        a deadline passed is not.
+        """
+        for attempt in range(self.RETRIES + 1):
+            try:
+                return (yield self._request_once(method, url, body))
+            except CouchUnavailable as e:
+                if not e.retry or attempt == self.RETRIES:
+                    raise
+                self._log.info("replay read: {error}; asking again", error=str(e))
+                yield deferLater(self._clock, 0.2 * (attempt + 1), lambda: None)
+
+    RETRIES = 2
+
+    @inlineCallbacks
+    def _request_once(self, method: str, url: str, body=None):
         data = jsonutil.dumps(body) if body is not None else None
         try:
             d = self._http.request(method, url, headers=self._headers, data=data)
             d.addCallback(lambda response: response.content().addCallback(
                 lambda content: (response.code, content)))
-            d.addTimeout(self._timeout, self._clock)
+            d.addTimeout(self._timeout, self._clock, onTimeoutCancel=_timed_out)
             status, content = yield d
+        except CouchUnavailable:
+            raise
         except Exception as e:
-            raise CouchUnavailable(f"no answer from CouchDB ({type(e).__name__})") from None
+            raise CouchUnavailable(f"no answer from CouchDB ({type(e).__name__})",
+                                   retry=True) from None
         if status == 400:
             raise SeqRefused()
         try:
@@ -131,7 +162,7 @@ class ChangesReader:
         except ValueError:
             parsed = None
         if status != 200 or not isinstance(parsed, dict):
-            raise CouchUnavailable(f"CouchDB answered {status}")
+            raise CouchUnavailable(f"CouchDB answered {status}", retry=status >= 500)
         return parsed
 
     def info(self, db: str):
@@ -144,8 +175,10 @@ class ChangesReader:
         if include_docs:
             query += "&include_docs=true"
         if doc_ids is not None:
-            return self.request("POST", self.db_url(db) + "/_changes" + query +
-                                "&filter=_doc_ids", {"doc_ids": list(doc_ids)})
+            # GET with doc_ids= (both servers take it; pouchdb-server's POST path fails now
+            # and then with a 500 "reading 'getSecurity'")
+            query += "&filter=_doc_ids&doc_ids=" + quote(jsonutil.dumps_text(list(doc_ids)),
+                                                         safe="")
         if selector is not None:
             # GET with selector= (pouchdb-server crashes on POST ?filter=_selector)
             query += "&filter=_selector&selector=" + quote(jsonutil.dumps_text(selector),
@@ -242,11 +275,11 @@ class Replayer:
             return ReplayResult(head if head is not None else since, 0, False,
                                 "too_far_behind")
         if db == USERS_DB:
-            return (yield self._replay_users(conn, since, send))
+            return (yield self._replay_users(conn, since, head, send))
         return (yield self._databases[db].replay(self, conn, since, send))
 
     @inlineCallbacks
-    def _replay_users(self, conn, since, send):
+    def _replay_users(self, conn, since, head, send):
         doc_id = USER_PREFIX + conn.user_id
         answer = yield self.reader.changes(USERS_DB, since, self.batch_size,
                                            doc_ids=[doc_id])
@@ -260,7 +293,10 @@ class Replayer:
             if not send(message):
                 return ReplayResult(since, sent, False, "disconnected")
             sent += 1
-        return ReplayResult(answer.get("last_seq", since), sent, True)
+        until = answer.get("last_seq", since)
+        if not answer["results"] and head is not None:
+            until = head  # (pouchdb-server echoes since when nothing matched)
+        return ReplayResult(until, sent, True)
 
 
 def _results(answer: dict):

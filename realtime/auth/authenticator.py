@@ -25,7 +25,12 @@ token arrives (handshake, ``auth`` message, refresh); a revocation store that ca
 refuses (``unavailable``, 4101).  Credentials that end on a live connection:
 :mod:`realtime.auth.expiry`.
 
-Nothing here logs a token or cookie.
+Nothing here logs a token or cookie.  A refused JWT is logged once, at info level, by
+:meth:`Authenticator.verify_token` (every way a token arrives goes through it), with the
+reason in words (missing claim, bad signature, algorithm not allowed, expired, wrong
+audience or issuer, unknown ``kid``, revoked ...) and the token named by
+:func:`token_reference`: its ``jti`` or a prefix of the hash of its signed part, as
+revocation names it — never the token, which would let whoever reads the log use it.
 """
 
 from __future__ import annotations
@@ -50,6 +55,52 @@ from realtime.auth.identity import (
     token_id,
 )
 from realtime.auth.origins import COOKIE_VALUE, cookie_value, origin_allowed, same_origin
+
+
+def _shown(value, limit: int = 40) -> str:
+    """A value from a token, made safe for a log line (escaped, bounded)."""
+    text = value if isinstance(value, str) else repr(value)
+    return repr(text[:limit].encode("unicode_escape").decode("ascii"))
+
+
+#: PyJWT's refusals, in words for the log
+_JWT_ERRORS = (
+    (jwt.InvalidSignatureError, "bad signature (not signed with the configured key)"),
+    (jwt.InvalidAudienceError, "wrong audience (aud is not JWT_AUDIENCE)"),
+    (jwt.InvalidIssuerError, "wrong issuer (iss is not JWT_ISSUER)"),
+    (jwt.ImmatureSignatureError, "not valid yet (nbf in the future)"),
+    (jwt.InvalidIssuedAtError, "issued in the future (iat)"),
+    (jwt.InvalidAlgorithmError, "algorithm not allowed"),
+    (jwt.DecodeError, "malformed token"),
+)
+
+
+def _jwt_error_text(error: Exception) -> str:
+    if isinstance(error, jwt.MissingRequiredClaimError):
+        return f"missing required claim {_shown(error.claim)}"
+    for kind, text in _JWT_ERRORS:
+        if isinstance(error, kind):
+            return text
+    return type(error).__name__
+
+
+def token_reference(token) -> str:
+    """
+    How a log line names a token: ``jti:<jti>`` (escaped) when its payload carries one,
+    else ``sha256:`` and the first 16 hex digits of the hash of its signed part (the
+    prefix of its revocation id); ``malformed`` for what is not a JWT at all.  Read without
+    verifying anything: it only names the token.
+    """
+    if not isinstance(token, str) or token.count(".") != 2 or len(token) > MAX_TOKEN_LENGTH:
+        return "malformed"
+    try:
+        claims = jsonutil.loads(base64url_decode(token.split(".")[1]))
+    except Exception:
+        claims = None
+    jti = claims.get("jti") if isinstance(claims, dict) else None
+    if isinstance(jti, str) and jti:
+        return "jti:" + jti[:80].encode("unicode_escape").decode("ascii")
+    return token_id({}, token)[:len("sha256:") + 16]
 
 
 class JWTVerifier:
@@ -123,8 +174,11 @@ class JWTVerifier:
             header = jsonutil.loads(base64url_decode(head))
         except Exception:
             raise AuthFailure("auth-failed", "malformed token") from None
-        if not isinstance(header, dict) or header.get("alg") not in self.algorithms:
-            raise AuthFailure("auth-failed", "algorithm not allowed")
+        if not isinstance(header, dict):
+            raise AuthFailure("auth-failed", "malformed token")
+        if header.get("alg") not in self.algorithms:
+            raise AuthFailure("auth-failed", f"algorithm {_shown(header.get('alg'))} not allowed "
+                                             f"(allowed: {', '.join(self.algorithms)})")
         return header
 
     def decode(self, token: str, key=None) -> dict:
@@ -138,7 +192,7 @@ class JWTVerifier:
         except jwt.ExpiredSignatureError:
             raise AuthFailure("token-expired", "token expired") from None
         except jwt.InvalidTokenError as e:
-            raise AuthFailure("auth-failed", type(e).__name__) from None
+            raise AuthFailure("auth-failed", _jwt_error_text(e)) from None
         except Exception as e:  # a key of the wrong kind, an unsupported algorithm ...
             raise AuthFailure("auth-failed", type(e).__name__) from None
         now = self._now()
@@ -326,11 +380,27 @@ class Authenticator:
             return self._checked(self.session_checker.check(secret))
         return self.verify_token(secret)
 
+    _log = Logger()
+
     def verify_token(self, token: str) -> Deferred:
-        """A JWT (handshake or ``auth`` message) -> Identity, or AuthFailure."""
+        """
+        A JWT (handshake, ``auth`` message, REST Bearer) -> Identity, or AuthFailure; a
+        refusal is logged at info level with its reason and :func:`token_reference`.
+        """
         if self.jwt_verifier is None:
-            return fail(AuthFailure("auth-failed", "JWT auth is off"))
-        return self._checked(self.jwt_verifier.verify(token))
+            d = fail(AuthFailure("auth-failed", "JWT auth is off (no JWT_SECRET, "
+                                                "JWT_PUBLIC_KEY or JWT_JWKS_URL)"))
+        else:
+            d = self._checked(self.jwt_verifier.verify(token))
+        return d.addErrback(self._log_refusal, token)
+
+    def _log_refusal(self, failure, token):
+        if failure.check(AuthFailure):
+            refusal = failure.value
+            self._log.info("JWT refused ({reason}): {detail}; token {token}",
+                           reason=refusal.reason, detail=refusal.detail or refusal.reason,
+                           token=token_reference(token))
+        return failure
 
     def _checked(self, d: Deferred) -> Deferred:
         if self.revocations is None:

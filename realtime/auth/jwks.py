@@ -108,7 +108,8 @@ class JWKSKeySource:
             return key
         if self._keys is None or self._last_fetch_failed:
             raise AuthFailure("unavailable", "JWKS unreachable and key unknown")
-        raise AuthFailure("auth-failed", "unknown key")
+        raise AuthFailure("auth-failed", f"unknown kid {kid[:64]!r}" if kid is not None
+                          else f"no key for {algorithm} in the JWKS")
 
     def _find(self, kid, algorithm):
         if self._keys is None:

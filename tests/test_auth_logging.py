@@ -1,0 +1,90 @@
+"""
+A refused JWT can be debugged from the server log: one info line per refusal, with the
+reason in words and the token named by its jti or a hash prefix, never the token itself.
+"""
+
+import jwt
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.trial import unittest
+
+from realtime.auth.authenticator import Authenticator, JWTVerifier, token_reference
+from realtime.auth.identity import token_id
+from tests.keys import HS_SECRET, claims, hs_token, raw_token
+
+
+class RevokedStore:
+    def is_revoked(self, token_id):
+        return True
+
+
+class RefusalLogTests(unittest.TestCase):
+    def setUp(self):
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def refused_line(self, authenticator, token, reason="auth-failed"):
+        failure = self.failureResultOf(authenticator.verify_token(token))
+        self.assertEqual(failure.value.reason, reason)
+        lines = [(e["log_level"], formatEvent(e)) for e in self.events
+                 if e.get("log_namespace", "").startswith("realtime.auth")]
+        self.assertEqual(len(lines), 1, lines)
+        level, text = lines[0]
+        self.assertEqual(level, LogLevel.info)
+        self.assertNotIn(token, text)
+        if token.count(".") == 2:
+            for part in token.split("."):
+                if len(part) > 8:
+                    self.assertNotIn(part, text)
+        self.events.clear()
+        return text
+
+    def test_each_reason_is_named(self):
+        """Missing exp, bad signature, wrong algorithm, expired, aud, iss: each in words."""
+        plain = Authenticator(JWTVerifier(HS_SECRET, ["HS256"]))
+        strict = Authenticator(JWTVerifier(HS_SECRET, ["HS256"], audience="app", issuer="me"))
+        cases = [
+            (plain, jwt.encode({"sub": "alice"}, HS_SECRET, algorithm="HS256"),
+             "auth-failed", "missing required claim 'exp'"),
+            (plain, hs_token(secret="another-secret-0123456789abcdef0123"), "auth-failed",
+             "bad signature"),
+            (plain, hs_token(algorithm="HS512"), "auth-failed",
+             "algorithm 'HS512' not allowed (allowed: HS256)"),
+            (plain, hs_token(lifetime=-3600), "token-expired", "token expired"),
+            (strict, hs_token(aud="other", iss="me"), "auth-failed", "wrong audience"),
+            (strict, hs_token(aud="app", iss="them"), "auth-failed", "wrong issuer"),
+            (plain, "not-a-jwt", "auth-failed", "malformed token"),
+            (plain, raw_token({"alg": "none"}, claims()), "auth-failed",
+             "algorithm 'none' not allowed"),
+        ]
+        for authenticator, token, reason, words in cases:
+            text = self.refused_line(authenticator, token, reason)
+            self.assertIn(f"JWT refused ({reason})", text)
+            self.assertIn(words, text)
+
+    def test_token_named_by_jti_or_hash_prefix(self):
+        """The line names the token as revocation does: its jti, or its hash's first digits."""
+        authenticator = Authenticator(JWTVerifier(HS_SECRET, ["HS256"]))
+        with_jti = hs_token(lifetime=-3600, jti="abc-123")
+        self.assertIn("token jti:abc-123", self.refused_line(authenticator, with_jti,
+                                                             "token-expired"))
+        without = hs_token(secret="another-secret-0123456789abcdef0123")
+        prefix = token_id({}, without)[:len("sha256:") + 16]
+        self.assertIn(f"token {prefix}", self.refused_line(authenticator, without))
+        self.assertEqual(token_reference("x"), "malformed")
+
+    def test_revoked_and_jwt_off(self):
+        """A revoked token and a JWT with JWT auth off are logged too."""
+        revoking = Authenticator(JWTVerifier(HS_SECRET, ["HS256"]), revocations=RevokedStore())
+        self.assertIn("token revoked", self.refused_line(revoking, hs_token(jti="r1"),
+                                                         "revoked"))
+        off = Authenticator(None)
+        self.assertIn("JWT auth is off", self.refused_line(off, hs_token()))
+
+    def test_a_jti_cannot_forge_log_lines(self):
+        """A jti with a newline is escaped: one line stays one line."""
+        authenticator = Authenticator(JWTVerifier(HS_SECRET, ["HS256"]))
+        text = self.refused_line(authenticator, hs_token(lifetime=-3600, jti="a\nFAKE"),
+                                 "token-expired")
+        self.assertNotIn("\n", text)
+        self.assertIn("jti:a\\nFAKE", text)

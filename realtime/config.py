@@ -120,6 +120,16 @@ OPTIONS = (
            "bearer key for the REST admin API (none: admin API off)"),
     Option("rest_max_body_bytes", "REALTIME_REST_MAX_BODY_BYTES", str(1024 * 1024),
            _positive_int, "largest REST request body; a larger one is answered 413"),
+    Option("http_headers_timeout_ms", "REALTIME_HTTP_HEADERS_TIMEOUT_MS", "10000",
+           _positive_int, "time an HTTP request has, from its first byte, to send its request "
+           "line and headers (408 past it)"),
+    Option("http_body_timeout_ms", "REALTIME_HTTP_BODY_TIMEOUT_MS", "30000", _positive_int,
+           "time an HTTP request has, once its headers are in, to send its body (408 past it)"),
+    Option("http_idle_timeout_ms", "REALTIME_HTTP_IDLE_TIMEOUT_MS", "60000", _positive_int,
+           "an idle keep-alive HTTP connection is closed after this long"),
+    Option("max_pending_connections", "REALTIME_MAX_PENDING_CONNECTIONS", "256",
+           _positive_int, "connections that have not finished their first request (HTTP or "
+           "WebSocket handshake); past it a new connection is answered 503 and closed"),
     Option("cors_origins", "CORS_ORIGINS", "", _list,
            "allowed origins, comma-separated (cookie auth and REST)"),
     Option("ws_rate_limit_max_messages", "WS_RATE_LIMIT_MAX_MESSAGES", "300", _positive_int,

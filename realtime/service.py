@@ -33,6 +33,7 @@ from realtime.dev import benchhook
 from realtime.feeds.changes import ChangesFollower
 from realtime.feeds.replay import ChangesReader, Replayer
 from realtime.feeds.routing import utc_timestamp
+from realtime.http.channel import PendingConnections
 from realtime.http.pages import make_pages
 from realtime.http.rest import make_api
 from realtime.http.site import make_site
@@ -432,7 +433,9 @@ def make_service(config, reactor=None, ready=None, startup=None,
     site = make_site(gateway, factory, api_resource=make_api(gateway),
                      pages=make_pages(gateway, http, config, rules=_rules_of(gateway)))
     # /ws handshakes go straight to Autobahn, the rest to the site (realtime.transport.fastpath)
-    listener = fastpath.WebSocketFirstFactory(site, factory, clock=gateway.timers)
+    listener = fastpath.WebSocketFirstFactory(
+        site, factory, clock=gateway.timers,
+        pending=PendingConnections(config.max_pending_connections))
     ShutdownService(gateway).setServiceParent(top)
     for description in config.listen:
         endpoint = parse_endpoint(reactor, description)

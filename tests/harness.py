@@ -30,6 +30,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from realtime import config as config_module
 from realtime import jsonutil
 from realtime.dev.embedded import PouchDBServer, free_port, stop_process
+from realtime.http.channel import PendingConnections
 from realtime.http.pages import make_pages
 from realtime.http.rest import make_api
 from realtime.http.site import make_site
@@ -300,7 +301,9 @@ class GatewayHarness:
         self.site = make_site(self.gateway, self.factory, **self.site_arguments())
         endpoint = endpoints.serverFromString(reactor, self.config.listen[0])
         # The listener production uses: /ws handshakes straight to Autobahn.
-        self.listener = fastpath.WebSocketFirstFactory(self.site, self.factory)
+        self.listener = fastpath.WebSocketFirstFactory(
+            self.site, self.factory,
+            pending=PendingConnections(self.config.max_pending_connections))
         self.listening = yield endpoint.listen(self.listener)
         self.port = self.listening.getHost().port
         self.heartbeat = make_heartbeat_service(self.gateway, reactor)

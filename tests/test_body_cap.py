@@ -58,7 +58,7 @@ class BodyCapTests(unittest.TestCase):
         chunk = b'{"type":"chat","data":"' + b"x" * 600
         for _ in range(5):
             self.channel.dataReceived(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        request = self.channel._channel.requests[-1]  # the HTTP/1.1 channel inside
+        request = self.channel.requests[-1]  # the site builds the HTTP/1.1 channel itself
         self.assertTrue(request.body_too_large)
         self.assertEqual(request.content.getvalue(), b"")
         self.channel.dataReceived(b"0\r\n\r\n")

@@ -13,13 +13,16 @@ before they are buffered: see its docstring.
 from __future__ import annotations
 
 import io
+from html import escape as html_escape
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.http import _escape
 from twisted.web.server import Request, Site
 
+import realtime
 from realtime import jsonutil
-from realtime.http.resource import DEFAULT_MAX_BODY_BYTES, JSONResource
+from realtime.http.channel import GatewayChannel
+from realtime.http.resource import DEFAULT_MAX_BODY_BYTES, JSONResource, json_response
 from realtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 
@@ -117,6 +120,66 @@ def redacted_log_formatter(timestamp, request) -> str:
     )
 
 
+class RootPointer(JSONResource):
+    """
+    ``GET /``: where things are.  JSON by default; a browser (``Accept: text/html``) gets
+    the same links as a small HTML page.
+    """
+
+    isLeaf = True
+
+    def __init__(self, links: dict):
+        super().__init__()
+        self._links = links
+
+    def render_GET(self, request):
+        accept = (request.getHeader(b"accept") or b"").lower()
+        if b"text/html" in accept:
+            items = "".join(f'<li><a href="{href}">{href}</a> {html_escape(text)}</li>'
+                            for href, text in self._links.values())
+            page = (f"<!doctype html><meta charset=utf-8><title>realtime</title>"
+                    f"<h1>realtime {html_escape(realtime.__version__)}</h1><ul>{items}</ul>"
+                    f"<p>Documentation: docs/index.rst in the repository.</p>")
+            request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+            request.setHeader(b"Content-Security-Policy", b"default-src 'none'")
+            request.setHeader(b"Cache-Control", b"no-store")
+            return page.encode("utf-8")
+        return json_response(request, 200, {
+            "name": "realtime", "version": realtime.__version__,
+            "links": {name: href for name, (href, _) in self._links.items()},
+            "docs": "docs/index.rst in the repository; the REST API: /websocket/openapi.json",
+        })
+
+
+def root_links(pages) -> dict:
+    """name -> (path, what it is), for :class:`RootPointer`."""
+    links = {
+        "websocket": ("/ws", "the WebSocket endpoint (a WebSocket client connects here)"),
+        "status": ("/websocket/status", "health, public"),
+        "rest": ("/websocket/", "the REST API"),
+        "metrics": ("/metrics", "Prometheus metrics"),
+    }
+    for name, text in ((b"demo", "the demo page"), (b"admin", "the operators' dashboard"),
+                       (b"realtime.js", "the JavaScript client")):
+        if name in (pages or {}):
+            links[name.decode().replace(".js", "_js")] = ("/" + name.decode(), text)
+    return links
+
+
+class GatewaySite(Site):
+    """Twisted Web's site, with :class:`GatewayChannel` connections and their deadlines."""
+
+    protocol = GatewayChannel
+    headers_timeout = 10.0
+    body_timeout = 30.0
+
+    def buildProtocol(self, addr):
+        channel = super().buildProtocol(addr)
+        channel.headers_timeout = self.headers_timeout
+        channel.body_timeout = self.body_timeout
+        return channel
+
+
 def make_site(gateway, ws_factory, api_resource, pages=None) -> Site:
     """
     The site.  ``api_resource`` is the ``/websocket`` resource: the REST API
@@ -131,7 +194,12 @@ def make_site(gateway, ws_factory, api_resource, pages=None) -> Site:
     root.putChild(b"metrics", MetricsResource(gateway))
     for name, resource in (pages or {}).items():
         root.putChild(name, resource)
-    site = Site(root, logFormatter=redacted_log_formatter)
+    root.putChild(b"", RootPointer(root_links(pages)))
+    config = gateway.config
+    site = GatewaySite(root, logFormatter=redacted_log_formatter,
+                       timeout=config.http_idle_timeout_ms / 1000.0)
+    site.headers_timeout = config.http_headers_timeout_ms / 1000.0
+    site.body_timeout = config.http_body_timeout_ms / 1000.0
     site.requestFactory = CappedRequest
     site.max_body_bytes = getattr(gateway.config, "rest_max_body_bytes", DEFAULT_MAX_BODY_BYTES)
     site.displayTracebacks = False

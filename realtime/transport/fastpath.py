@@ -35,12 +35,15 @@ from __future__ import annotations
 import pprint
 import types
 
+import txaio
 from autobahn.twisted import websocket as ab_twisted
 from autobahn.websocket import protocol as ab_protocol
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
+
+from realtime.http.channel import json_answer
 
 _log = Logger()
 
@@ -241,7 +244,20 @@ class _FirstRequestRouter(Protocol):
         self._buffer = b""
         self._timeout = None
 
+    _release = None  # gives back this connection's place among the pending ones
+    _refused = False
+
     def connectionMade(self):
+        pending = self._factory.pending
+        if pending is not None:
+            self._release = pending.acquire()
+            if self._release is None:  # too many connections without a request: refused
+                self._refused = True
+                self.transport.write(json_answer(
+                    503, "Service Unavailable", "busy",
+                    "too many connections are waiting to send a request; try again"))
+                self.transport.loseConnection()
+                return
         # A client that connects and sends nothing must not hold its socket for ever.
         clock = self._factory.clock
         if clock is None:
@@ -258,6 +274,8 @@ class _FirstRequestRouter(Protocol):
         self._timeout = None
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # refused in connectionMade: nothing is read
         self._buffer += data
         end = self._buffer.find(b"\n")
         if end < 0 and len(self._buffer) < self._MAX_REQUEST_LINE:
@@ -271,13 +289,28 @@ class _FirstRequestRouter(Protocol):
             transport.wrappedProtocol = protocol
         else:
             transport.protocol = protocol
+        self._hand_over_place(protocol)
         protocol.makeConnection(transport)
         data, self._buffer = self._buffer, b""
         protocol.dataReceived(data)
 
+    def _hand_over_place(self, protocol) -> None:
+        """The new protocol gives the place back once its first request is done."""
+        release, self._release = self._release, None
+        if release is None:
+            return
+        if hasattr(protocol, "release_pending"):  # the site's channel (realtime.http.channel)
+            protocol.release_pending = release
+        else:  # Autobahn: its handshake is over once open, or closed
+            txaio.add_callbacks(protocol.is_open, lambda _: release(), lambda _: release())
+            txaio.add_callbacks(protocol.is_closed, lambda _: release(), lambda _: release())
+
     def connectionLost(self, reason):
         self._stop_timeout()
         self._buffer = b""
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
 
 
 class WebSocketFirstFactory(ServerFactory):
@@ -297,14 +330,20 @@ class WebSocketFirstFactory(ServerFactory):
     noisy = False
 
     def __init__(self, site, ws_factory, ws_path: bytes = b"/ws", clock=None,
-                 first_line_timeout: float = 10.0):
+                 first_line_timeout: float = 10.0, pending=None):
         """
         :param clock: schedules the first-line timeout (default: the transport's reactor).
         :param first_line_timeout: a connection that has not sent its request line within
             this many seconds is aborted.
+        :param pending: a :class:`realtime.http.channel.PendingConnections`: each new
+            connection takes a place until its first request is done (an HTTP request
+            received whole, a WebSocket handshake over); with none left, the connection is
+            answered 503 ``busy`` and closed at once.  This bounds the file descriptors
+            slow or idle clients can hold (each is also bounded in time).
         """
         self.site = site
         self.ws_factory = ws_factory
+        self.pending = pending
         self._prefix = b"GET " + ws_path
         self.clock = clock
         self.first_line_timeout = first_line_timeout

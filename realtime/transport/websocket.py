@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from realtime.auth.identity import AuthFailure, OriginRefused
+from realtime.http.channel import json_answer
 from realtime.hub import resume
 from realtime.transport import fastpath
 from realtime.transport.session import ISessionTransport, Session
@@ -175,11 +176,29 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         if self.state == self.STATE_CONNECTING and \
                 len(self.data) + len(data) > MAX_HANDSHAKE_BYTES:
             self.data = b""
-            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                                 b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            self.transport.write(json_answer(
+                431, "Request Header Fields Too Large", "headers_too_large",
+                f"the WebSocket handshake is larger than {MAX_HANDSHAKE_BYTES} bytes"))
             self.transport.loseConnection()
             return
         super().dataReceived(data)
+
+    def sendHttpErrorResponse(self, code, reason, responseHeaders=None):
+        # Autobahn answers a refused handshake with a status line and no body; here the
+        # body is JSON like every other answer, and says what to do.
+        if code == 426:
+            answer = json_answer(426, "Upgrade Required", "upgrade_required",
+                                 "/ws is the WebSocket endpoint: connect with a WebSocket "
+                                 "client (ws:// or wss://, an Upgrade: websocket request); "
+                                 "the REST API is under /websocket/",
+                                 headers=("Upgrade: websocket",))
+        else:
+            phrase = {403: "Forbidden", 431: "Request Header Fields Too Large"}.get(
+                code, "Bad Request")
+            error = {403: "forbidden"}.get(code, "bad_handshake")
+            answer = json_answer(code, phrase, error, str(reason)[:200],
+                                 headers=tuple(f"{k}: {v}" for k, v in responseHeaders or ()))
+        self.sendData(answer)
 
     def onConnect(self, request):
         gateway = self.gateway
@@ -468,7 +487,8 @@ def make_factory(gateway, url: str = "ws://localhost/ws") -> WebSocketServerFact
         maxMessagePayloadSize=config.ws_max_message_bytes,
         autoFragmentSize=0,
         failByDrop=False,
-        openHandshakeTimeout=10,
+        # the same deadline as an HTTP request's headers (realtime.http.channel)
+        openHandshakeTimeout=config.http_headers_timeout_ms / 1000.0,
         closeHandshakeTimeout=5,
         tcpNoDelay=True,
         perMessageCompressionAccept=lambda offers: None,

@@ -295,7 +295,9 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
                 self.dropConnection(abort=True)
             return
         self._ping_sent_at = now
-        self.sendPing(_PING_PAYLOAD)
+        # pre-framed, through the outbox: the sweep writes one frame per connection in one
+        # callback, as a broadcast does (Autobahn's sendPing frames and writes each at once)
+        self.deliver_frame(_PING_FRAME, direct=True)
 
     def onMessageBegin(self, isBinary):
         self._fragments = 0
@@ -449,6 +451,8 @@ _NO_QUEUE = ()
 
 #: the payload of the server's WebSocket pings
 _PING_PAYLOAD = b"realtime"
+#: the server's WebSocket ping, framed once (FIN + opcode 9, unmasked, the payload's length)
+_PING_FRAME = bytes((0x89, len(_PING_PAYLOAD))) + _PING_PAYLOAD
 
 
 def pong_timeout(heartbeat_seconds: float) -> float:

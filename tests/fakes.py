@@ -1,14 +1,20 @@
 """
 In-memory stand-ins for deterministic tests: a gateway on a Clock with the memory broker,
-and connections that record the frames they are given.
+connections that record the frames they are given, and a fake CouchDB 3 over HTTP
+(:class:`FakeCouchDB`: string seqs, compaction).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+from urllib.parse import unquote
 
 import jwt
+from twisted.internet import reactor
 from twisted.internet.task import Clock
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 
 from realtime import config as config_module
 from realtime import jsonutil
@@ -93,3 +99,148 @@ class FakeConnection:
 
     def of_type(self, kind):
         return [m for m in self.received if m.get("type") == kind]
+
+
+class FakeCouchDB(Resource):
+    """
+    A fake CouchDB 3 over HTTP (a ``twisted.web`` resource), for what pouchdb-server cannot
+    show: opaque string seqs (``"7-g1AAAA…"``), compaction (older revisions' bodies gone),
+    answers under test control.  It serves ``GET /db/_changes`` (the "where is now" query
+    and ``feed=continuous`` from ``since``), ``GET /db/id`` (with ``rev=`` and
+    ``revs=true``) and ``GET /db/_all_docs?include_docs=true``.  Documents are written with
+    :meth:`put` and :meth:`delete` (no HTTP); :meth:`compact` drops every non-leaf body, and
+    with ``auto_compact`` every write does (a database compacted before anyone reads back).
+
+    ``listen()`` starts it on a loopback port (``url``, ``admin_auth`` as a PouchDBServer
+    has them, so a GatewayHarness can use it); ``stop()`` ends the feeds and the port.
+    """
+
+    isLeaf = True
+    admin_auth = "YWRtaW46ZmFrZQ=="
+
+    def __init__(self, databases=("_users",)):
+        super().__init__()
+        self.dbs = {name: _FakeDB() for name in databases}
+        self._feeds = []  # (request, db name)
+        self.port = None
+        self.auto_compact = False
+
+    # -- control ------------------------------------------------------------------------
+
+    def listen(self):
+        self.port = reactor.listenTCP(0, Site(self), interface="127.0.0.1")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}"
+
+    def stop(self):
+        feeds, self._feeds = self._feeds, []
+        for request, _ in feeds:
+            if not request.finished and not getattr(request, "_fake_gone", False):
+                request.finish()
+        return self.port.stopListening()
+
+    def put(self, db: str, doc_id: str, **fields) -> str:
+        """Write a new revision; returns its rev."""
+        return self._write(db, doc_id, dict(fields), deleted=False)
+
+    def delete(self, db: str, doc_id: str) -> str:
+        return self._write(db, doc_id, {}, deleted=True)
+
+    def compact(self, db: str) -> None:
+        """Drop the body of every revision that is not the latest (CouchDB's compaction)."""
+        for revisions in self.dbs[db].docs.values():
+            for rev in list(revisions)[:-1]:
+                revisions[rev] = None
+
+    def _write(self, db: str, doc_id: str, fields: dict, deleted: bool) -> str:
+        store = self.dbs[db]
+        revisions = store.docs.setdefault(doc_id, {})
+        generation = len(revisions) + 1
+        rev = f"{generation}-" + hashlib.md5(f"{doc_id}{generation}".encode()).hexdigest()
+        body = {"_id": doc_id, "_rev": rev, **fields}
+        if deleted:
+            body = {"_id": doc_id, "_rev": rev, "_deleted": True}
+        revisions[rev] = body
+        if self.auto_compact:
+            self.compact(db)
+        store.counter += 1
+        seq = f"{store.counter}-g1AAAAB{hashlib.md5(str(store.counter).encode()).hexdigest()}"
+        row = {"seq": seq, "id": doc_id, "changes": [{"rev": rev}], "doc": body}
+        if deleted:
+            row["deleted"] = True
+        store.changes.append(row)
+        line = jsonutil.dumps(row) + b"\n"
+        for request, name in list(self._feeds):
+            if name == db and not request.finished:
+                request.write(line)
+        return rev
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    def render_GET(self, request):
+        path = request.path.decode("ascii").lstrip("/")
+        db_name, _, rest = path.partition("/")
+        db_name, rest = unquote(db_name), unquote(rest)
+        args = {k.decode(): v[0].decode() for k, v in request.args.items()}
+        request.setHeader(b"content-type", b"application/json")
+        store = self.dbs.get(db_name)
+        if store is None:
+            return self._error(request, 404, "not_found", "Database does not exist.")
+        if rest == "_changes":
+            if args.get("feed") != "continuous":
+                last = store.changes[-1]["seq"] if store.changes else "0"
+                return jsonutil.dumps({"results": [], "last_seq": last})
+            since = args.get("since", "0")
+            known = [row["seq"] for row in store.changes]
+            if since != "0" and since not in known:
+                return self._error(request, 400, "bad_request", "Malformed sequence")
+            start = known.index(since) + 1 if since in known else 0
+            request.write(b"\n")
+            for row in store.changes[start:]:
+                request.write(jsonutil.dumps(row) + b"\n")
+            entry = (request, db_name)
+            self._feeds.append(entry)
+
+            def gone(_):
+                request._fake_gone = True
+                if entry in self._feeds:
+                    self._feeds.remove(entry)
+
+            request.notifyFinish().addBoth(gone)
+            return NOT_DONE_YET
+        if rest == "_all_docs":
+            rows = []
+            for doc_id, revisions in sorted(store.docs.items()):
+                body = list(revisions.values())[-1]
+                if body is not None and not body.get("_deleted"):
+                    rows.append({"id": doc_id, "key": doc_id, "doc": body})
+            return jsonutil.dumps({"total_rows": len(rows), "offset": 0, "rows": rows})
+        revisions = store.docs.get(rest)
+        if not revisions:
+            return self._error(request, 404, "not_found", "missing")
+        rev = args.get("rev") or list(revisions)[-1]
+        if rev not in revisions or revisions[rev] is None:
+            return self._error(request, 404, "not_found", "missing")
+        body = dict(revisions[rev])
+        if body.get("_deleted") and not args.get("rev"):
+            return self._error(request, 404, "not_found", "deleted")
+        if args.get("revs") == "true":
+            ordered = list(revisions)
+            upto = ordered[:ordered.index(rev) + 1]
+            body["_revisions"] = {"start": len(upto),
+                                  "ids": [r.split("-", 1)[1] for r in reversed(upto)]}
+        return jsonutil.dumps(body)
+
+    def _error(self, request, code: int, error: str, reason: str) -> bytes:
+        request.setResponseCode(code)
+        return jsonutil.dumps({"error": error, "reason": reason})
+
+
+class _FakeDB:
+    def __init__(self):
+        self.docs = {}  # id -> {rev: body or None (compacted)}, in revision order
+        self.changes = []  # rows, in seq order (every revision, as the feed showed it)
+        self.counter = 0

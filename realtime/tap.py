@@ -23,7 +23,9 @@ from __future__ import annotations
 import os
 import platform
 import secrets
+import shutil
 import sys
+import tempfile
 
 import autobahn
 from twisted.application import service
@@ -36,6 +38,7 @@ import realtime
 import twisted
 from realtime import config as config_module
 from realtime.databases.rules import RuleFileError
+from realtime.dev import demo
 from realtime.dev.embedded import PouchDBServer
 from realtime.service import EXIT_STARTUP_FAILED, Startup, make_service
 
@@ -102,11 +105,12 @@ class _EmbeddedCouchDBService(service.Service):
     start is over, so that a start cut short leaves no pouchdb-server behind.
     """
 
-    def __init__(self, server, demo_user, demo_password, config, startup):
+    def __init__(self, server, demo_user, demo_password, config, startup, demo_rules=None):
         self.server = server
         self._demo = (demo_user, demo_password)
         self._config = config
         self._startup = startup
+        self._demo_rules = demo_rules  # path of the demo rule file, when it is in use
         self._ready = Deferred()  # fires once the server answers (never, if it fails)
         self._start_done = None
 
@@ -124,8 +128,11 @@ class _EmbeddedCouchDBService(service.Service):
         self.server.start()
         user, password = self._demo
         self.server.create_user(user, password, roles=["member"], email=f"{user}@example.com")
+        if self._demo_rules is not None:
+            demo.seed(self.server, user, password)
         if self._startup.failed is None:
-            _print_banner(self.server, user, password, self._config)
+            _print_banner(self.server, user, password, self._config,
+                          demo_rules=self._demo_rules)
 
     def _failed(self, failure):
         self._startup.fail(f"cannot start the embedded pouchdb-server: "
@@ -136,6 +143,9 @@ class _EmbeddedCouchDBService(service.Service):
         if self._start_done is None:
             return None
         d, self._start_done = self._start_done, None
+        if self._demo_rules is not None:
+            d.addBoth(lambda _: shutil.rmtree(os.path.dirname(self._demo_rules),
+                                              ignore_errors=True))
         return d.addBoth(lambda _: threads.deferToThread(self.server.stop))
 
 
@@ -159,7 +169,7 @@ def listen_summary(listen) -> tuple:
     return f"{scheme}://{host}:{port}", where
 
 
-def banner_lines(server, user, password, config) -> list:
+def banner_lines(server, user, password, config, demo_rules=None) -> list:
     """
     What the run command prints once the embedded CouchDB is up: plain lines, every
     command on one line of its own (a person copies them whole).
@@ -185,6 +195,12 @@ def banner_lines(server, user, password, config) -> list:
         "Status:",
         f"  curl {base}/websocket/status",
     ]
+    if demo_rules is not None:
+        lines += [
+            f"Demo application database '{demo.DEMO_DB}' (rule file: {demo_rules}):",
+            f"  users {user} and {demo.second_user(user)} (same password) each see their "
+            "own notes and the shared ones, live; see docs/databases.rst",
+        ]
     if config.demo:
         lines += [f"Demo page (log in as {user}; two browsers, two users):", f"  {base}/demo"]
     lines += ["Operators' dashboard" + ("" if config.admin_key else
@@ -208,9 +224,9 @@ def console():
     return sys.__stdout__ or sys.stdout
 
 
-def _print_banner(server, user, password, config, out=None):
+def _print_banner(server, user, password, config, out=None, demo_rules=None):
     out = out or console()
-    out.write("\n".join(banner_lines(server, user, password, config)) + "\n")
+    out.write("\n".join(banner_lines(server, user, password, config, demo_rules)) + "\n")
     out.flush()
 
 
@@ -237,10 +253,14 @@ def _make_service(options) -> service.MultiService:
 
     server = PouchDBServer(port=int(os.environ.get("REALTIME_EMBEDDED_PORT", "0")) or None)
     config = config.replace(couchdb_url=server.url, couchdb_admin_auth=server.admin_auth)
+    demo_rules = None
+    if not config.config:  # no rule file given: the demo database and its rules
+        demo_rules = demo.write_rules(tempfile.mkdtemp(prefix="realtime-demo-"))
+        config = config.replace(config=demo.demo_rules(demo_rules))
     embedded = _EmbeddedCouchDBService(server, os.environ.get("REALTIME_DEMO_USER", "demo"),
                                        os.environ.get("REALTIME_DEMO_PASSWORD")
                                        or secrets.token_hex(8),  # never starts with '-'
-                                       config, startup)
+                                       config, startup, demo_rules)
     top = service.MultiService()
     embedded.setServiceParent(top)
     make_service(config, ready=embedded.ready, startup=startup,

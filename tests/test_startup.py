@@ -195,7 +195,8 @@ class RunBannerTests(unittest.TestCase):
         The run command (python -m realtime on the embedded CouchDB, with JWT_SECRET)
         prints its banner as plain lines, with no log prefix: where it serves (and on which
         interfaces), how to connect, the token command, the embedded CouchDB's URL and
-        admin credentials to share it; then a 'ready' line once the feeds are connected.
+        admin credentials to share it, the demo database's rule file; then a 'ready' line
+        once the feeds (_users and the demo database) are connected.
         """
         port = free_port()
         env = _env(REALTIME_LISTEN=f"tcp:{port}:interface=127.0.0.1",
@@ -230,8 +231,11 @@ class RunBannerTests(unittest.TestCase):
         for line in commands + shares:
             self.assertTrue(line.startswith("  "), line)  # no log prefix, one line each
         self.assertTrue(any(line.startswith(f"realtime: ready: the CouchDB feeds are connected "
-                                            f"(_users); serving http://127.0.0.1:{port}")
+                                            f"(_users, notes); serving http://127.0.0.1:{port}")
                             for line in lines), text)
+        # The demo application database and its rule file (printed, to copy and edit).
+        rules = [line for line in lines if line.startswith("Demo application database")]
+        self.assertEqual(len(rules), 1, text)
 
 
 class TokenCommandTests(unittest.TestCase):

@@ -113,7 +113,7 @@ class _GatewayCollector:
         yield _gauge("realtime_uptime_seconds", "Seconds since the gateway started",
                      gateway.clock.seconds() - gateway.started_at)
         yield _gauge("realtime_broker_up", "1 when the broker accepts events",
-                     1 if getattr(gateway.broker, "state", "up") == "up" else 0)
+                     1 if gateway.broker.state == "up" else 0)
         deliveries = CounterMetricFamily(
             "realtime_deliveries", "Frames written to connections by event delivery")
         deliveries.add_metric([], registry.deliveries)
@@ -127,8 +127,8 @@ class _GatewayCollector:
                                       "Changes read from the _changes feed", labels=["db"])
         for follower in gateway.followers:
             up.add_metric([follower.db], 1 if follower.state == "connected" else 0)
-            reconnects.add_metric([follower.db], getattr(follower, "reconnects", 0))
-            changes.add_metric([follower.db], getattr(follower, "changes_seen", 0))
+            reconnects.add_metric([follower.db], follower.reconnects)
+            changes.add_metric([follower.db], follower.changes_seen)
         lag = GaugeMetricFamily("realtime_feed_lag_seconds",
                                 "Age of the oldest change read and not yet routed",
                                 labels=["db"])

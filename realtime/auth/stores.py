@@ -24,9 +24,34 @@ import heapq
 from typing import Dict, Optional
 
 from twisted.internet.defer import Deferred, succeed
+from zope.interface import Attribute, Interface, implementer
 
 #: How long a revocation without a known expiry is kept (seconds).
 DEFAULT_REVOCATION_TTL = 7 * 24 * 3600
+
+
+class IRevocationStore(Interface):
+    """Revoked token ids, each kept until its token's own expiry."""
+
+    recheck_live_connections = Attribute(
+        "True when a process may miss a revocation event (several processes): live "
+        "connections then re-check their token periodically")
+
+    def revoke(token_id, exp=None):
+        """-> Deferred[None]; ``exp``: the token's expiry (epoch seconds) or None."""
+
+    def is_revoked(token_id):
+        """-> Deferred[bool]; fails when the store cannot answer (the answer is then no)."""
+
+
+class INonceStore(Interface):
+    """Nonces of signed messages, remembered for a while: a nonce seen twice is a replay."""
+
+    def seen(nonce, ttl):
+        """
+        -> Deferred[bool]: True when ``nonce`` was seen within ``ttl`` seconds (on any
+        process); False the first time, and it is remembered from then on.
+        """
 
 
 def nonce_key(nonce: str) -> str:
@@ -62,6 +87,7 @@ class _Expiring:
         return len(self._expiry)
 
 
+@implementer(IRevocationStore)
 class MemoryRevocationStore:
     #: One process: a revocation reaches that process's connections at once (the memory
     #: broker cannot lose the event), so live connections need no periodic re-check.
@@ -85,6 +111,7 @@ class MemoryRevocationStore:
         return succeed(token_id in self._revoked)
 
 
+@implementer(INonceStore)
 class MemoryNonceStore:
     def __init__(self, clock):
         self._clock = clock

@@ -31,6 +31,7 @@ class BrokerUnavailable(Unavailable):
 
 class IBroker(Interface):
     state = Attribute("'up', or a word saying why events may not reach other processes")
+    redis_state = Attribute("the Redis connection's state for the status: 'off' without Redis")
 
     def publish(event: dict) -> Deferred:
         """
@@ -52,6 +53,7 @@ class MemoryBroker:
     """One process: an event is dispatched to the local registry when published."""
 
     state = "up"
+    redis_state = "off"
 
     def __init__(self, registry):
         self._registry = registry

@@ -257,7 +257,7 @@ class Gateway:
         uptime = self.clock.seconds() - self.started_at
         body = {
             "status": "healthy" if self.couchdb_status()["state"] in ("connected", "off")
-            and getattr(self.broker, "state", "up") == "up" else "degraded",
+            and self.broker.state == "up" else "degraded",
             "connections": {
                 "total": self.open_connections,
                 "authenticated": len(self.registry),
@@ -265,7 +265,7 @@ class Gateway:
             "uptime": _uptime_text(uptime),
             "uptimeSeconds": round(uptime, 3),
             "couchdb": self.couchdb_status(detail),
-            "redis": {"state": getattr(self.broker, "redis_state", "off")},
+            "redis": {"state": self.broker.redis_state},
         }
         return body
 

@@ -10,6 +10,50 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 from twisted.internet.defer import Deferred, succeed
+from zope.interface import Attribute, Interface, implementer
+
+
+class IPresence(Interface):
+    """
+    Which users are connected, with how many connections, across every process.  Every
+    answer is a Deferred; one that Redis cannot give fails with an ``Unavailable``.
+    """
+
+    process_id = Attribute("this process's id in the deployment")
+
+    def connection_opened(conn_id, user_id, limit=None):
+        """
+        Record a new authenticated connection -> Deferred[bool]; with ``limit``, only if the
+        user has fewer than ``limit`` connections in the whole deployment (False: refused,
+        not recorded).
+        """
+
+    def connection_closed(conn_id, user_id=None):
+        """Forget a connection (idempotent, fire and forget)."""
+
+    def connection_count(user_id):
+        """-> Deferred[int]: the user's connections, every process."""
+
+    def users():
+        """-> Deferred[{user_id: count}], every process."""
+
+    def total():
+        """-> Deferred[int]: connections, every process."""
+
+    def processes():
+        """-> Deferred[[process id, ...]]: the live processes."""
+
+    def process_counts():
+        """-> Deferred[{process id: {"authenticated": n, "users": m}}]: per live process."""
+
+    def new_session(user_id):
+        """-> Deferred[int]: a number larger than any handed out before, deployment-wide."""
+
+    def start():
+        """Begin (leases, renewals)."""
+
+    def stop():
+        """-> Deferred: leave (this process's entries are removed)."""
 
 
 class ConnectionCounts:
@@ -50,6 +94,7 @@ class SessionNumbers:
         return self._last
 
 
+@implementer(IPresence)
 class LocalPresence:
     """Presence of one process (no Redis): every answer comes from its own counts."""
 

@@ -96,9 +96,7 @@ def _refuse(conn, code: str, text: str, topic) -> None:
     if isinstance(topic, str) and len(topic) <= MAX_TOPIC_LENGTH:
         message["topic"] = topic
     conn.send_json(message)
-    metrics = getattr(conn.gateway, "metrics", None)
-    if metrics is not None:
-        metrics.error(code)
+    conn.gateway.metrics.error(code)
 
 
 def handle_subscribe(conn, message: dict) -> None:

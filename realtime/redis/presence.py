@@ -59,8 +59,9 @@ from typing import Dict, Optional
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from realtime.hub.presence import ConnectionCounts, SessionNumbers
+from realtime.hub.presence import ConnectionCounts, IPresence, SessionNumbers
 from realtime.redis.client import RedisUnavailable
 
 # Sum the user's counts over the live processes (and forget the dead ones).
@@ -197,6 +198,7 @@ return string.format('%.0f', now)
 """
 
 
+@implementer(IPresence)
 class RedisPresence:
     """
     Presence shared by every process through Redis (see the module docstring).

@@ -36,10 +36,12 @@ from __future__ import annotations
 from typing import Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
 
-from realtime.auth.stores import DEFAULT_REVOCATION_TTL, nonce_key
+from realtime.auth.stores import DEFAULT_REVOCATION_TTL, INonceStore, IRevocationStore, nonce_key
 
 
+@implementer(IRevocationStore)
 class RedisRevocationStore:
     #: Several processes: a process that missed the revocation event (away from Redis for
     #: longer than the stream covers) still finds the revocation when it re-checks.
@@ -93,6 +95,7 @@ class RedisRevocationStore:
         d.addCallbacks(answered, failed)
 
 
+@implementer(INonceStore)
 class RedisNonceStore:
     def __init__(self, client, prefix: str = "realtime:"):
         self._client = client

@@ -248,7 +248,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             self.transport.unregisterProducer()
             self.transport.registerProducer(_Throttle(self), True)
             if fastpath.supports_direct_send(self.transport):
-                self._batcher = getattr(self.factory, "batcher", None)
+                self._batcher = self.factory.batcher
             self.gateway.connection_opened(self)
             self._counted = True
             outcome, self._auth_outcome = self._auth_outcome, None

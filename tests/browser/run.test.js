@@ -32,16 +32,40 @@ after(async () => {
   }
 });
 
-test("the run command's banner points to /demo, where the demo user logs in and is live", async () => {
-  const url = await until(() => /Demo page[^\n]*\n\s*(http:\/\/\S+\/demo)/.exec(output)?.[1], 90000,
-    `the banner's demo link (output so far:\n${output.slice(-2000)})`, 100);
+async function logIn(url, name) {
   const page = await newPage(browser);
   await page.goto(url);
-  await page.fill('#login input[name="name"]', "demo");
+  await page.fill('#login input[name="name"]', name);
   await page.fill('#login input[name="password"]', "newcomer-pw");
   await page.click('#login button[type="submit"]');
   await page.waitForFunction(() => document.body.dataset.ready === "live", null, { timeout: T });
-  assert.match(await page.textContent("#profile"), /demo@example\.com/);
-  assert.deepEqual(errorsOf(page), []);
-  await page.context().close();
+  return page;
+}
+
+const notes = (page) => page.$$eval('table[data-db="notes"] tbody tr', (rows) => rows.map((r) => r.dataset.id).sort());
+
+test("the run command's banner points to /demo: two demo users, each sees its own notes live", async () => {
+  const url = await until(() => /Demo page[^\n]*\n\s*(http:\/\/\S+\/demo)/.exec(output)?.[1], 90000,
+    `the banner's demo link (output so far:\n${output.slice(-2000)})`, 100);
+  const first = await logIn(url, "demo");
+  assert.match(await first.textContent("#profile"), /demo@example\.com/);
+  const second = await logIn(url, "demo2");
+  for (const page of [first, second]) {
+    await page.waitForFunction(() => document.getElementById("status-notes")?.dataset.state === "subscribed",
+      null, { timeout: T });
+  }
+  const [mine, theirs] = [await notes(first), await notes(second)];
+  assert.ok(mine.includes("mine") && !mine.includes("theirs"), mine.join());
+  assert.ok(theirs.includes("theirs") && !theirs.includes("mine"), theirs.join());
+  assert.ok(mine.includes("welcome") && theirs.includes("welcome"));
+  // an edit by one shows in the other
+  await second.click('tr[data-id="welcome"] button');
+  await second.fill('#edit-fields input[name="title"]', "Hello from demo2");
+  await second.click('#edit-form button[type="submit"]');
+  await first.waitForFunction(() => document.querySelector('tr[data-id="welcome"] td[data-field="title"]')
+    ?.textContent === "Hello from demo2", null, { timeout: T });
+  assert.deepEqual(errorsOf(first), []);
+  assert.deepEqual(errorsOf(second), []);
+  await first.context().close();
+  await second.context().close();
 });

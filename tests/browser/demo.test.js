@@ -136,17 +136,24 @@ test("a reload keeps the session (HttpOnly cookie), and logging out ends it", as
 test("a cut network: back online, the page shows what changed while it was away", async (t) => {
   const proxy = await new TcpProxy(gateway.port).start(); // the page reaches the gateway through it
   t.after(() => proxy.stop());
+  const temp = { _id: "alice-temp", owner: alice, members: [], title: "to be deleted while away" };
+  assert.equal((await couch.request("PUT", "/notes/alice-temp", temp)).status, 201);
   const page = await logIn(alice, "alice-pw", `http://127.0.0.1:${proxy.port}`);
   await page.waitForSelector('tr[data-id="alice-diary"]', { timeout: T });
+  await page.waitForSelector('tr[data-id="alice-temp"]', { timeout: T });
   await page.evaluate(() => window.realtimeDemo.rt.on("resumed", (m) => { window.resumedAnswer = m; }));
   await proxy.cut();
   await page.waitForFunction(() => document.getElementById("conn").dataset.state === "connecting", null, { timeout: T });
   const { body: doc } = await couch.request("GET", "/notes/alice-diary");
   await couch.request("PUT", "/notes/alice-diary", { ...doc, title: "Written while you were away" });
+  const { body: tempNow } = await couch.request("GET", "/notes/alice-temp");
+  assert.equal((await couch.request("DELETE", `/notes/alice-temp?rev=${tempNow._rev}`)).status, 200);
   await proxy.restore();
   await page.waitForFunction(() => document.querySelector('tr[data-id="alice-diary"] td[data-field="title"]')
     ?.textContent === "Written while you were away", null, { timeout: T });
-  // the re-subscription's snapshot brought it; resume should have replayed it too
+  // the deleted one is gone, whether resume replayed its deletion or the snapshot lacked it
+  await page.waitForSelector('tr[data-id="alice-temp"]', { state: "detached", timeout: T });
+  // the re-subscription's snapshot brought the change; resume should have replayed it too
   const resumed = await (await page.waitForFunction(() => window.resumedAnswer, null, { timeout: T })).jsonValue();
   if (resumed.reason && resumed.reason.notes === "unknown_database") {
     t.skip("this gateway does not replay application databases on resume yet");

@@ -7,6 +7,8 @@ const state = {
   rt: null,
   info: null,
   docs: new Map(), // db -> Map(id -> doc)
+  stale: new Map(), // db -> Set(id): after a reconnect, shown but not yet in the new snapshot
+  wasOpen: false,
   editing: null, // {db, id}
 };
 window.realtimeDemo = state; // for the curious (and the browser tests)
@@ -96,7 +98,13 @@ function start(info) {
     const pill = $("conn");
     pill.dataset.state = s;
     pill.textContent = s === "open" ? "live" : s === "connecting" ? "reconnecting…" : "disconnected";
-    if (s === "open") log(`connected as ${rt.user.name}`);
+    if (s === "open") {
+      log(`connected as ${rt.user.name}`);
+      // Back after a drop: the re-subscription's snapshot is the truth; what it does not
+      // bring again (deleted, or no longer readable, while away) goes (see "subscribed").
+      if (state.wasOpen) for (const [db, docs] of state.docs) state.stale.set(db, new Set(docs.keys()));
+      state.wasOpen = true;
+    }
     else if (detail.code) log(`connection ${s} (code ${detail.code}${detail.reason ? `, ${detail.reason}` : ""})`);
     if (s === "closed" && detail.code === 4001) showLogin("Your session has ended: log in again.");
   });
@@ -109,6 +117,17 @@ function start(info) {
     log(`resumed after a reconnect${counts ? ` (missed: ${counts})` : ""}`);
   });
   rt.on("error", (message) => log(`error ${message.code}: ${message.message || ""}`));
+  rt.on("subscribed", (message) => {
+    const db = message.topic.startsWith("db:") ? message.topic.slice(3) : null;
+    const stale = db && state.stale.get(db);
+    if (!stale) return;
+    state.stale.delete(db);
+    for (const id of stale) {
+      state.docs.get(db).delete(id);
+      renderRow(db, { id });
+      log(`${db}/${id} gone while you were away`);
+    }
+  });
   rt.on("connected", () => {
     document.body.dataset.ready = "live";
   });
@@ -176,6 +195,8 @@ function onDocChange(db, message) {
   if (message.type !== "doc-change") return;
   const docs = state.docs.get(db);
   if (!docs) return;
+  const stale = state.stale.get(db);
+  if (stale) stale.delete(message.id);
   if (message.deleted || message.removed) {
     docs.delete(message.id);
     if (!message.snapshot) log(`${db}/${message.id} ${message.deleted ? "deleted" : "no longer readable by you"}`);

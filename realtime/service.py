@@ -31,7 +31,7 @@ from realtime.databases.readers import CouchRevisions
 from realtime.databases.writer import CouchDocuments, DocumentWriter, WriteMetrics
 from realtime.dev import benchhook
 from realtime.feeds.changes import ChangesFollower
-from realtime.feeds.replay import ChangesReader, Replayer
+from realtime.feeds.replay import AppDatabaseReplay, ChangesReader, Replayer
 from realtime.feeds.routing import utc_timestamp
 from realtime.http.channel import PendingConnections
 from realtime.http.pages import make_pages
@@ -210,7 +210,8 @@ def make_replayer(config, reactor, http, rules) -> Replayer:
     """Replays of the followed databases for ``resume``, with the gateway's credentials."""
     reader = ChangesReader(http, config.couchdb_url, reactor,
                            admin_auth=config.couchdb_admin_auth)
-    return Replayer(reader, reactor, followed=config.watch_databases,
+    return Replayer(reader, reactor, followed=followed_databases(config, rules),
+                    databases={db: AppDatabaseReplay(db, rule) for db, rule in rules.items()},
                     max_changes=config.resume_max_changes,
                     concurrency=config.resume_concurrency)
 

@@ -14,7 +14,16 @@ What is replayed:
   seq, as one ``user-change`` (its latest revision, authentication fields removed, or
   ``deleted: true``).  Read with ``_changes?filter=_doc_ids`` naming that one id, so
   CouchDB sends nothing else.
-- Application databases: see :class:`AppDatabaseReplay`.
+- Application databases (:class:`AppDatabaseReplay`), in batches of the normal feed with
+  the documents: a ``doc-change`` (hidden fields removed) for each document the user may
+  read now; ``deleted: true`` for a document deleted since, and ``removed: true`` for one
+  the user may no longer read, when the user could read one of its earlier revisions (the
+  last three before the current one are read back from CouchDB, in bulk: ``_bulk_get``);
+  nothing at all about a document none of whose known revisions the user could read.  The
+  user's current roles decide for old revisions too.  An earlier revision that CouchDB no
+  longer has (compacted) cannot be decided: nothing is sent for it (no leak), and it is
+  counted (``undecidable``).  CouchDB's ``_selector`` filter is not used here: it would
+  hide exactly the revisions that make a ``removed`` or a ``deleted``.
 
 Only the latest revision of each document is sent (CouchDB's ``_changes`` gives each
 document once, at its latest change).
@@ -59,7 +68,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from realtime import jsonutil
+from realtime.databases.routing import change_rev, doc_change_message, is_internal
 from realtime.feeds.routing import USER_PREFIX, USERS_DB, route_users_change
+from realtime.vocabulary import utc_timestamp
 
 #: a CouchDB 2/3 sequence: the sum of shard seqs, a dash, an opaque base64url string
 _COUCH_SEQ = re.compile(r"[0-9]{1,20}(-[A-Za-z0-9_\-]{1,4096})?\Z")
@@ -304,3 +315,113 @@ def _results(answer: dict):
     if not isinstance(results, list):
         raise CouchUnavailable("a _changes answer without results")
     return [r for r in results if isinstance(r, dict)]
+
+
+#: earlier revisions read back to decide ``removed`` / ``deleted`` for a document the user
+#: may not read now
+ANCESTORS_READ = 3
+
+
+def _generation(rev) -> int:
+    head = str(rev).split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def _ancestors(doc: dict):
+    """The revisions before ``doc``'s, newest first, from its ``_revisions``."""
+    revisions = doc.get("_revisions")
+    if not isinstance(revisions, dict):
+        return []
+    start, ids = revisions.get("start"), revisions.get("ids")
+    if not isinstance(start, int) or not isinstance(ids, list):
+        return []
+    return [f"{start - i}-{rev_id}" for i, rev_id in enumerate(ids)
+            if i > 0 and isinstance(rev_id, str)][:ANCESTORS_READ]
+
+
+def _bulk_docs(answer: dict) -> dict:
+    """``_bulk_get`` answer -> {id: the revision's body, or None when CouchDB lacks it}."""
+    out = {}
+    for result in answer.get("results") or ():
+        if not isinstance(result, dict) or not isinstance(result.get("id"), str):
+            continue
+        docs = result.get("docs")
+        ok = docs[0].get("ok") if isinstance(docs, list) and docs and \
+            isinstance(docs[0], dict) else None
+        out[result["id"]] = ok if isinstance(ok, dict) else None
+    return out
+
+
+class AppDatabaseReplay:
+    """The replay of one application database, by its rule (see the module docstring)."""
+
+    def __init__(self, db: str, rule):
+        self.db = db
+        self.rule = rule
+        self.undecidable = 0  # earlier revisions CouchDB no longer had
+
+    @inlineCallbacks
+    def replay(self, replayer, conn, since, send):
+        reader, db, rule = replayer.reader, self.db, self.rule
+        position, sent = since, 0
+        while True:
+            if not conn.still_open:
+                return ReplayResult(position, sent, False, "disconnected")
+            answer = yield reader.changes(db, position, replayer.batch_size)
+            results = _results(answer)
+            timestamp = utc_timestamp(replayer._clock.seconds())
+            out = []  # messages, or (id, rev, seq, deleted) still to decide, in feed order
+            for change in results:
+                doc_id, rev = change.get("id"), change_rev(change)
+                if not isinstance(doc_id, str) or is_internal(doc_id) or rev is None:
+                    continue
+                doc = change.get("doc")
+                deleted = bool(change.get("deleted")) or \
+                    (isinstance(doc, dict) and bool(doc.get("_deleted")))
+                if not deleted and isinstance(doc, dict) and \
+                        rule.may_read(doc, conn.user_id, conn.roles):
+                    out.append(doc_change_message(db, doc_id, rev, change.get("seq"),
+                                                  timestamp, doc=rule.sanitise(doc)))
+                elif _generation(rev) > 1:
+                    out.append((doc_id, rev, change.get("seq"), deleted))
+            pending = [item for item in out if isinstance(item, tuple)]
+            lost = (yield self._readable_before(reader, conn, pending)) if pending else set()
+            if not conn.still_open:
+                return ReplayResult(position, sent, False, "disconnected")
+            for item in out:
+                if isinstance(item, tuple):
+                    doc_id, rev, seq, deleted = item
+                    if doc_id not in lost:
+                        continue
+                    item = doc_change_message(db, doc_id, rev, seq, timestamp,
+                                              deleted=deleted, removed=not deleted)
+                if not send(item):
+                    return ReplayResult(position, sent, False, "disconnected")
+                sent += 1
+            position = answer.get("last_seq", position)
+            if len(results) < replayer.batch_size:
+                return ReplayResult(position, sent, True)
+
+    @inlineCallbacks
+    def _readable_before(self, reader, conn, pending):
+        """The ids among ``pending`` one of whose last earlier revisions the user may read."""
+        current = _bulk_docs((yield reader.bulk_get(
+            self.db, [(doc_id, rev) for doc_id, rev, _, _ in pending], revs=True)))
+        chains = {doc_id: _ancestors(doc) for doc_id, doc in current.items()
+                  if doc is not None}
+        lost = set()
+        for level in range(ANCESTORS_READ):
+            wanted = [(doc_id, revs[level]) for doc_id, revs in chains.items()
+                      if doc_id not in lost and len(revs) > level]
+            if not wanted:
+                break
+            bodies = _bulk_docs((yield reader.bulk_get(self.db, wanted)))
+            for doc_id, _ in wanted:
+                body = bodies.get(doc_id)
+                if body is None:
+                    self.undecidable += 1
+                    chains[doc_id] = []  # compacted: cannot tell; nothing is sent
+                elif not body.get("_deleted") and \
+                        self.rule.may_read(body, conn.user_id, conn.roles):
+                    lost.add(doc_id)
+        return lost

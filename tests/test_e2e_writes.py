@@ -41,8 +41,9 @@ class CouchFixture:
     def __init__(self):
         self.server = harness.pouchdb()
         self.db = unique("notes")
-        status, _ = self.server.request("PUT", "/" + self.db)
-        assert status == 201, status
+        for name in (self.db, self.db + "-ro"):
+            status, _ = self.server.request("PUT", "/" + name)
+            assert status == 201, status
         self.rules = parse_rules(RULES_TEXT.format(db=self.db))
 
     def put(self, doc_id: str, **doc) -> str:
@@ -383,3 +384,65 @@ class WebSocketWriteTests(unittest.TestCase):
                       'outcome="forbidden"} 1.0', text)
         self.assertNotIn("alice", text)
         self.assertIn('realtime_messages_received_total{type="doc.create"} 2.0', text)
+
+
+class FeedTests(unittest.TestCase):
+    """A write reaches readers through the feed, as an ordinary doc-change, and only them."""
+
+    timeout = 90
+
+    @inlineCallbacks
+    def setUp(self):
+        self.couch = CouchFixture()
+        self.db = self.couch.db
+        self.gw = GatewayHarness(jwt_secret=SECRET, rules=self.couch.rules)
+        yield self.gw.start()
+        self.addCleanup(self.gw.stop)
+
+    @inlineCallbacks
+    def connect(self, user):
+        client = yield self.gw.connect(query={"token": make_token(user)})
+        yield client.next("connected")
+        return client
+
+    @inlineCallbacks
+    def received(self, client, what, **fields):
+        """The first message the client received with these fields (waiting, bounded):
+        answers and doc-changes may come in either order."""
+        def found():
+            for message in client.received:
+                if all(message.get(key) == value for key, value in fields.items()):
+                    return message
+            return None
+        yield harness.wait_for(lambda: found() is not None, what=what)
+        return found()
+
+    @inlineCallbacks
+    def test_readers_get_the_write_from_the_feed(self):
+        """The writer (both its connections), the owner and a member get the change, from
+        the feed; a stranger gets nothing of it nor of a created document (checked with a
+        marker the stranger may read: it is the first doc-change the stranger gets)."""
+        self.couch.put("n1", owner="alice", members=["dave", "carol"], editors=["carol"],
+                       title="old")
+        carol = yield self.connect("carol")
+        carol_too = yield self.connect("carol")
+        alice = yield self.connect("alice")
+        dave = yield self.connect("dave")
+        eve = yield self.connect("eve")
+        current = self.couch.get("n1")
+        carol.send_json({"type": "doc.update", "db": self.db, "id": "n1",
+                         "rev": current["_rev"], "changes": {"title": "new"}, "ref": "u1"})
+        answer = yield self.received(carol, "the answer", type="doc.updated", ref="u1")
+        for client in (carol, carol_too, alice, dave):
+            change = yield self.received(client, "the doc-change", type="doc-change",
+                                         id="n1", rev=answer["rev"])
+            self.assertEqual((change["doc"]["title"], change["doc"]["owner"]), ("new", "alice"))
+        alice.send_json({"type": "doc.create", "db": self.db, "ref": "c1",
+                         "doc": {"title": "created", "editors": ["carol"]}})
+        created = yield self.received(alice, "the answer", type="doc.created", ref="c1")
+        change = yield self.received(alice, "the doc-change", type="doc-change",
+                                     id=created["id"], rev=created["rev"])
+        self.assertEqual(change["doc"]["owner"], "alice")
+        self.couch.put("m1", owner="eve", title="eve's marker")
+        yield self.received(eve, "the marker", type="doc-change", id="m1")
+        self.assertEqual([m["id"] for m in eve.received if m["type"] == "doc-change"], ["m1"])

@@ -471,7 +471,7 @@ class Session:
         if self._doc_writes is None:
             self._doc_writes = DocWrites(self.gateway.writer, self.send_json,
                                          self.gateway.metrics.error)
-        self._doc_writes.handle(self.user_id, self.identity.roles, message)
+        self._doc_writes.handle(self.user_id, self.roles, message)
 
     handle_doc_create = handle_doc_update = handle_doc_delete = handle_doc_write
 

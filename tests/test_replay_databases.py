@@ -155,6 +155,7 @@ hidden = ["secret"]
     def away_and_back(self, scenario, gw=None, roles=("team",)):
         gw = gw or self.gw
         scenario.before()
+        yield caught_up(self, gw, self.db)  # connected.seqs then stands after them
         client = yield gw.connect(query={"token": make_token(scenario.user, roles)})
         connected = yield client.next("connected")
         since = connected["seqs"][self.db]

@@ -45,13 +45,17 @@ from realtime.databases.readers import DEFAULT_INDEX_SIZE, ReadersIndex
 from realtime.databases.routing import (
     DOC_CHANGE,
     DatabaseRouter,
+    Selection,
     db_topic,
     doc_change_message,
     doc_topic,
     is_internal,
     parse_database_topic,
+    selection_of,
 )
 from realtime.databases.rules import RuleSet, may_read
+from realtime.databases.selector import BadSelector
+from realtime.databases.selector import parse as parse_selector
 
 #: documents read per ``_all_docs`` request for a ``db:`` snapshot
 SNAPSHOT_PAGE = 1000
@@ -130,10 +134,16 @@ class ApplicationDatabases:
             self._refuse(conn, "forbidden", FORBIDDEN_TEXT, topic)
             return None
         kind, db, doc_id = parsed
+        selector = None
         if message.get("selector") is not None:
-            self._refuse(conn, "bad_request", "a selector on database topics is not "
-                         "supported yet; subscribe without one", topic)
-            return None
+            if kind != "db":
+                self._refuse(conn, "bad_request", "a selector is for db: topics", topic)
+                return None
+            try:
+                selector = parse_selector(message["selector"])
+            except BadSelector as e:
+                self._refuse(conn, "bad_selector", e.message, topic)
+                return None
         snapshot = message.get("snapshot", False)
         if not isinstance(snapshot, bool):
             self._refuse(conn, "bad_request", "snapshot must be true or false", topic)
@@ -149,11 +159,13 @@ class ApplicationDatabases:
                 self._refuse(conn, "forbidden", FORBIDDEN_TEXT, topic)
                 return None
             d = self._subscribe_doc(conn, topic, db, doc_id, snapshot)
-        elif snapshot:
-            d = self._subscribe_db_snapshot(conn, topic, db)
         else:
-            self._subscribed(conn, topic)
-            return None
+            self._select(conn, db, selector)
+            if not snapshot:
+                self._subscribed(conn, topic)
+                self._selection_held(conn, db)
+                return None
+            d = self._subscribe_db_snapshot(conn, topic, db)
         d.addErrback(self._failed, conn, topic)
         return d
 
@@ -191,9 +203,28 @@ class ApplicationDatabases:
                 doc=router.rule.sanitise(doc), snapshot=True))
         self._subscribed(conn, topic)
 
+    @staticmethod
+    def _select(conn, db: str, selector) -> None:
+        """Record (or drop) the connection's selector for ``db:<db>``: from now on the
+        routing gives it only the documents that match."""
+        if selector is None or selector.empty:
+            if conn.selections:
+                conn.selections.pop(db, None)
+            return
+        if conn.selections is None:
+            conn.selections = {}
+        conn.selections[db] = Selection(selector)
+
+    @staticmethod
+    def _selection_held(conn, db: str) -> None:
+        selection = (conn.selections or {}).get(db)
+        if selection is not None:
+            selection.pending = False
+
     @inlineCallbacks
     def _subscribe_db_snapshot(self, conn, topic: str, db: str):
         router = self.routers[db]
+        selection = selection_of(conn, db)
         seq = router.last_seq
         sent = 0
         startkey = None
@@ -215,14 +246,20 @@ class ApplicationDatabases:
                 if is_internal(doc["_id"]):
                     continue
                 if router.rule.may_read(doc, conn.user_id, conn.roles):
+                    sanitised = router.rule.sanitise(doc)
+                    if selection is not None:
+                        if not selection.selector.matches(sanitised):
+                            continue
+                        selection.matched.add(doc["_id"])
                     conn.send_json(doc_change_message(
                         db, doc["_id"], doc.get("_rev"), seq, self._timestamp(),
-                        doc=router.rule.sanitise(doc), snapshot=True))
+                        doc=sanitised, snapshot=True))
                     sent += 1
             if len(rows) < SNAPSHOT_PAGE:
                 break
             startkey = rows[-1].get("id")
         self._subscribed(conn, topic, snapshot=sent)
+        self._selection_held(conn, db)
 
     # -- roles --------------------------------------------------------------------------
 

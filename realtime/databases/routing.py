@@ -100,6 +100,42 @@ def parse_database_topic(topic: str, databases: Iterable[str]
     return ("doc", best, rest[len(best) + 1:])
 
 
+class Selection:
+    """A ``db:`` subscription's selector, and the ids it has given (bounded)."""
+
+    __slots__ = ("selector", "matched", "pending")
+    MAX_MATCHED = 100_000
+
+    def __init__(self, selector):
+        self.selector = selector
+        self.matched = _BoundedSet(self.MAX_MATCHED)
+        self.pending = True  # until subscribed (the snapshot is being read)
+
+
+class _BoundedSet(set):
+    """A set that stops growing at ``limit`` (beyond it, ``removed`` ``selector`` may be
+    missed for the documents it could not hold; memory stays bounded)."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def add(self, item) -> None:
+        if len(self) < self.limit:
+            super().add(item)
+
+
+def selection_of(conn, db: str):
+    """The connection's selector subscription to ``db:<db>``, if any (and still held)."""
+    selections = getattr(conn, "selections", None)
+    if not selections or db not in selections:
+        return None
+    if not selections[db].pending and db_topic(db) not in conn.topics:
+        del selections[db]  # unsubscribed since
+        return None
+    return selections[db]
+
+
 def is_internal(doc_id: str) -> bool:
     return doc_id.startswith("_design/") or doc_id.startswith("_local/")
 
@@ -269,6 +305,28 @@ class DatabaseRouter:
                 found[conn.connection_id] = conn
         return found
 
+    def _narrow(self, readers: Dict[str, object], doc_id: str, doc: dict) -> list:
+        """
+        ``db:`` subscriptions with a selector: keep in ``readers`` only the connections
+        whose selector the (sanitised) document matches; return those it no longer
+        matches that were given it (they get ``removed`` reason ``selector``).
+        """
+        stopped, sanitised = [], None
+        for conn_id, conn in list(readers.items()):
+            selection = selection_of(conn, self.db)
+            if selection is None:
+                continue
+            if sanitised is None:
+                sanitised = self.rule.sanitise(doc)
+            if selection.selector.matches(sanitised):
+                selection.matched.add(doc_id)
+                continue
+            del readers[conn_id]
+            if doc_id in selection.matched:
+                selection.matched.discard(doc_id)
+                stopped.append(conn)
+        return stopped
+
     def _route(self, change: dict, doc_id: str, rev: str, doc, deleted: bool,
                new_readers: Principals, previous) -> None:
         db, seq, timestamp = self.db, change.get("seq"), self._timestamp()
@@ -301,10 +359,15 @@ class DatabaseRouter:
                 lost[conn_id] = conn
                 readers.pop(conn_id, None)
                 gone.append(conn)
+        stopped = self._narrow(readers, doc_id, doc)
         if readers:
             message = doc_change_message(db, doc_id, rev, seq, timestamp,
                                          doc=self.rule.sanitise(doc))
             self._send(readers.values(), message)
+        if stopped:
+            message = doc_change_message(db, doc_id, rev, seq, timestamp, removed=True)
+            message["reason"] = "selector"
+            self._send(stopped, message)
         if lost:
             message = doc_change_message(db, doc_id, rev, seq, timestamp, removed=True)
             stats.removals += self._send(lost.values(), message)

@@ -99,7 +99,7 @@ class Session:
         "transport", "gateway", "deliver_frame", "connection_id", "identity", "_topics",
         "_auth_timer", "_authenticating", "_registered", "_limiter", "_watch",
         "_session_secret", "_inbox", "_preauth_bytes", "_admitting", "_held", "_present_as",
-        "session_seq", "admitted_at", "_doc_writes", "resuming",
+        "session_seq", "admitted_at", "_doc_writes", "resuming", "selections",
     )
 
     def __init__(self, transport: ISessionTransport, gateway, connection_id: str):
@@ -124,6 +124,7 @@ class Session:
         self.admitted_at = 0.0  # when admitted (gateway clock): see Registry.dispatch
         self._doc_writes: Optional[DocWrites] = None  # made on the first document write
         self.resuming = False  # a resume is running (one at a time)
+        self.selections = None  # db -> Selection of a db: subscription with a selector
 
     # -- what the registry, topics and resume read ---------------------------------------
 

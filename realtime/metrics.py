@@ -126,7 +126,7 @@ class _GatewayCollector:
         changes = CounterMetricFamily("realtime_feed_changes",
                                       "Changes read from the _changes feed", labels=["db"])
         for follower in gateway.followers:
-            up.add_metric([follower.db], 1 if follower.state == "connected" else 0)
+            up.add_metric([follower.db], 1 if follower.health == "connected" else 0)
             reconnects.add_metric([follower.db], follower.reconnects)
             changes.add_metric([follower.db], follower.changes_seen)
         lag = GaugeMetricFamily("realtime_feed_lag_seconds",

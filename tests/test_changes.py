@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.python.failure import Failure
 from twisted.trial import unittest
-from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
 
 from realtime.feeds.changes import Backoff, ChangesFollower, LineParser
 
@@ -204,7 +204,8 @@ class FollowerTests(unittest.TestCase):
         follower.start()
         self.addCleanup(follower.stop)
         self.agent.respond(500).end()
-        self.assertEqual(follower.last_error, "HTTP 500")
+        self.assertEqual(follower.last_error, "HTTP 500: COUCHDB_ADMIN_AUTH is probably missing "
+                                              "(an admin reads _changes)")
         self.clock.advance(1.0)
         response = self.agent.respond()
         response.send(b"not json")
@@ -390,3 +391,60 @@ class AsyncCallbackTests(unittest.TestCase):
         self.assertEqual(self.seen, [1])
         self.assertEqual(len(self.agent.requests), requests + 1)
         self.assertEqual(self.agent.last_query()["since"], ["1"])
+
+
+class FeedStatusTests(unittest.TestCase):
+    """What the status says about a feed: stalled, time since the last byte, readable errors."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.agent = FakeAgent()
+
+    def follower(self, admin_auth="YWRtaW46cHc="):
+        follower = ChangesFollower(self.agent, self.clock, "http://couch.test:5984", "_users",
+                                   lambda db, change: None, admin_auth=admin_auth,
+                                   heartbeat_ms=1000, backoff=Backoff(random=lambda: 1.0))
+        follower.start()
+        self.addCleanup(follower.stop)
+        return follower
+
+    def test_stalled_past_one_heartbeat(self):
+        """
+        A connected stream silent for more than 1.5 heartbeats is 'stalled' in the status
+        (the watchdog reconnects at 3); a heartbeat byte makes it 'connected' again, and
+        lastByteSecondsAgo counts from the last byte.
+        """
+        follower = self.follower()
+        self.agent.answer_position("1-start")
+        stream = self.agent.respond()
+        stream.send(b"\n")
+        self.assertEqual(follower.status()["state"], "connected")
+        self.clock.advance(1.2)
+        self.assertEqual(follower.status()["lastByteSecondsAgo"], 1.2)
+        self.assertEqual(follower.health, "connected")
+        self.clock.advance(0.4)
+        self.assertEqual(follower.status()["state"], "stalled")
+        stream.send(b"\n")
+        self.assertEqual(follower.status()["state"], "connected")
+        self.assertEqual(follower.status()["lastByteSecondsAgo"], 0.0)
+
+    def test_connection_errors_are_words(self):
+        """A refused connection reads as such, not as a list of Failure objects."""
+        follower = self.follower()
+        self.agent.requests[-1][3].errback(
+            ResponseNeverReceived([Failure(ConnectionRefusedError("nope"))]))
+        self.assertNotIn("<", follower.last_error)
+        self.assertIn("ConnectionRefusedError", follower.last_error)
+
+    def test_credentials_hint(self):
+        """401/403, or pouchdb-server's 500 with no credentials, name COUCHDB_ADMIN_AUTH."""
+        without = self.follower(admin_auth=None)
+        self.agent.respond(500).end()
+        self.assertIn("COUCHDB_ADMIN_AUTH is probably missing", without.last_error)
+        self.clock.advance(1.0)
+        self.agent.respond(401).end()
+        self.assertIn("COUCHDB_ADMIN_AUTH is probably missing", without.last_error)
+        without.stop()
+        with_auth = self.follower()
+        self.agent.respond(403).end()
+        self.assertIn("COUCHDB_ADMIN_AUTH is wrong", with_auth.last_error)

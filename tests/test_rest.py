@@ -513,7 +513,8 @@ class StatusAndMetricsTests(RESTTestCase):
                          headers={"Authorization": "Bearer " + make_token("bob")})
         self.assertNotIn("perUser", user[1]["connections"])
         status, body, _ = self.admin("GET", "/websocket/status")
-        self.assertEqual(body["connections"]["perUser"], [{"userId": "alice", "deviceCount": 1}])
+        self.assertEqual(body["connections"]["perUser"],
+                         [{"userId": "alice", "deviceCount": 1, "connections": 1}])
         self.assertError(self.call("GET", "/websocket/status",
                                    headers={"Authorization": "Bearer wrong"}),
                          401, "unauthorized")

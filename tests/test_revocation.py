@@ -179,6 +179,24 @@ class RevokeEndpointTests(unittest.TestCase):
         self.assertNotIn(token, json.dumps(body))
         self.assertTrue(self.successResultOf(self.store.is_revoked(token_id({}, token))))
 
+    def test_already_expired_is_400(self):
+        """
+        An exp in the past (beyond the 5 s leeway), negative, or a posted token that has
+        expired: 400 already_expired, nothing stored, no connection closed; an exp within
+        the leeway is still revoked (such a token is still accepted).
+        """
+        now = int(time.time())
+        for body in ({"jti": "live", "exp": now - 3600}, {"jti": "live", "exp": -5},
+                     {"token": hs_token("alice", lifetime=-3600, jti="live")}):
+            code, answer = self.post(body)
+            self.assertEqual((code, answer["error"], answer["field"]),
+                             (400, "already_expired", "exp"), body)
+            self.assertIn("refused already", answer["message"])
+        self.assertFalse(self.successResultOf(self.store.is_revoked("jti:live")))
+        self.assertEqual(self.conn.failures, [])
+        code, _ = self.post({"jti": "live", "exp": now - 2})
+        self.assertEqual(code, 200)
+
     def test_admin_required(self):
         """No key or a wrong key: 401 and nothing revoked."""
         for key in (None, "wrong", ADMIN_KEY + "x", ""):

@@ -156,6 +156,28 @@ class _FeedBody(Protocol):
             self.transport.resumeProducing()
 
 
+#: a connected feed silent for more than this many heartbeats is reported ``stalled`` (one
+#: heartbeat, and half of one more for the server's own timing)
+STALLED_HEARTBEATS = 1.5
+
+
+def describe_failure(failure) -> str:
+    """
+    Why a request failed, in words: Twisted's client wraps the cause in a list of Failures
+    (``ResponseFailed``, ``ResponseNeverReceived``), whose message is their repr.
+    """
+    error = failure.value
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        inner = reasons[0]
+        text = describe_failure(inner) if hasattr(inner, "value") else str(inner)
+        return f"{type(error).__name__}: {text}"
+    text = failure.getErrorMessage() if hasattr(failure, "getErrorMessage") else str(error)
+    if not text or text.startswith("[<") or text == repr(error):
+        return type(error).__name__
+    return f"{type(error).__name__}: {text}"[:300]
+
+
 class ChangesFollower:
     """
     Follow one database's continuous ``_changes`` feed.
@@ -196,6 +218,7 @@ class ChangesFollower:
         self.reconnects = 0
         self.changes_seen = 0
         self.last_error: Optional[str] = None
+        self.last_byte_at: Optional[float] = None
         #: the database answered 404 (it does not exist, yet): retried with the backoff
         self.missing = False
         self._request = None
@@ -335,12 +358,22 @@ class ChangesFollower:
 
     def _refused(self, response) -> None:
         self.missing = response.code == 404
-        self.last_error = f"HTTP {response.code}"
-        self._log.warn("changes feed of {db} answered HTTP {code}; retrying",
-                       db=self.db, code=response.code)
+        self.last_error = f"HTTP {response.code}" + self._credentials_hint(response.code)
+        self._log.warn("changes feed of {db} answered {error}; retrying",
+                       db=self.db, error=self.last_error)
         # Drain and drop the body; the connection is not reused for the stream.
         response.deliverBody(_Discard())
         self._schedule_reconnect()
+
+    def _credentials_hint(self, code: int) -> str:
+        """What an operator should look at when CouchDB refuses the feed."""
+        if code in (401, 403):
+            return (": CouchDB refused the credentials; COUCHDB_ADMIN_AUTH is "
+                    + ("wrong or lacks admin rights" if self._admin_auth else "probably missing"))
+        if code == 500 and not self._admin_auth:
+            # pouchdb-server answers 500 for _users without admin credentials
+            return ": COUCHDB_ADMIN_AUTH is probably missing (an admin reads _changes)"
+        return ""
 
     def _got_response(self, response, d) -> None:
         if self._request is not d:
@@ -360,7 +393,7 @@ class ChangesFollower:
         if not self._running:
             return
         if not self._stall_abort:
-            self.last_error = failure.getErrorMessage() or failure.type.__name__
+            self.last_error = describe_failure(failure)
             self._log.warn("changes feed of {db} failed to connect: {error}",
                            db=self.db, error=self.last_error)
         self._schedule_reconnect()
@@ -377,6 +410,7 @@ class ChangesFollower:
             self.last_error = None
             self.missing = False
             self._set_state(self.CONNECTED)
+        self.last_byte_at = self._clock.seconds()
         if not self._paused:
             self._arm_watchdog()
         self._parser.feed(data)
@@ -390,7 +424,7 @@ class ChangesFollower:
         if not self._running:
             return
         if not reason.check(ResponseDone) and not self._stall_abort:
-            self.last_error = "stream ended: " + (reason.getErrorMessage() or reason.type.__name__)
+            self.last_error = "stream ended: " + describe_failure(reason)
         self._log.info("changes feed of {db} ended; reconnecting", db=self.db)
         self._schedule_reconnect()
 
@@ -486,12 +520,36 @@ class ChangesFollower:
             return 0.0
         return max(0.0, self._clock.seconds() - self._busy_since)
 
+    def silent_seconds(self) -> Optional[float]:
+        """Seconds since the stream's last byte (a change or a heartbeat), while connected."""
+        if self.state != self.CONNECTED or self.last_byte_at is None:
+            return None
+        return max(0.0, self._clock.seconds() - self.last_byte_at)
+
+    @property
+    def health(self) -> str:
+        """
+        The state as the status reports it: ``missing`` (the database does not exist),
+        ``stalled`` (connected, but nothing, not even a heartbeat, for more than
+        :data:`STALLED_HEARTBEATS` heartbeats: the watchdog reconnects at 3), else
+        :attr:`state`.  A paused stream (changes waiting to be processed) is not stalled.
+        """
+        if self.missing:
+            return "missing"
+        silent = self.silent_seconds()
+        if silent is not None and not self._paused and \
+                silent > STALLED_HEARTBEATS * self.heartbeat_ms / 1000.0:
+            return "stalled"
+        return self.state
+
     def status(self) -> dict:
+        silent = self.silent_seconds()
         return {
-            "state": "missing" if self.missing else self.state,
+            "state": self.health,
             "lastSeq": self.last_seq,
             "reconnects": self.reconnects,
             "lastError": self.last_error,
+            "lastByteSecondsAgo": None if silent is None else round(silent, 1),
         }
 
 

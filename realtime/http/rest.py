@@ -79,6 +79,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from realtime.auth import revocation
+from realtime.auth.identity import JWT_LEEWAY_SECONDS
 from realtime.http.endpoint import (
     MAX_TYPE_LENGTH,
     MAX_USER_IDS,
@@ -307,6 +308,12 @@ class RevokeToken(Endpoint):
             token_id, expires_at = revocation.revocation_target(api.body(request))
         except ValueError as e:
             raise HTTPError(400, "bad_request", str(e)[:200]) from None
+        if expires_at + JWT_LEEWAY_SECONDS <= api.gateway.now():
+            # Refused by every verifier already (exp is checked with this leeway): nothing
+            # to store, and a 200 "revoked" would mislead.
+            raise HTTPError(400, "already_expired",
+                            f"the token expired at {utc_timestamp(max(expires_at, 0))}: it is "
+                            "refused already; nothing was revoked", field="exp")
         try:
             closed = yield api.gateway.revoker.revoke(token_id, expires_at)
         except Exception as e:
@@ -415,7 +422,9 @@ class Status(Endpoint):
         if admin:
             users = yield api.users()
             body["connections"]["perUser"] = [
-                {"userId": u, "deviceCount": n} for u, n in sorted(users.items())]
+                # deviceCount: seed 001's name; connections: every other endpoint's
+                {"userId": u, "deviceCount": n, "connections": n}
+                for u, n in sorted(users.items())]
         return (200, body)
 
 

@@ -231,7 +231,7 @@ class Gateway:
 
     def couchdb_status(self, detail: bool = False) -> dict:
         """The feeds' state; ``detail`` adds each feed's reconnects and last error (admin)."""
-        states = [f.state for f in self.followers]
+        states = [f.health for f in self.followers]
         if not states:
             state = "off"
         elif all(s == "connected" for s in states):
@@ -241,7 +241,7 @@ class Gateway:
         body = {
             "state": state,
             "lastSeq": {f.db: f.last_seq for f in self.followers},
-            "databases": {f.db: {"state": "missing" if f.missing else f.state,
+            "databases": {f.db: {"state": f.health,
                                  "lastSeq": f.last_seq} for f in self.followers},
         }
         if detail:

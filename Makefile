@@ -49,6 +49,7 @@ node_modules/.bin/pouchdb-server: package.json package-lock.json
 # `make bench BENCH_ARGS=--quick` < 2 min; BENCH_ARGS=--profile needs py-spy (pip install py-spy).
 bench: deps
 	$(PYTHON) -m benchmarks.run $(BENCH_ARGS)
+	$(PYTHON) -m benchmarks.resume_bench $(filter --quick,$(BENCH_ARGS))
 
 # Debian's chromium for the browser tests (playwright-core drives it; it downloads none).
 chromium:

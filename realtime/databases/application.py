@@ -8,7 +8,11 @@ Subscriptions (:meth:`ApplicationDatabases.subscribe`):
   subscription is allowed when it exists and the user may read it now, with the roles the
   connection holds.  A missing document, a deleted one, one the user may not read, a
   database that is not followed and a ``_design/`` or ``_local/`` id all get the same
-  ``error`` ``forbidden`` (same message), so ids cannot be probed.  CouchDB not answering
+  ``error`` ``forbidden`` (same message), so ids cannot be probed.  Every id starting
+  with ``_`` is refused so, before CouchDB is asked: CouchDB keeps them for itself, and
+  ``GET /db/_security``, ``/db/_all_docs`` or ``/db/_changes`` answer an object that is
+  not a document (the security object, every id) and that a ``public`` rule or an
+  ``access`` callable would let through.  CouchDB not answering
   is ``error`` ``unavailable`` (whatever the id).  With ``snapshot: true`` the document
   comes first, as ``doc-change`` with ``"snapshot": true``, then ``subscribed``.  If the
   document changed while it was read (the readers index has a newer revision), it is read
@@ -155,7 +159,7 @@ class ApplicationDatabases:
                          f"{registry.max_topics_per_connection} topics per connection", topic)
             return None
         if kind == "doc":
-            if is_internal(doc_id):
+            if doc_id.startswith("_"):  # _design/, _local/ and CouchDB's own endpoints
                 self._refuse(conn, "forbidden", FORBIDDEN_TEXT, topic)
                 return None
             d = self._subscribe_doc(conn, topic, db, doc_id, snapshot)

@@ -40,3 +40,50 @@ class ReservedIdsOfPublicDatabase(DatabaseCase):
         received = json.dumps(client.received)
         for word in ("boss", "insider", "listed-doc", "marker", "s3cret"):
             self.assertNotIn(word, received)
+
+
+def nested(depth: int) -> str:
+    """The JSON text of ``depth`` lists inside each other."""
+    return "[" * depth + "]" * depth
+
+
+class DeepDocuments(DatabaseCase):
+    """A document nested deeper than the gateway can check and encode is refused as
+    ``invalid`` (a clear error), never half-processed."""
+
+    TABLE = """
+users  = ["owner", "members"]
+write  = ["owner"]
+fields = ["title", "body"]
+owner  = "owner"
+"""
+
+    @inlineCallbacks
+    def answer(self, client, text):
+        client.sendMessage(text.encode())
+        while True:
+            message = yield client.next()
+            if message["type"] != "doc-change":
+                return message
+
+    @inlineCallbacks
+    def test_nesting_limit(self):
+        bob = yield self.client("bob")
+        db = self.db
+        ok = yield self.answer(bob, '{"type":"doc.create","db":"%s","ref":"ok","doc":'
+                                    '{"title":"fine","body":%s}}' % (db, nested(63)))
+        self.assertEqual(ok["type"], "doc.created", ok)
+        for ref in ("deep", None):  # derived and random ids
+            with_ref = f'"ref":"{ref}",' if ref else ""
+            refused = yield self.answer(
+                bob, '{"type":"doc.create","db":"%s",%s"doc":{"title":"deep","body":%s}}'
+                % (db, with_ref, nested(500)))
+            self.assertEqual((refused["type"], refused["code"]), ("error", "invalid"),
+                             refused)
+            self.assertIn("64 levels", refused["message"])
+        refused = yield self.answer(
+            bob, '{"type":"doc.update","db":"%s","id":"%s","rev":"%s","ref":"u",'
+                 '"changes":{"body":%s}}' % (db, ok["id"], ok["rev"], nested(64)))
+        self.assertEqual((refused["type"], refused["code"]), ("error", "invalid"), refused)
+        status, body = self.couch.request("GET", f"/{db}/_all_docs")
+        self.assertEqual([row["id"] for row in json.loads(body)["rows"]], [ok["id"]])

@@ -44,6 +44,9 @@ Decisions:
 - **Size.**  The document as written (the merged document for an update), as compact JSON
   without its ``_``-fields, is at most :data:`MAX_DOCUMENT_BYTES` (64 KiB); more is
   ``invalid``.  The WebSocket message limit (1 MiB) bounds the request before that.
+  Objects and lists nest at most :data:`MAX_DEPTH` levels deep (the document itself is
+  level 1); deeper is ``invalid``: the gateway's own JSON and the checks are recursive,
+  and a document it could not encode again would fail every reader's delivery.
 - **Update and delete** are allowed when the writer is named in a ``write`` field of the
   *current* revision (read from CouchDB by the gateway).  A missing (or deleted) document
   and one the writer may not write get the same ``forbidden``, with the same text and no
@@ -80,6 +83,8 @@ MAX_ID_LENGTH = 256
 MAX_REV_LENGTH = 128
 #: the largest document a client may write, as compact JSON without its ``_`` fields
 MAX_DOCUMENT_BYTES = 64 * 1024
+#: the deepest nesting of objects and lists in a written document (the document is 1)
+MAX_DEPTH = 64
 
 RESERVED_PREFIXES = ("_design/", "_local/")
 
@@ -196,7 +201,21 @@ def check_fields(rule: DatabaseRule, names, allowed_extra: Tuple[str, ...] = ())
                                field=name[:64])
 
 
+def check_depth(doc) -> None:
+    """``invalid`` when objects and lists nest deeper than :data:`MAX_DEPTH` (iterative:
+    a deep document cannot exhaust the stack here)."""
+    stack = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise WriteRefused(INVALID, f"the document nests deeper than {MAX_DEPTH} "
+                                        "levels of objects and lists")
+        items = value.values() if isinstance(value, dict) else value
+        stack.extend((item, depth + 1) for item in items if isinstance(item, (dict, list)))
+
+
 def check_size(doc: Mapping[str, Any]) -> None:
+    check_depth(doc)
     body = {key: value for key, value in doc.items() if not key.startswith("_")}
     size = len(jsonutil.dumps(body))
     if size > MAX_DOCUMENT_BYTES:

@@ -90,12 +90,16 @@ class Gateway:
         if not self._open and self._drained:
             waiting, self._drained = self._drained, []
             for d in waiting:
-                d.callback(None)
+                if not d.called:
+                    d.callback(None)
 
     def close_all(self, code: int, reason: str, timeout: float = 3.0) -> Deferred:
         """
         Close every open connection with ``code`` (shutdown: 4200, "reconnect now with
-        jitter"); fires when the last one has closed, or after ``timeout`` seconds.
+        jitter"); fires when the last one has closed, or after ``timeout`` seconds.  At the
+        timeout, the connections still open (clients that do not read, and so never get
+        the close frame) are aborted, and the Deferred fires once (it is no longer waiting
+        for them: a connection closing later does not fire it again).
         """
         for conn in list(self._open):
             conn.close_with(code, reason)
@@ -103,7 +107,19 @@ class Gateway:
             return succeed(None)
         d = Deferred()
         self._drained.append(d)
-        timer = self.clock.callLater(timeout, lambda: d.called or d.callback(None))
+
+        def timed_out():
+            if d in self._drained:
+                self._drained.remove(d)
+            for conn in list(self._open):
+                try:
+                    conn.abort()
+                except Exception:
+                    self._log.failure("aborting a connection at shutdown failed")
+            if not d.called:
+                d.callback(None)
+
+        timer = self.clock.callLater(timeout, timed_out)
         return d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
 
     def new_connection_id(self) -> str:

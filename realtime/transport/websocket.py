@@ -48,6 +48,9 @@ from realtime.vocabulary import (
 
 #: largest message an unauthenticated client may send (the ``auth`` message needs ~2 KB)
 PREAUTH_MAX_MESSAGE_BYTES = 8 * 1024
+#: how long a client closed 4100 (too slow) has to read up to the close frame
+TOO_SLOW_DRAIN_SECONDS = 2.0
+
 #: largest opening handshake (request line and headers) a client may send: past it, 431
 MAX_HANDSHAKE_BYTES = 32 * 1024
 #: most frames one (fragmented) message may have: a flood of tiny fragments closes 4008
@@ -84,6 +87,7 @@ _AUTOBAHN_SLOTS = (
 _CONNECTION_SLOTS = _AUTOBAHN_SLOTS + (
     "session", "_auth_outcome", "_counted", "_paused", "_queue", "_queued_bytes", "_closed",
     "_fragments", "_outbox", "_outbox_bytes", "_batcher", "_ping_sent_at", "_hold",
+    "_drain_timer",
 )
 
 #: Autobahn counts every connection's traffic in a TrafficStats object that nothing here
@@ -148,6 +152,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self._outbox_bytes = 0
         self._batcher = None
         self._hold = None  # a resume.Hold while a replay runs: live frames wait in it
+        self._drain_timer = None  # closed 4100: the abort if the client does not read
 
     def set_valid_events(self, valid_events=None):
         # Autobahn's observer events (``.on("message", ...)``) are not used on server
@@ -311,6 +316,10 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self._closed = True
+        if self._drain_timer is not None:
+            timer, self._drain_timer = self._drain_timer, None
+            if timer.active():
+                timer.cancel()
         try:
             if self.session is not None:
                 self.session.closed()
@@ -425,13 +434,25 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             self.transport.write(frame)
 
     def _too_slow(self) -> None:
+        """
+        The outgoing queue overflowed: its frames are dropped (memory is freed at once),
+        the close frame (4100: back off, then reconnect) goes right after what the socket
+        already holds, and the client has :data:`TOO_SLOW_DRAIN_SECONDS` to read up to it
+        before the connection is aborted.  Aborting at once would leave the close frame
+        behind the full buffer: the client would see 1006 and reconnect at once.
+        """
         self._log.info("closing connection {id}: outgoing queue full", id=self.connection_id)
         self._queue = _NO_QUEUE
         self._queued_bytes = 0
         self._outbox = None
         self.close_with(CLOSE_TOO_SLOW, "too slow: outgoing queue full")
-        # The client is not reading: it will not answer the close handshake either.
-        self.dropConnection(abort=True)
+        self._drain_timer = self.gateway.clock.callLater(TOO_SLOW_DRAIN_SECONDS, self.abort)
+
+    def abort(self) -> None:
+        """Drop the connection now, whatever it still holds (its close runs as usual)."""
+        self._drain_timer = None
+        if self.transport is not None and self.state != self.STATE_CLOSED:
+            self.dropConnection(abort=True)
 
     def close_with(self, code: int, reason: str) -> None:
         if self.state in (self.STATE_OPEN, self.STATE_CONNECTING):

@@ -70,13 +70,15 @@ class DocsTests(unittest.TestCase):
                 self.assertTrue(os.path.exists(resolved), f"{path}: {target} does not exist")
 
     def test_no_reference_to_files_outside_the_repository(self):
-        """No user doc, example or shipped file sends a reader to notes a clone does not have."""
+        """No user doc, docstring, test or shipped file sends a reader to notes a clone lacks."""
         texts = list(_user_docs())
-        for top in ("contrib", "examples", "tac"):
-            for folder, _, files in os.walk(os.path.join(REPO, top)):
+        for top in ("contrib", "examples", "tac", "realtime", "tests", "twisted", "clients",
+                    "benchmarks"):
+            for folder, dirs, files in os.walk(os.path.join(REPO, top)):
+                dirs[:] = [d for d in dirs if d not in ("node_modules", "__pycache__")]
                 for name in files:
-                    if name.endswith((".py", ".tac", ".rst", ".service", ".socket", ".env",
-                                      ".js", ".html")):
+                    if name.endswith((".py", ".tac", ".rst", ".md", ".service", ".socket",
+                                      ".env", ".js", ".html")):
                         path = os.path.join(folder, name)
                         texts.append((path, _read(path)))
         for path, text in texts:

@@ -1,7 +1,7 @@
 /**
  * Headless Chromium for the browser tests: Debian's `chromium` (`make test` installs it with
  * apt-get when missing) driven by npm `playwright-core`, which downloads no browser of its
- * own.  The flags are those PITFALLS.md lists: without the background-networking ones the
+ * own.  The flags matter: without the background-networking ones the
  * browser keeps trying hosts this machine cannot reach.
  *
  * `page.on("pageerror")` and console errors are collected per page (`errorsOf(page)`), so a

@@ -11,7 +11,8 @@ see the session: it is what they call a connection (``connection_id``, ``identit
 ``topics``, ``deliver_frame``, ``close_with``, ``fail_auth``...).  ``deliver_frame`` is the
 transport's own method (no extra call on the write path).
 
-Authentication (credentials: :mod:`realtime.auth.authenticator`): credentials from the
+Authentication (credentials: :mod:`realtime.auth.authenticator`; the steps:
+:mod:`realtime.transport.session_auth`): credentials from the
 handshake are accepted or refused as soon as the connection opens.  Without any, the client
 is told ``connection_established`` and must send ``auth`` within ``WS_AUTH_TIMEOUT_MS``
 (else ``auth_failed`` ``timeout``, 4001); before that it may send ``auth`` and ``ping``
@@ -36,23 +37,21 @@ from __future__ import annotations
 
 from typing import Optional
 
-from twisted.internet.defer import inlineCallbacks, succeed
+from twisted.internet.defer import succeed
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 from realtime import jsonutil
 from realtime.auth.expiry import SessionWatch
 from realtime.auth.identity import AuthFailure, Identity
-from realtime.auth.signing import SignatureError, new_session_secret
+from realtime.auth.signing import SignatureError
 from realtime.hub import resume, topics
-from realtime.hub.gateway import ADMITTED, REPLACED
 from realtime.hub.registry import frame_text
 from realtime.transport import ratelimit
 from realtime.transport.doc_writes import DocWrites
+from realtime.transport.session_auth import SessionAuthentication
 from realtime.vocabulary import (
     CLOSE_POLICY,
-    CLOSE_REPLACED,
-    CLOSE_TOO_MANY_CONNECTIONS,
     CLOSE_UNAUTHORIZED,
 )
 
@@ -90,7 +89,7 @@ class ISessionTransport(Interface):
         """One replay ended; after the last, send the held frames it did not give."""
 
 
-class Session:
+class Session(SessionAuthentication):
     """One client's state and message handling (see the module docstring)."""
 
     _log = Logger()
@@ -222,139 +221,6 @@ class Session:
         if verdict == ratelimit.CLOSE:
             self.close_with(CLOSE_POLICY, "rate limit exceeded repeatedly")
         return False
-
-    # -- authentication -----------------------------------------------------------------
-
-    def _accept(self, identity: Identity) -> None:
-        """
-        Admit an authenticated connection (per-user limit and single session, across every
-        process: see :meth:`Gateway.admit`).  Admission may wait for Redis; client messages
-        arriving meanwhile are held (a few) and handled once admitted.
-        """
-        if self._auth_timer is not None and self._auth_timer.active():
-            self._auth_timer.cancel()
-        self._auth_timer = None
-        self._admitting = True
-        d = self.gateway.admit(self, identity)
-        d.addCallback(self._admitted, identity)
-        d.addErrback(self._admission_failed)
-
-    def _admitted(self, verdict: str, identity: Identity) -> None:
-        self._admitting = False
-        held, self._held = self._held, ()
-        gateway = self.gateway
-        config = gateway.config
-        if verdict == REPLACED:
-            self.close_with(CLOSE_REPLACED, "replaced by a newer session")
-            return
-        if verdict != ADMITTED:
-            self.send_error("too_many_connections",
-                            f"at most {config.ws_max_connections_per_user} connections per user")
-            self.close_with(CLOSE_TOO_MANY_CONNECTIONS, "too many connections")
-            return
-        if not self.transport.still_open:  # closed while admission waited
-            self.gateway.connection_left(self, identity.user_id)
-            return
-        if identity.token_id is not None and gateway.registry.revoked(identity.token_id):
-            # revoked while admission waited: the revocation event found no connection
-            self.gateway.connection_left(self, identity.user_id)
-            self._refuse(AuthFailure("revoked", "token revoked"))
-            return
-        self._present_as = identity.user_id
-        self.admitted_at = gateway.now()
-        self.identity = identity
-        self.gateway.registry.add(self)
-        self._registered = True
-        self.transport.lift_auth_limits()
-        revocations = gateway.authenticator.revocations
-        if revocations is not None and not revocations.recheck_live_connections:
-            revocations = None  # no periodic re-check timer: see the store's docstring
-        self._watch = SessionWatch(
-            gateway.timers, self.fail_auth, gateway.authenticator.session_checker,
-            revalidate_interval=config.ws_session_revalidate_ms / 1000.0,
-            revocations=revocations)
-        self._watch.watch(identity)
-        connected = {
-            "type": "connected",
-            "user": identity.public(),
-            "connectionId": self.connection_id,
-            "timestamp": gateway.timestamp(),
-            "seqs": resume.positions(gateway),
-        }
-        if config.ws_signed_messages:
-            self._session_secret = new_session_secret()
-            connected["sessionSecret"] = self._session_secret
-        self.send_json(connected)
-        for message in held:
-            if self.transport.still_open:
-                self._handle(message)
-
-    def _admission_failed(self, failure) -> None:
-        self._admitting = False
-        self._held = ()
-        self._log.failure("admitting a connection failed", failure)
-        if self.transport.still_open:
-            self._refuse(AuthFailure("unavailable", "admission failed"))
-
-    def _refuse(self, failure: AuthFailure) -> None:
-        if self._watch is not None:
-            self._watch.stop()
-        self.send_json({"type": "auth_failed", "reason": failure.reason})
-        self.close_with(failure.close_code, failure.reason)
-
-    def fail_auth(self, failure: AuthFailure) -> None:
-        """The credentials ended (expired, revoked, session gone): ``auth_failed``, close."""
-        if self.transport.still_open:
-            self._log.info("closing connection {id}: {reason}", id=self.connection_id,
-                           reason=failure.reason)
-            self._refuse(failure)
-
-    def _auth_timed_out(self) -> None:
-        self._auth_timer = None
-        if self.identity is None:
-            self._refuse(AuthFailure("timeout"))
-
-    @inlineCallbacks
-    def handle_auth(self, message: dict):
-        token = message.get("token")
-        if not isinstance(token, str) or not token:
-            self.send_error("bad_request", "auth needs a token")
-            return
-        if self._authenticating or self._admitting:
-            self.send_error("bad_request", "authentication already in progress")
-            return
-        self._authenticating = True
-        try:
-            identity = yield self.gateway.authenticator.verify_token(token)
-        except AuthFailure as failure:
-            if self.transport.still_open:
-                self._refuse(failure)
-            return
-        except Exception:
-            self._log.failure("verifying an auth token failed")
-            if self.transport.still_open:
-                self._refuse(AuthFailure("unavailable"))
-            return
-        finally:
-            self._authenticating = False
-        if not self.transport.still_open:
-            return
-        if self.identity is None:
-            self._accept(identity)
-        elif identity.user_id != self.identity.user_id:
-            self.send_error("forbidden", "a refreshed token must name the same user")
-        else:
-            old_roles = self.roles
-            self.identity = identity
-            if self._watch is not None:
-                self._watch.watch(identity)
-            self.send_json({"type": "connected", "user": identity.public(),
-                            "connectionId": self.connection_id,
-                            "timestamp": self.gateway.timestamp(),
-                            "seqs": resume.positions(self.gateway)})
-            topics.recheck_subscriptions(self)
-            if tuple(identity.roles) != tuple(old_roles):
-                self.gateway.connection_roles_changed(self, old_roles)
 
     # -- messages -----------------------------------------------------------------------
 

@@ -25,40 +25,31 @@ queue freed.  While a resume replays, live frames wait in a hold (:mod:`realtime
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from realtime.auth.identity import AuthFailure, OriginRefused
 from realtime.http.channel import json_answer
-from realtime.hub import resume
 from realtime.transport import fastpath
+from realtime.transport.outbox import NO_QUEUE, Outbox, Throttle
 from realtime.transport.session import ISessionTransport, Session
 from realtime.vocabulary import (
     CLOSE_NORMAL,
     CLOSE_POLICY,
-    CLOSE_TOO_SLOW,
 )
 
 #: largest message an unauthenticated client may send (the ``auth`` message needs ~2 KB)
 PREAUTH_MAX_MESSAGE_BYTES = 8 * 1024
-#: how long a client closed 4100 (too slow) has to read up to the close frame
-TOO_SLOW_DRAIN_SECONDS = 2.0
 
 #: largest opening handshake (request line and headers) a client may send: past it, 431
 MAX_HANDSHAKE_BYTES = 32 * 1024
 #: most frames one (fragmented) message may have: a flood of tiny fragments closes 4008
 MAX_FRAGMENTS = 1024
-
-#: an outbox holding more than this is written at once rather than at the end of the turn
-#: (Twisted's own buffer size: past it, the producer is paused and frames queue, bounded)
-OUTBOX_FLUSH_BYTES = 64 * 1024
 
 #: what Autobahn keeps of the opening handshake; unused once the connection is open
 _HANDSHAKE_ATTRIBUTES = ("http_status_line", "http_headers", "http_request_data",
@@ -95,27 +86,8 @@ _CONNECTION_SLOTS = _AUTOBAHN_SLOTS + (
 _SHARED_TRAFFIC_STATS = TrafficStats()
 
 
-@implementer(IPushProducer)
-class _Throttle:
-    """Told by the transport when its buffer is full (pause) and drained (resume)."""
-
-    __slots__ = ("_protocol",)
-
-    def __init__(self, protocol):
-        self._protocol = protocol
-
-    def pauseProducing(self):
-        self._protocol._paused = True
-
-    def resumeProducing(self):
-        self._protocol._resume()
-
-    def stopProducing(self):
-        self._protocol._paused = True
-
-
 @implementer(ISessionTransport)
-class RealtimeServerProtocol(WebSocketServerProtocol):
+class RealtimeServerProtocol(Outbox, WebSocketServerProtocol):
     """
     One WebSocket connection: the transport of one :class:`Session` (``self.session``,
     made when the handshake arrives), with the outgoing frames' state.
@@ -144,7 +116,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
         self._auth_outcome = None  # the handshake's credentials, checked, until onOpen
         self._counted = False
         self._paused = False
-        self._queue = _NO_QUEUE  # a deque of its own once frames must wait
+        self._queue = NO_QUEUE  # a deque of its own once frames must wait
         self._queued_bytes = 0
         self._closed = False  # onClose has run (it may run before onOpen: see onOpen)
         self._fragments = 0
@@ -249,9 +221,9 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             self._transport_details = None
             self.trafficStats = _SHARED_TRAFFIC_STATS
             if not self.send_queue:  # Autobahn's, used by sync/chopped writes only: lazily
-                self.send_queue = _NO_QUEUE
+                self.send_queue = NO_QUEUE
             self.transport.unregisterProducer()
-            self.transport.registerProducer(_Throttle(self), True)
+            self.transport.registerProducer(Throttle(self), True)
             if fastpath.supports_direct_send(self.transport):
                 self._batcher = self.factory.batcher
             self.gateway.connection_opened(self)
@@ -326,7 +298,7 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             if self._counted:
                 self._counted = False
                 self.gateway.connection_closed(self)
-            self._queue = _NO_QUEUE
+            self._queue = NO_QUEUE
             self._queued_bytes = 0
             self._outbox = None
         except Exception:
@@ -345,115 +317,6 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
             self.maxMessagePayloadSize = self.factory.maxMessagePayloadSize
             self.maxFramePayloadSize = self.factory.maxFramePayloadSize
 
-    def begin_hold(self) -> "resume.Hold":
-        """Hold live frames from now on (replays running); nested holds share one."""
-        if self._hold is None:
-            self._hold = resume.Hold(self.gateway.config.ws_max_queue_bytes)
-        self._hold.depth += 1
-        return self._hold
-
-    def end_hold(self) -> None:
-        """One replay ended; after the last, send the held frames it did not give."""
-        hold = self._hold
-        if hold is None:
-            return
-        hold.depth -= 1
-        if hold.depth > 0:
-            return
-        self._hold = None
-        for frame in hold.frames:
-            if not hold.superseded(frame):
-                self.deliver_frame(frame, True)
-
-    def deliver_frame(self, frame: bytes, direct: bool = False) -> bool:
-        """
-        Write a pre-framed message, or queue it while the transport is full.
-
-        A live message (from the registry) is held while a replay runs (:meth:`begin_hold`);
-        ``direct`` ones (answers, replayed messages: :meth:`send_json`) never are.
-
-        On a plain TCP transport the frame joins this turn's outbox, written with the others
-        due to this connection in one write at the end of the turn (:mod:`realtime.transport.fastpath`).
-        """
-        if self.state != self.STATE_OPEN:
-            return False
-        if self._hold is not None and not direct:
-            if self._hold.add(frame):
-                return True
-            self._hold = None
-            self._too_slow()
-            return False
-        if not self._paused and not self._queue:
-            outbox = self._outbox
-            if outbox is not None:
-                outbox.append(frame)
-                self._outbox_bytes += len(frame)
-                if self._outbox_bytes > OUTBOX_FLUSH_BYTES:
-                    self._flush_outbox()
-                return True
-            if self._batcher is None:
-                self.transport.write(frame)
-                return True
-            self._outbox = [frame]
-            self._outbox_bytes = len(frame)
-            self._batcher.due(self)
-            return True
-        if self._queue is _NO_QUEUE:
-            self._queue = deque()
-        self._queue.append(frame)
-        self._queued_bytes += len(frame)
-        if self._queued_bytes > self.gateway.config.ws_max_queue_bytes:
-            self._too_slow()
-            return False
-        return True
-
-    def _flush_outbox(self) -> None:
-        """Write this turn's frames at once (from the batcher, or before Autobahn writes)."""
-        outbox = self._outbox
-        if outbox is None:
-            return
-        self._outbox = None
-        if self.transport is None:
-            return
-        fastpath.write_now(self.transport, outbox[0] if len(outbox) == 1 else b"".join(outbox))
-
-    def sendData(self, data, sync=False, chopsize=None):
-        # Autobahn's own writes (pings, pongs, close) go after the frames already due.
-        if self._outbox is not None:
-            self._flush_outbox()
-        if (sync or chopsize) and self.send_queue is _NO_QUEUE:
-            self.send_queue = deque()  # the only writes that use Autobahn's send queue
-        super().sendData(data, sync, chopsize)
-
-    def _resume(self) -> None:
-        self._paused = False
-        queue = self._queue
-        while queue and not self._paused and self.state == self.STATE_OPEN:
-            frame = queue.popleft()
-            self._queued_bytes -= len(frame)
-            self.transport.write(frame)
-
-    def _too_slow(self) -> None:
-        """
-        The outgoing queue overflowed: its frames are dropped (memory is freed at once),
-        the close frame (4100: back off, then reconnect) goes right after what the socket
-        already holds, and the client has :data:`TOO_SLOW_DRAIN_SECONDS` to read up to it
-        before the connection is aborted.  Aborting at once would leave the close frame
-        behind the full buffer: the client would see 1006 and reconnect at once.
-        """
-        self._log.info("closing connection {id}: outgoing queue full", id=self.connection_id)
-        self._queue = _NO_QUEUE
-        self._queued_bytes = 0
-        self._outbox = None
-        self.close_with(CLOSE_TOO_SLOW, "too slow: outgoing queue full")
-        self._drain_timer = self.gateway.clock.callLater(TOO_SLOW_DRAIN_SECONDS, self.abort)
-
-    def abort(self) -> None:
-        """Drop the connection now, whatever it still holds (its close runs as usual)."""
-        self._drain_timer = None
-        if self.transport is not None and self.state != self.STATE_CLOSED:
-            self.dropConnection(abort=True)
-
     def close_with(self, code: int, reason: str) -> None:
         if self.state in (self.STATE_OPEN, self.STATE_CONNECTING):
             if code == CLOSE_NORMAL or 3000 <= code <= 4999:
@@ -465,9 +328,6 @@ class RealtimeServerProtocol(WebSocketServerProtocol):
 #: the server factory, with the protocol options on the protocol class (realtime.transport.fastpath)
 _Factory = fastpath.options_on_class_factory(WebSocketServerFactory)
 
-#: the empty queue every connection shares until one of its own is needed (an idle
-#: connection then carries no deque: less memory per connection); immutable on purpose
-_NO_QUEUE = ()
 
 
 #: the payload of the server's WebSocket pings

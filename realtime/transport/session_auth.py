@@ -1,0 +1,161 @@
+"""
+How a :class:`realtime.transport.session.Session` authenticates: accepting an identity
+(from the handshake or an ``auth`` message), admission by the gateway (per-user limit and
+single session across processes; client messages that arrive while it waits for Redis are
+held, a few, and handled once admitted), the ``connected`` answer, the end of credentials
+(``auth_failed`` and close 4001, or 4101 when CouchDB or Redis could not answer), the auth
+timeout, and a refreshed token for the same user.
+
+A mixin of the session: it holds no state of its own (the session's slots hold it).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
+
+from realtime.auth.expiry import SessionWatch
+from realtime.auth.identity import AuthFailure, Identity
+from realtime.auth.signing import new_session_secret
+from realtime.hub import resume, topics
+from realtime.hub.gateway import ADMITTED, REPLACED
+from realtime.vocabulary import CLOSE_REPLACED, CLOSE_TOO_MANY_CONNECTIONS
+
+
+class SessionAuthentication:
+    """Authentication and admission steps of a session (see the module docstring)."""
+
+    _log = Logger()
+
+    __slots__ = ()
+
+    def _accept(self, identity: Identity) -> None:
+        """
+        Admit an authenticated connection (per-user limit and single session, across every
+        process: see :meth:`Gateway.admit`).  Admission may wait for Redis; client messages
+        arriving meanwhile are held (a few) and handled once admitted.
+        """
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        self._admitting = True
+        d = self.gateway.admit(self, identity)
+        d.addCallback(self._admitted, identity)
+        d.addErrback(self._admission_failed)
+
+    def _admitted(self, verdict: str, identity: Identity) -> None:
+        self._admitting = False
+        held, self._held = self._held, ()
+        gateway = self.gateway
+        config = gateway.config
+        if verdict == REPLACED:
+            self.close_with(CLOSE_REPLACED, "replaced by a newer session")
+            return
+        if verdict != ADMITTED:
+            self.send_error("too_many_connections",
+                            f"at most {config.ws_max_connections_per_user} connections per user")
+            self.close_with(CLOSE_TOO_MANY_CONNECTIONS, "too many connections")
+            return
+        if not self.transport.still_open:  # closed while admission waited
+            self.gateway.connection_left(self, identity.user_id)
+            return
+        if identity.token_id is not None and gateway.registry.revoked(identity.token_id):
+            # revoked while admission waited: the revocation event found no connection
+            self.gateway.connection_left(self, identity.user_id)
+            self._refuse(AuthFailure("revoked", "token revoked"))
+            return
+        self._present_as = identity.user_id
+        self.admitted_at = gateway.now()
+        self.identity = identity
+        self.gateway.registry.add(self)
+        self._registered = True
+        self.transport.lift_auth_limits()
+        revocations = gateway.authenticator.revocations
+        if revocations is not None and not revocations.recheck_live_connections:
+            revocations = None  # no periodic re-check timer: see the store's docstring
+        self._watch = SessionWatch(
+            gateway.timers, self.fail_auth, gateway.authenticator.session_checker,
+            revalidate_interval=config.ws_session_revalidate_ms / 1000.0,
+            revocations=revocations)
+        self._watch.watch(identity)
+        connected = {
+            "type": "connected",
+            "user": identity.public(),
+            "connectionId": self.connection_id,
+            "timestamp": gateway.timestamp(),
+            "seqs": resume.positions(gateway),
+        }
+        if config.ws_signed_messages:
+            self._session_secret = new_session_secret()
+            connected["sessionSecret"] = self._session_secret
+        self.send_json(connected)
+        for message in held:
+            if self.transport.still_open:
+                self._handle(message)
+
+    def _admission_failed(self, failure) -> None:
+        self._admitting = False
+        self._held = ()
+        self._log.failure("admitting a connection failed", failure)
+        if self.transport.still_open:
+            self._refuse(AuthFailure("unavailable", "admission failed"))
+
+    def _refuse(self, failure: AuthFailure) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+        self.send_json({"type": "auth_failed", "reason": failure.reason})
+        self.close_with(failure.close_code, failure.reason)
+
+    def fail_auth(self, failure: AuthFailure) -> None:
+        """The credentials ended (expired, revoked, session gone): ``auth_failed``, close."""
+        if self.transport.still_open:
+            self._log.info("closing connection {id}: {reason}", id=self.connection_id,
+                           reason=failure.reason)
+            self._refuse(failure)
+
+    def _auth_timed_out(self) -> None:
+        self._auth_timer = None
+        if self.identity is None:
+            self._refuse(AuthFailure("timeout"))
+
+    @inlineCallbacks
+    def handle_auth(self, message: dict):
+        token = message.get("token")
+        if not isinstance(token, str) or not token:
+            self.send_error("bad_request", "auth needs a token")
+            return
+        if self._authenticating or self._admitting:
+            self.send_error("bad_request", "authentication already in progress")
+            return
+        self._authenticating = True
+        try:
+            identity = yield self.gateway.authenticator.verify_token(token)
+        except AuthFailure as failure:
+            if self.transport.still_open:
+                self._refuse(failure)
+            return
+        except Exception:
+            self._log.failure("verifying an auth token failed")
+            if self.transport.still_open:
+                self._refuse(AuthFailure("unavailable"))
+            return
+        finally:
+            self._authenticating = False
+        if not self.transport.still_open:
+            return
+        if self.identity is None:
+            self._accept(identity)
+        elif identity.user_id != self.identity.user_id:
+            self.send_error("forbidden", "a refreshed token must name the same user")
+        else:
+            old_roles = self.roles
+            self.identity = identity
+            if self._watch is not None:
+                self._watch.watch(identity)
+            self.send_json({"type": "connected", "user": identity.public(),
+                            "connectionId": self.connection_id,
+                            "timestamp": self.gateway.timestamp(),
+                            "seqs": resume.positions(self.gateway)})
+            topics.recheck_subscriptions(self)
+            if tuple(identity.roles) != tuple(old_roles):
+                self.gateway.connection_roles_changed(self, old_roles)

@@ -155,10 +155,6 @@ test("a cut network: back online, the page shows what changed while it was away"
   await page.waitForSelector('tr[data-id="alice-temp"]', { state: "detached", timeout: T });
   // the re-subscription's snapshot brought the change; resume should have replayed it too
   const resumed = await (await page.waitForFunction(() => window.resumedAnswer, null, { timeout: T })).jsonValue();
-  if (resumed.reason && resumed.reason.notes === "unknown_database") {
-    t.skip("this gateway does not replay application databases on resume yet");
-    return;
-  }
   assert.equal(resumed.recovered.notes, true);
   await page.waitForFunction(() => document.getElementById("log").textContent.includes("alice-diary changed (missed while away)"),
     null, { timeout: T });

@@ -50,6 +50,7 @@ node_modules/.bin/pouchdb-server: package.json package-lock.json
 bench: deps
 	$(PYTHON) -m benchmarks.run $(BENCH_ARGS)
 	$(PYTHON) -m benchmarks.resume_bench $(filter --quick,$(BENCH_ARGS))
+	$(PYTHON) -m benchmarks.databases $(filter --quick,$(BENCH_ARGS))
 
 # Debian's chromium for the browser tests (playwright-core drives it; it downloads none).
 chromium:

@@ -35,8 +35,8 @@ messages keep the feed's order (a client's resume position is the last ``seq`` i
 When no connection could be told (nobody connected, or nobody subscribed to a
 ``push = "subscribed"`` database or to the document), CouchDB is not asked.
 
-The directory (the hub's registry) must provide: ``connections()``, ``connections_of(user)``,
-``connections_with_role(role)``, ``subscribers(topic)``, ``unsubscribe(conn, topic)``,
+The directory (the hub's registry) must provide: ``connections()``, ``user_connections(user)``
+and ``role_connections(role)`` (views, iterated at once), ``subscribers(topic)``, ``unsubscribe(conn, topic)``,
 ``deliver(conns, text, type)`` (frames once, returns the count) and ``len()``.  A
 connection provides ``connection_id``, ``user_id``, ``roles`` and ``send_json``.
 """
@@ -296,9 +296,9 @@ class DatabaseRouter:
             return found
         for principal in principals:
             if principal.startswith(USER):
-                conns = directory.connections_of(principal[len(USER):])
+                conns = directory.user_connections(principal[len(USER):])
             elif principal.startswith(ROLE):
-                conns = directory.connections_with_role(principal[len(ROLE):])
+                conns = directory.role_connections(principal[len(ROLE):])
             else:
                 continue
             for conn in conns:
@@ -349,10 +349,14 @@ class DatabaseRouter:
         readers = self._reachable(new_readers, doc_id)
         lost: Dict[str, object] = {}
         if previous:
-            for conn_id, conn in self._reachable(previous, doc_id).items():
-                if conn_id not in readers and not may_read(new_readers, conn.user_id,
-                                                          conn.roles):
-                    lost[conn_id] = conn
+            # A connection reading the previous revision through a principal the new one
+            # keeps reads the new one too: only the principals dropped can lose anyone.
+            dropped = previous - new_readers
+            if dropped:
+                for conn_id, conn in self._reachable(dropped, doc_id).items():
+                    if conn_id not in readers and not may_read(new_readers, conn.user_id,
+                                                              conn.roles):
+                        lost[conn_id] = conn
         gone = []
         for conn_id, conn in subscribers.items():
             if not may_read(new_readers, conn.user_id, conn.roles):

@@ -173,6 +173,22 @@ def names_at(doc, path: Path) -> Iterator[str]:
                     yield item
 
 
+def _add_names(found: set, prefix: str, doc: dict, path: Path) -> None:
+    """Add ``prefix + name`` for each name the field at ``path`` holds."""
+    if len(path) == 1:  # the common case, without the generators
+        value = doc.get(path[0])
+        if isinstance(value, str):
+            if value:
+                found.add(prefix + value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, str) and item:
+                    found.add(prefix + item)
+        return
+    for name in names_at(doc, path):
+        found.add(prefix + name)
+
+
 def without_paths(value, paths: Tuple[Path, ...]):
     """A copy of ``value`` without the given paths (depth-first; lists crossed)."""
     if not paths:
@@ -214,6 +230,14 @@ class DatabaseRule:
     fields: Tuple[str, ...] = ()
     owner: Optional[Path] = None
 
+    def __post_init__(self):
+        # sanitise's fast path: the top-level names to drop (revision metadata included)
+        # when no hidden path goes deeper; None otherwise
+        top = None
+        if all(len(path) == 1 for path in self.hidden):
+            top = frozenset(path[0] for path in self.hidden) | frozenset(_META_REMOVED)
+        object.__setattr__(self, "_hidden_top", top)
+
     def readers(self, doc) -> Principals:
         """
         The principals who may read this revision.  A deletion (``_deleted``) or a missing
@@ -225,13 +249,11 @@ class DatabaseRule:
             return self._call_access(doc)
         if self.public:
             return frozenset((PUBLIC,))
-        found = set()
+        found: set = set()
         for path in self.users:
-            for name in names_at(doc, path):
-                found.add(USER + name)
+            _add_names(found, USER, doc, path)
         for path in self.roles:
-            for name in names_at(doc, path):
-                found.add(ROLE + name)
+            _add_names(found, ROLE, doc, path)
         return frozenset(found) if found else NOBODY
 
     def _call_access(self, doc: dict) -> Principals:
@@ -250,6 +272,9 @@ class DatabaseRule:
     def sanitise(self, doc: dict) -> dict:
         """A copy of ``doc`` as it may leave the server: hidden fields (at any depth) and
         revision metadata removed."""
+        if self._hidden_top is not None:  # every hidden path is a top-level field
+            hidden = self._hidden_top
+            return {key: value for key, value in doc.items() if key not in hidden}
         out = without_paths(doc, self.hidden) if self.hidden else dict(doc)
         for key in _META_REMOVED:
             out.pop(key, None)

@@ -71,6 +71,10 @@ class Connection(TypingProtocol):
         """Tell the client its credentials ended (``auth_failed``) and close."""
 
 
+#: the empty mapping shared by lookups that find nothing (never written to)
+_NONE: Dict[str, "Connection"] = {}
+
+
 class Registry:
     _log = Logger()
 
@@ -128,6 +132,15 @@ class Registry:
     def connections_of(self, user_id: str) -> List[Connection]:
         """The user's connections, oldest first."""
         return list(self._by_user.get(user_id, {}).values())
+
+    def user_connections(self, user_id: str):
+        """The user's connections as a read-only view (no copy: iterate it at once, before
+        anything can register or remove a connection)."""
+        return self._by_user.get(user_id, _NONE).values()
+
+    def role_connections(self, role: str):
+        """The connections holding ``role``, as a view (see :meth:`user_connections`)."""
+        return self._by_role.get(role, _NONE).values()
 
     def count_of(self, user_id: str) -> int:
         return len(self._by_user.get(user_id, ()))

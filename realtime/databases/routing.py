@@ -35,9 +35,10 @@ messages keep the feed's order (a client's resume position is the last ``seq`` i
 When no connection could be told (nobody connected, or nobody subscribed to a
 ``push = "subscribed"`` database or to the document), CouchDB is not asked.
 
-The directory (the hub's registry) must provide: ``connections()``, ``user_connections(user)``
-and ``role_connections(role)`` (views, iterated at once), ``subscribers(topic)``, ``unsubscribe(conn, topic)``,
-``deliver(conns, text, type)`` (frames once, returns the count) and ``len()``.  A
+The directory (the hub's registry) must provide: ``connections()``,
+``user_connections(user)`` and ``role_connections(role)`` (views, iterated at once),
+``subscribers(topic)``, ``unsubscribe(conn, topic)``, ``deliver(conns, text, type)``
+(frames once, returns the count) and ``len()``.  A
 connection provides ``connection_id``, ``user_id``, ``roles`` and ``send_json``.
 """
 

@@ -36,7 +36,10 @@ Checks, before anything is asked of CouchDB:
   ``unknown_seq``.  (pouchdb-server answers any ``since`` by echoing it; CouchDB 3
   answers 400 for a malformed one, which is ``unknown_seq`` too.)
 - An integer ``since`` beyond the database's ``update_seq`` (a database recreated since,
-  or a seq of another database) is ``unknown_seq``.
+  or a seq of another database) is ``unknown_seq``.  On a database whose seqs are
+  integers (pouchdb-server), a string of decimal digits is that integer (``"999999"``
+  past the end is ``unknown_seq`` too); CouchDB 2/3 string seqs (``"12-g1AA..."``) stay
+  opaque and are never parsed.
 - More than ``max_changes`` changes to read (``REALTIME_RESUME_MAX_CHANGES``): reason
   ``too_far_behind``, nothing replayed: the client reloads that database from its own
   API.  The count is CouchDB's ``pending`` (CouchDB 2/3); pouchdb-server has none, and
@@ -269,6 +272,9 @@ class Replayer:
         """(too far behind?, update_seq) before reading."""
         info = yield self.reader.info(db)
         head = info.get("update_seq")
+        if isinstance(head, int) and not isinstance(head, bool) and \
+                isinstance(since, str) and since.isascii() and since.isdigit():
+            since = int(since)  # integer seqs: "5" is 5 (an opaque "5-g1AA..." never is)
         if isinstance(since, int) and isinstance(head, int):
             if since > head:
                 raise SeqRefused()

@@ -32,8 +32,12 @@ deps: python-deps node-deps
 
 # A plain (non-editable) install: an editable one hides twisted/plugins from twistd.
 # setuptools and wheel in the environment: the packaging test builds a wheel offline.
+# build/ goes first: setuptools reuses it, so a module renamed or removed since the last
+# install would ship again (a stale twisted/plugins file makes every twistd start log a
+# traceback).
 python-deps:
 	@echo "Installing realtime and its Python dependencies (pip install .)."
+	rm -rf build
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check 'setuptools>=68' wheel
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check '.[test]'
 	$(PYTHON) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"

@@ -14,7 +14,8 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
 
-from realtime.feeds.changes import Backoff, ChangesFollower, LineParser
+from realtime.feeds.changes import ChangesFollower
+from realtime.feeds.stream import Backoff, LineParser
 
 
 class LineParserTests(unittest.TestCase):
@@ -366,8 +367,8 @@ class AsyncCallbackTests(unittest.TestCase):
 
     def test_backpressure_pauses_the_response(self):
         """Past MAX_HELD_LINES held, the response is paused, and the watchdog rests."""
-        from realtime.feeds import changes
-        self.patch(changes, "MAX_HELD_LINES", 3)
+        from realtime.feeds import rows
+        self.patch(rows, "MAX_HELD_LINES", 3)
         response = self.agent.respond()
         response.send(self.line(1, "slow") + b"".join(self.line(n, "x") for n in (2, 3, 4)))
         self.assertTrue(response.transport.paused)

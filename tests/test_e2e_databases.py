@@ -349,7 +349,7 @@ class MissingDatabaseTests(DatabaseCase):
         from twisted.internet import reactor
         from twisted.web.client import Agent, HTTPConnectionPool
 
-        from realtime.feeds.changes import Backoff
+        from realtime.feeds.stream import Backoff
         from realtime.service import make_followers
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(pool.closeCachedConnections)

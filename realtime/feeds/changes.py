@@ -3,7 +3,11 @@ Following a CouchDB ``_changes`` feed.
 
 One :class:`ChangesFollower` per watched database per process makes one continuous
 ``_changes`` request (``feed=continuous&include_docs=true&heartbeat=H``), whatever the
-number of WebSocket clients, and hands every change to a callback.
+number of WebSocket clients, and hands every change to a callback.  This module owns the
+connection: its lifecycle, the watchdog, the reconnections and the status.  The lines of
+the stream are split by :class:`realtime.feeds.stream.LineParser`; what is done with each
+row (in order, with asynchronous callbacks and backpressure) is
+:class:`realtime.feeds.rows.ChangeRows`, a mixin of the follower.
 
 Behaviour:
 
@@ -14,21 +18,13 @@ Behaviour:
   while the feed is cut: a heartbeat carries no seq, so "now" would be asked again.)
   ``seq`` is opaque (an integer on pouchdb-server, a string on CouchDB 2/3): stored and
   sent back unchanged, never compared or parsed.
-- Lines are parsed incrementally: a change may be split across chunks, heartbeats are bare
-  newlines, and a partial line left when the stream ends is discarded (its change will come
-  again, since ``since`` only moves past fully processed lines).
+- A partial line left when the stream ends is discarded (its change will come again, since
+  ``since`` only moves past fully processed lines); so are the rows held, unprocessed.
 - A watchdog on the injected clock aborts the request when no byte (change or heartbeat) has
   arrived for ``3 x heartbeat``, including while waiting for the response headers.
-- The callback may return a Deferred (an application database reading an older revision
-  from CouchDB): the change counts as processed when it fires, and the lines read
-  meanwhile are held and processed after it, in order (past :data:`MAX_HELD_LINES` the
-  response is paused: backpressure, and the watchdog rests while paused).  A stream that
-  ends meanwhile reconnects only once the pending change is processed, so nothing is routed
-  twice.  ``lag_seconds`` is how long the oldest change read and not yet processed has
-  waited (the feed lag of the metrics).
 - Any end of the stream (server closed it, watchdog, connection refused, non-200 answer)
-  schedules a reconnection after :class:`Backoff`: 1 s doubling to 30 s, with jitter.  The
-  backoff resets once a connection has delivered a byte of body.
+  schedules a reconnection after :class:`~realtime.feeds.stream.Backoff`: 1 s doubling to
+  30 s, with jitter.  The backoff resets once a connection has delivered a byte of body.
 
 The streaming request is made with a plain ``twisted.web.client.Agent`` (no content
 decoding): treq's client always asks for gzip, and pouchdb-server then holds a gzipped
@@ -37,95 +33,18 @@ continuous feed back.  Short requests elsewhere use treq.
 
 from __future__ import annotations
 
-import random
-from collections import deque
 from typing import Callable, Optional
 from urllib.parse import quote, urlencode
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.client import ResponseDone, readBody
 from twisted.web.http_headers import Headers
 
 from realtime import jsonutil
-
-#: lines held while a change is being processed asynchronously; past it, the feed pauses
-MAX_HELD_LINES = 1000
-
-
-class LineParser:
-    """
-    Split a byte stream into lines, across chunk boundaries.
-
-    :param on_line: called with each complete non-empty line (bytes, without the newline).
-    :param max_line: a line longer than this is dropped whole (a runaway document cannot grow
-        memory without bound); ``on_overflow`` is told.
-    """
-
-    def __init__(self, on_line: Callable[[bytes], None], max_line: int = 64 * 1024 * 1024,
-                 on_overflow: Callable[[int], None] = lambda size: None):
-        self._on_line = on_line
-        self._max_line = max_line
-        self._on_overflow = on_overflow
-        self._buffer = b""
-        self._skipping = False
-
-    def feed(self, data: bytes) -> None:
-        buffer = self._buffer + data if self._buffer else data
-        start = 0
-        while True:
-            end = buffer.find(b"\n", start)
-            if end < 0:
-                break
-            line = buffer[start:end]
-            start = end + 1
-            if self._skipping:
-                self._skipping = False
-                continue
-            line = line.strip()
-            if line:
-                self._on_line(line)
-        rest = buffer[start:]
-        if len(rest) > self._max_line:
-            self._on_overflow(len(rest))
-            rest = b""
-            self._skipping = True
-        self._buffer = rest
-
-    @property
-    def pending(self) -> bytes:
-        """The incomplete line held back (for tests and diagnostics)."""
-        return self._buffer
-
-
-class Backoff:
-    """
-    Exponential backoff with jitter: attempt n (from 0) waits a random time in
-    ``[d/2, d]`` where ``d = min(maximum, initial * 2**n)`` ("equal jitter": never less than
-    half the nominal delay, so a flapping server is not hammered; never all clients at the
-    same instant).
-    """
-
-    def __init__(self, initial: float = 1.0, maximum: float = 30.0,
-                 random: Callable[[], float] = random.random):
-        self.initial = initial
-        self.maximum = maximum
-        self._random = random
-        self.attempts = 0
-
-    def nominal(self, attempt: int) -> float:
-        if attempt >= 64:
-            return self.maximum
-        return min(self.maximum, self.initial * (2 ** attempt))
-
-    def next_delay(self) -> float:
-        nominal = self.nominal(self.attempts)
-        self.attempts += 1
-        return nominal / 2 + (nominal / 2) * self._random()
-
-    def reset(self) -> None:
-        self.attempts = 0
+from realtime.feeds.rows import ChangeRows
+from realtime.feeds.stream import Backoff, LineParser, describe_failure
 
 
 class _FeedBody(Protocol):
@@ -161,24 +80,7 @@ class _FeedBody(Protocol):
 STALLED_HEARTBEATS = 1.5
 
 
-def describe_failure(failure) -> str:
-    """
-    Why a request failed, in words: Twisted's client wraps the cause in a list of Failures
-    (``ResponseFailed``, ``ResponseNeverReceived``), whose message is their repr.
-    """
-    error = failure.value
-    reasons = getattr(error, "reasons", None)
-    if reasons:
-        inner = reasons[0]
-        text = describe_failure(inner) if hasattr(inner, "value") else str(inner)
-        return f"{type(error).__name__}: {text}"
-    text = failure.getErrorMessage() if hasattr(failure, "getErrorMessage") else str(error)
-    if not text or text.startswith("[<") or text == repr(error):
-        return type(error).__name__
-    return f"{type(error).__name__}: {text}"[:300]
-
-
-class ChangesFollower:
+class ChangesFollower(ChangeRows):
     """
     Follow one database's continuous ``_changes`` feed.
 
@@ -227,11 +129,7 @@ class ChangesFollower:
         self._retry = None
         self._running = False
         self._stall_abort = False
-        self._busy: Optional[Deferred] = None  # a change being processed asynchronously
-        self._busy_since = 0.0
-        self._held: deque = deque()  # rows read while busy, processed after it in order
-        self._paused = False
-        self._connect_when_idle = False
+        self._init_rows()
 
     # -- public -------------------------------------------------------------------------
 
@@ -243,8 +141,7 @@ class ChangesFollower:
 
     def stop(self) -> None:
         self._running = False
-        self._held.clear()
-        self._paused = False
+        self._drop_held()
         self._cancel_timer("_retry")
         self._cancel_timer("_watchdog")
         if self._request is not None:
@@ -419,8 +316,7 @@ class ChangesFollower:
         if body is not self._body:
             return
         self._body = None
-        self._held.clear()  # read again from the resume point
-        self._paused = False
+        self._drop_held()  # read again from the resume point
         if not self._running:
             return
         if not reason.check(ResponseDone) and not self._stall_abort:
@@ -441,84 +337,6 @@ class ChangesFollower:
         self._retry = None
         self._connect()
 
-    # -- lines --------------------------------------------------------------------------
-
-    def _overflow(self, size: int) -> None:
-        self._log.error("changes feed of {db}: a line over {size} bytes was dropped",
-                        db=self.db, size=size)
-
-    def _line(self, line: bytes) -> None:
-        try:
-            row = jsonutil.loads(line)
-        except ValueError:
-            self._log.warn("changes feed of {db}: unparsable line dropped", db=self.db)
-            return
-        if not isinstance(row, dict):
-            return
-        if self._busy is not None:
-            self._held.append(row)
-            if len(self._held) >= MAX_HELD_LINES and not self._paused and self._body:
-                self._paused = True
-                self._cancel_timer("_watchdog")
-                self._body.pause()
-            return
-        self._row(row)
-
-    def _row(self, row: dict) -> None:
-        if "id" in row and "seq" in row:
-            self.changes_seen += 1
-            try:
-                result = self._on_change(self.db, row)
-            except Exception:
-                self._log.failure("processing a change of {db} failed", db=self.db)
-                result = None
-            if isinstance(result, Deferred):
-                if not result.called:
-                    self._busy = result
-                    self._busy_since = self._clock.seconds()
-                    result.addBoth(self._processed, row)
-                    return
-                result.addErrback(self._failed)
-            self.last_seq = row["seq"]
-        elif "last_seq" in row:
-            # The server ends the feed (timeout): resume from there.
-            self.last_seq = row["last_seq"]
-        elif "error" in row:
-            self.last_error = str(row.get("reason") or row.get("error"))
-            self._log.warn("changes feed of {db} reported an error: {error}",
-                           db=self.db, error=self.last_error)
-
-    def _failed(self, failure) -> None:
-        self._log.failure("processing a change of {db} failed", failure, db=self.db)
-
-    def _processed(self, result, row: dict) -> None:
-        """An asynchronous change is done: it counts, then the held lines are processed."""
-        if hasattr(result, "check"):  # a Failure
-            self._failed(result)
-        self._busy = None
-        self.last_seq = row["seq"]
-        while self._held and self._busy is None:
-            self._row(self._held.popleft())
-        if self._busy is None:
-            if self._paused:
-                self._paused = False
-                if self._body is not None:
-                    self._arm_watchdog()
-                    self._body.resume()
-            if self._connect_when_idle:
-                self._connect_when_idle = False
-                self._connect()
-
-    @property
-    def pending(self) -> int:
-        """Changes read and not yet processed."""
-        return len(self._held) + (1 if self._busy is not None else 0)
-
-    def lag_seconds(self) -> float:
-        """How long the oldest change read and not yet processed has waited (0: none)."""
-        if self._busy is None:
-            return 0.0
-        return max(0.0, self._clock.seconds() - self._busy_since)
 
     def silent_seconds(self) -> Optional[float]:
         """Seconds since the stream's last byte (a change or a heartbeat), while connected."""

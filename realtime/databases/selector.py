@@ -21,14 +21,9 @@ Semantics follow CouchDB's own matcher (``mango_selector.erl``), step for step:
 - A condition on a field that is missing fails, except ``{"$exists": false}``; a path
   through a value that is not an object (or an array, for an index) fails, even with
   ``$exists: false`` (CouchDB's ``bad_path``).
-- Comparisons use CouchDB's collation across types: ``null < false < true < numbers <
-  strings < arrays < objects``; numbers by value (``1 == 1.0``); arrays element by
-  element, then by length; objects key by key (in document order), then by size.
-  Strings are compared by Unicode code points, as pouchdb-server does, whereas CouchDB
-  uses ICU collation for strings (``"a" < "B"`` there, ``"B" < "a"`` here): ranges over
-  mixed-case or accented text can differ from CouchDB's ``_find``; equality does not
-  (see docs/resume.rst).  ``_id`` compares raw, as in CouchDB (Erlang term order across
-  types).
+- Comparisons use CouchDB's collation across types (``null < false < true < numbers <
+  strings < arrays < objects``): see :mod:`realtime.databases.collation`, where the
+  one difference from CouchDB (strings by code point, not ICU) is stated.
 - Operators: ``$eq $ne $gt $gte $lt $lte $in $nin $exists $type $and $or $nor $not $all
   $elemMatch $allMatch $keyMapMatch $size $regex $mod $beginsWith``.  Empty lists: ``$and
   []`` and ``$or []`` match, ``$nor []`` matches, ``$in []`` and ``$all []`` do not,
@@ -42,7 +37,8 @@ Semantics follow CouchDB's own matcher (``mango_selector.erl``), step for step:
 Decisions of our own:
 
 - ``$regex`` uses the ``regex`` module (Perl-compatible syntax, closer to CouchDB's PCRE
-  than ``re``) with a time limit per match (:data:`REGEX_TIMEOUT`): a pattern that
+  than ``re``) with a time limit per match
+  (:data:`~realtime.databases.selector_match.REGEX_TIMEOUT`): a pattern that
   backtracks catastrophically cannot stall the server; a match that runs out of time
   counts as no match.  The pattern is compiled once, at parse time; longer than
   :data:`MAX_REGEX_LENGTH` characters is refused.
@@ -57,8 +53,10 @@ Decisions of our own:
   ``$keyMapMatch``, different ``$type`` names and missing-field rules), which is not
   what CouchDB's ``_find`` answers.
 
-Matching is against the document as the user would receive it (hidden fields removed):
-callers must match the sanitised document, so a selector cannot probe a hidden field.
+This module validates and normalises; :mod:`realtime.databases.selector_match` compiles
+the result into a match function.  Matching is against the document as the user would
+receive it (hidden fields removed): callers must match the sanitised document, so a
+selector cannot probe a hidden field.
 """
 
 from __future__ import annotations
@@ -67,17 +65,15 @@ import re
 
 import regex
 
-__all__ = ["BadSelector", "Selector", "collate", "parse", "parse_field", "type_name"]
+from realtime.databases.collation import TYPE_NAMES, is_integer
+from realtime.databases.selector_match import compile_selector, match_all
+
+__all__ = ["BadSelector", "Selector", "parse", "parse_field"]
 
 #: Most conditions plus list elements one selector may hold.
 MAX_TERMS = 1000
 #: Longest ``$regex`` pattern accepted, in characters.
 MAX_REGEX_LENGTH = 1000
-#: Seconds one ``$regex`` match may take before it counts as no match.
-REGEX_TIMEOUT = 0.01
-
-TYPE_NAMES = ("null", "boolean", "number", "string", "array", "object")
-_TYPE_OF_RANK = ("null", "boolean", "boolean", "number", "string", "array", "object")
 
 _COMBINATORS = ("$and", "$or", "$nor")
 _COMPARISONS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte")
@@ -92,7 +88,6 @@ _NOT_SUPPORTED = {
 }
 _NEGATED = {"$lt": "$gte", "$lte": "$gt", "$gt": "$lte", "$gte": "$lt",
             "$eq": "$ne", "$ne": "$eq", "$in": "$nin", "$nin": "$in"}
-_INDEX = re.compile(r"[+-]?[0-9]+\Z")
 _UNESCAPED_DOT = re.compile(r"(?<!\\)\.")
 
 
@@ -106,77 +101,6 @@ class BadSelector(ValueError):
         self.message = message
         self.operator = operator
 
-
-# -- collation ------------------------------------------------------------------------------
-
-def _rank(value) -> int:
-    if value is None:
-        return 0
-    if value is False:
-        return 1
-    if value is True:
-        return 2
-    if isinstance(value, (int, float)):
-        return 3
-    if isinstance(value, str):
-        return 4
-    if isinstance(value, list):
-        return 5
-    if isinstance(value, dict):
-        return 6
-    raise TypeError(f"not a JSON value: {type(value).__name__}")
-
-
-def collate(a, b) -> int:
-    """-1, 0 or 1: ``a`` against ``b`` in CouchDB's collation (strings by code point)."""
-    ra, rb = _rank(a), _rank(b)
-    if ra != rb:
-        return -1 if ra < rb else 1
-    if ra == 3 or ra == 4:
-        return (a > b) - (a < b)
-    if ra == 5:
-        for x, y in zip(a, b):
-            c = collate(x, y)
-            if c:
-                return c
-        return (len(a) > len(b)) - (len(a) < len(b))
-    if ra == 6:
-        for (ka, va), (kb, vb) in zip(a.items(), b.items()):
-            c = (ka > kb) - (ka < kb) or collate(va, vb)
-            if c:
-                return c
-        return (len(a) > len(b)) - (len(a) < len(b))
-    return 0
-
-
-# Erlang's term order, which CouchDB uses for _id: number < atom (false < null < true)
-# < tuple (object) < list (array) < binary (string).
-def _raw_rank(value) -> tuple:
-    if value is None:
-        return (1, 1)
-    if value is False:
-        return (1, 0)
-    if value is True:
-        return (1, 2)
-    if isinstance(value, (int, float)):
-        return (0, 0)
-    if isinstance(value, dict):
-        return (2, 0)
-    if isinstance(value, list):
-        return (3, 0)
-    return (4, 0)
-
-
-def _collate_raw(a, b) -> int:
-    ra, rb = _raw_rank(a), _raw_rank(b)
-    if ra != rb:
-        return -1 if ra < rb else 1
-    return collate(a, b)
-
-
-def type_name(value) -> str:
-    """The ``$type`` name of a JSON value."""
-    return _TYPE_OF_RANK[_rank(value)]
 
 
 # -- parsing and normalisation --------------------------------------------------------------
@@ -202,10 +126,6 @@ class _Counter:
         self.terms += n
         if self.terms > MAX_TERMS:
             raise BadSelector(f"selector too large (more than {MAX_TERMS} conditions)")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _norm_ops(node, counter):
@@ -246,11 +166,11 @@ def _norm_ops(node, counter):
             raise BadSelector("$type needs one of " + ", ".join(TYPE_NAMES), key)
         return (key, arg)
     if key == "$size":
-        if not _is_int(arg) or arg < 0:
+        if not is_integer(arg) or arg < 0:
             raise BadSelector("$size needs a non-negative integer", key)
         return (key, arg)
     if key == "$mod":
-        if (not isinstance(arg, list) or len(arg) != 2 or not all(map(_is_int, arg))
+        if (not isinstance(arg, list) or len(arg) != 2 or not all(map(is_integer, arg))
                 or arg[0] == 0):
             raise BadSelector("$mod needs [divisor, remainder], integers, divisor not 0",
                               key)
@@ -334,130 +254,6 @@ def _check_fields(node, inside: bool = False) -> None:
             _check_fields(node[2][1], True)
 
 
-# -- matching -----------------------------------------------------------------------------
-
-_NOT_FOUND = object()
-_BAD_PATH = object()
-
-
-def _get_field(value, path):
-    for name in path:
-        if isinstance(value, dict):
-            if name not in value:
-                return _NOT_FOUND
-            value = value[name]
-        elif isinstance(value, list):
-            if not _INDEX.match(name):
-                return _BAD_PATH
-            index = int(name)
-            if not 0 <= index < len(value):
-                return _BAD_PATH
-            value = value[index]
-        else:
-            return _BAD_PATH
-    return value
-
-
-def _compile(node, cmp=collate):
-    """A normalised node as a function of one value -> bool."""
-    tag = node[0]
-    if tag == "field":
-        path, cond = node[1], node[2]
-        sub = _compile(cond, _collate_raw if path == ("_id",) else collate)
-        exists_false = cond == ("$exists", False)
-        if not path:
-            return sub
-
-        def field(value):
-            found = _get_field(value, path)
-            if found is _NOT_FOUND:
-                return exists_false
-            if found is _BAD_PATH:
-                return False
-            return sub(found)
-        return field
-    if tag == "$and":
-        parts = [_compile(a, cmp) for a in node[1]]
-        return lambda v: all(p(v) for p in parts)
-    if tag == "$or":
-        parts = [_compile(a, cmp) for a in node[1]]
-        if not parts:
-            return lambda v: True
-        return lambda v: any(p(v) for p in parts)
-    if tag == "$nor":
-        parts = [_compile(a, cmp) for a in node[1]]
-        return lambda v: not any(p(v) for p in parts)
-    if tag == "$not":
-        part = _compile(node[1], cmp)
-        return lambda v: not part(v)
-    arg = node[1]
-    if tag == "$eq":
-        return lambda v: cmp(v, arg) == 0
-    if tag == "$ne":
-        return lambda v: cmp(v, arg) != 0
-    if tag == "$gt":
-        return lambda v: cmp(v, arg) > 0
-    if tag == "$gte":
-        return lambda v: cmp(v, arg) >= 0
-    if tag == "$lt":
-        return lambda v: cmp(v, arg) < 0
-    if tag == "$lte":
-        return lambda v: cmp(v, arg) <= 0
-    if tag == "$in":
-        def in_(v):
-            values = v if isinstance(v, list) else (v,)
-            return any(cmp(x, a) == 0 for a in arg for x in values)
-        return in_
-    if tag == "$nin":
-        def nin(v):
-            values = v if isinstance(v, list) else (v,)
-            return not any(cmp(x, a) == 0 for a in arg for x in values)
-        return nin
-    if tag == "$all":
-        def all_(v):
-            if not isinstance(v, list) or not arg:
-                return False
-            if len(arg) == 1 and isinstance(arg[0], list) and collate(arg[0], v) == 0:
-                return True
-            return all(any(collate(a, x) == 0 for x in v) for a in arg)
-        return all_
-    if tag == "$exists":
-        return lambda v: arg
-    if tag == "$type":
-        return lambda v: type_name(v) == arg
-    if tag == "$size":
-        return lambda v: isinstance(v, list) and len(v) == arg
-    if tag == "$mod":
-        divisor, remainder = arg
-
-        def mod(v):
-            if not _is_int(v):
-                return False
-            r = abs(v) % abs(divisor)
-            return (-r if v < 0 else r) == remainder
-        return mod
-    if tag == "$regex":
-        def regex_match(v):
-            if not isinstance(v, str):
-                return False
-            try:
-                return arg.search(v, timeout=REGEX_TIMEOUT) is not None
-            except TimeoutError:
-                return False
-        return regex_match
-    if tag == "$beginsWith":
-        return lambda v: isinstance(v, str) and v.startswith(arg)
-    if tag == "$elemMatch":
-        part = _compile(arg)
-        return lambda v: isinstance(v, list) and any(part(x) for x in v)
-    if tag == "$allMatch":
-        part = _compile(arg)
-        return lambda v: isinstance(v, list) and bool(v) and all(part(x) for x in v)
-    if tag == "$keyMapMatch":
-        part = _compile(arg)
-        return lambda v: isinstance(v, dict) and any(part(k) for k in v)
-    raise AssertionError(f"unnormalised selector node {tag}")  # pragma: no cover
-
 
 def _paths(node, out) -> None:
     tag = node[0]
@@ -487,7 +283,7 @@ class Selector:
         if normalized is not None:
             _paths(normalized, paths)
         self.paths = frozenset(paths)
-        self.matches = _compile(normalized) if normalized is not None else _match_all
+        self.matches = compile_selector(normalized) if normalized is not None else match_all
 
     @property
     def empty(self) -> bool:
@@ -496,10 +292,6 @@ class Selector:
 
     def __repr__(self):
         return f"Selector({self.source!r})"
-
-
-def _match_all(doc) -> bool:
-    return True
 
 
 def parse(selector) -> Selector:

@@ -47,7 +47,7 @@ sys.path.insert(0, ROOT)
 from realtime import jsonutil  # noqa: E402
 from realtime.databases.readers import ReadersIndex  # noqa: E402
 from realtime.databases.routing import DatabaseRouter  # noqa: E402
-from realtime.databases.rules import parse_rules  # noqa: E402
+from realtime.databases.rulefile import parse_rules  # noqa: E402
 from realtime.feeds.stream import LineParser  # noqa: E402
 from realtime.hub.registry import Registry  # noqa: E402
 from realtime.vocabulary import utc_timestamp  # noqa: E402

@@ -15,7 +15,7 @@ import dataclasses
 import os
 from typing import Any, Callable, Mapping, Optional
 
-from realtime.databases import rules
+from realtime.databases import rulefile, rules
 from realtime.redis.url import parse_redis_url
 
 
@@ -56,7 +56,7 @@ def _rules(text: str):
     and key); kept as a :class:`realtime.databases.rules.RuleSet`."""
     if not text:
         return rules.EMPTY
-    return rules.load_rules(text)
+    return rulefile.load_rules(text)
 
 
 @dataclasses.dataclass(frozen=True)

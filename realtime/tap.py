@@ -37,7 +37,7 @@ from twisted.python import usage
 import realtime
 import twisted
 from realtime import config as config_module
-from realtime.databases.rules import RuleFileError
+from realtime.databases.rulefile import RuleFileError
 from realtime.dev import demo
 from realtime.dev.embedded import PouchDBServer
 from realtime.service import EXIT_STARTUP_FAILED, Startup, make_service

@@ -11,7 +11,7 @@ import jwt
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from realtime.databases.rules import parse_rules
+from realtime.databases.rulefile import parse_rules
 from tests.fakes import FakeCouchDB
 from tests.harness import GatewayHarness
 

@@ -28,7 +28,8 @@ from twisted.trial import unittest
 from realtime.auth.authenticator import Identity
 from realtime.databases.readers import ReadersIndex
 from realtime.databases.routing import DatabaseRouter, doc_topic
-from realtime.databases.rules import may_read, parse_rules
+from realtime.databases.rulefile import parse_rules
+from realtime.databases.rules import may_read
 from tests.fakes import FakeConnection, make_gateway
 
 RULES = """

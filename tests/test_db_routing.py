@@ -10,7 +10,7 @@ from twisted.trial import unittest
 
 from realtime.databases.readers import ReadersIndex, parent_rev
 from realtime.databases.routing import DatabaseRouter, db_topic, doc_topic
-from realtime.databases.rules import parse_rules
+from realtime.databases.rulefile import parse_rules
 from tests.fakes import FakeConnection, make_gateway
 
 RULES = """

@@ -16,7 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from realtime.databases.rules import parse_rules
+from realtime.databases.rulefile import parse_rules
 from realtime.databases.writer import CouchDocuments, DocumentWriter, WriteMetrics
 from tests import harness
 from tests.harness import GatewayHarness, unique

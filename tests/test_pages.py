@@ -13,7 +13,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from realtime.databases.rules import parse_rules
+from realtime.databases.rulefile import parse_rules
 from realtime.http import pages
 from tests import harness
 from tests.harness import GatewayHarness, unique

@@ -9,15 +9,9 @@ import types
 
 from twisted.trial import unittest
 
-from realtime.databases import rules
-from realtime.databases.rules import (
-    NOBODY,
-    AccessRuleFailed,
-    RuleFileError,
-    may_read,
-    parse_rules,
-    principals_of,
-)
+from realtime.databases import rulefile
+from realtime.databases.rulefile import RuleFileError, parse_rules
+from realtime.databases.rules import NOBODY, AccessRuleFailed, may_read, principals_of
 
 NOTES = """
 [databases.notes]
@@ -75,7 +69,7 @@ class ParseTests(unittest.TestCase):
         path = self.mktemp()
         with open(path, "w") as f:
             f.write(NOTES)
-        ruleset = rules.load_rules(path)
+        ruleset = rulefile.load_rules(path)
         self.assertEqual(ruleset.source, path)
         self.assertIn("notes", ruleset)
 
@@ -148,7 +142,7 @@ class ParseTests(unittest.TestCase):
     def test_missing_file(self):
         """A file that cannot be read is named."""
         with self.assertRaises(RuleFileError) as caught:
-            rules.load_rules("/nonexistent/rules.toml")
+            rulefile.load_rules("/nonexistent/rules.toml")
         self.assertIn("/nonexistent/rules.toml: cannot be read", str(caught.exception))
 
     def test_not_utf8(self):
@@ -156,7 +150,7 @@ class ParseTests(unittest.TestCase):
         with open(path, "wb") as f:
             f.write(b"[databases.a]\nusers = \"\xff\"\n")
         with self.assertRaises(RuleFileError) as caught:
-            rules.load_rules(path)
+            rulefile.load_rules(path)
         self.assertIn("not UTF-8", str(caught.exception))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.trial import unittest
 
 from realtime.databases import writes
-from realtime.databases.rules import parse_rules
+from realtime.databases.rulefile import parse_rules
 from realtime.databases.writes import WriteRefused
 
 RULES = parse_rules("""

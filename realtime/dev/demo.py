@@ -23,7 +23,8 @@ import json
 import os
 from urllib.parse import quote
 
-from realtime.databases.rules import RuleSet, parse_rules
+from realtime.databases.rulefile import parse_rules
+from realtime.databases.rules import RuleSet
 
 DEMO_DB = "notes"
 

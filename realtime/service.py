@@ -21,8 +21,10 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from realtime.auth import authenticator as auth
 from realtime.auth import jwks, revocation, signing
+from realtime.auth.authenticator import Authenticator
+from realtime.auth.couchsession import CouchSessionChecker
+from realtime.auth.jwt_verifier import JWTVerifier
 from realtime.cluster import ClusterState, make_cluster_state
 from realtime.config import ConfigError
 from realtime.databases import rules as rules_module
@@ -172,7 +174,7 @@ def make_jwt_verifier(config, clock, http=None):
     else:
         return None
     try:
-        return auth.JWTVerifier(
+        return JWTVerifier(
             key, algorithms, audience=config.jwt_audience, issuer=config.jwt_issuer,
             user_claim=config.jwt_user_claim, roles_claim=config.jwt_roles_claim, clock=clock,
             key_source=key_source)
@@ -236,8 +238,8 @@ def make_gateway(config, reactor, http=None, broker=None, metrics=None,
     cluster = make_cluster_state(config, reactor, registry)
     if broker is not None:
         cluster.broker = broker
-    session_checker = auth.CouchSessionChecker(http, config.couchdb_url, clock=reactor)
-    authenticator = auth.Authenticator(
+    session_checker = CouchSessionChecker(http, config.couchdb_url, clock=reactor)
+    authenticator = Authenticator(
         jwt_verifier=make_jwt_verifier(config, reactor, http),
         session_checker=session_checker,
         allowed_origins=config.cors_origins,

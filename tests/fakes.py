@@ -18,8 +18,9 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from realtime import config as config_module
 from realtime import jsonutil
-from realtime.auth.authenticator import Authenticator, JWTVerifier
+from realtime.auth.authenticator import Authenticator
 from realtime.auth.identity import Identity
+from realtime.auth.jwt_verifier import JWTVerifier
 from realtime.hub.broker import MemoryBroker
 from realtime.hub.gateway import Gateway
 from realtime.hub.registry import Registry

@@ -7,8 +7,9 @@ import jwt
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from realtime.auth.authenticator import Authenticator, JWTVerifier, token_reference
+from realtime.auth.authenticator import Authenticator
 from realtime.auth.identity import token_id
+from realtime.auth.jwt_verifier import JWTVerifier, token_reference
 from tests.keys import HS_SECRET, claims, hs_token, raw_token
 
 

@@ -13,8 +13,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from realtime import jsonutil
-from realtime.auth.authenticator import JWTVerifier
 from realtime.auth.identity import AuthFailure
+from realtime.auth.jwt_verifier import JWTVerifier
 from tests.harness import GatewayHarness, unique
 from tests.keys import HS_SECRET, hs_token
 

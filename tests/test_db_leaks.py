@@ -25,7 +25,7 @@ import random
 from twisted.internet.defer import succeed
 from twisted.trial import unittest
 
-from realtime.auth.authenticator import Identity
+from realtime.auth.identity import Identity
 from realtime.databases.readers import ReadersIndex
 from realtime.databases.routing import DatabaseRouter, doc_topic
 from realtime.databases.rulefile import parse_rules

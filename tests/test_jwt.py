@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from realtime.auth.authenticator import JWTVerifier
 from realtime.auth.identity import AuthFailure, token_id
+from realtime.auth.jwt_verifier import JWTVerifier
 from tests import keys
 from tests.keys import HS_SECRET, claims, hs_token, raw_token
 

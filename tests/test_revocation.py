@@ -14,8 +14,9 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from realtime import config as config_module
-from realtime.auth.authenticator import Authenticator, JWTVerifier
+from realtime.auth.authenticator import Authenticator
 from realtime.auth.identity import AuthFailure, token_id
+from realtime.auth.jwt_verifier import JWTVerifier
 from realtime.auth.revocation import Revoker, revocation_target
 from realtime.auth.stores import MemoryRevocationStore
 from realtime.http.resource import JSONResource

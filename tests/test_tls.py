@@ -14,7 +14,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from realtime.auth.authenticator import CouchSessionChecker
+from realtime.auth.couchsession import CouchSessionChecker
 from realtime.auth.identity import AuthFailure
 from tests import harness
 from tests.harness import GatewayHarness, with_timeout

@@ -14,8 +14,9 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from realtime.auth import tokencache
-from realtime.auth.authenticator import Authenticator, JWTVerifier
+from realtime.auth.authenticator import Authenticator
 from realtime.auth.identity import JWT_LEEWAY_SECONDS, AuthFailure
+from realtime.auth.jwt_verifier import JWTVerifier
 from realtime.auth.stores import MemoryRevocationStore
 from tests.keys import HS_SECRET, hs_token
 

@@ -18,8 +18,8 @@ Every failure is an :class:`AuthFailure` with the reason the client is told
 (``auth-failed``, ``token-expired``, ``revoked``, ``timeout``, ``unavailable``) and the close
 code (4001; 4101 when CouchDB or Redis cannot answer: the answer is then no).
 
-JWT keys: ``JWT_SECRET`` (HS256/384/512), ``JWT_PUBLIC_KEY`` (a PEM: RS/PS/ES/EdDSA) or
-``JWT_JWKS_URL`` (:mod:`realtime.auth.jwks`), always with an explicit algorithm allow-list.
+JWTs are verified by :class:`realtime.auth.jwt_verifier.JWTVerifier`, cookies by
+:class:`realtime.auth.couchsession.CouchSessionChecker`.
 Revocation (:mod:`realtime.auth.revocation`) is checked after the signature, for every way a
 token arrives (handshake, ``auth`` message, refresh); a revocation store that cannot answer
 refuses (``unavailable``, 4101).  Credentials that end on a live connection:
@@ -27,314 +27,29 @@ refuses (``unavailable``, 4101).  Credentials that end on a live connection:
 
 Nothing here logs a token or cookie.  A refused JWT is logged once, at info level, by
 :meth:`Authenticator.verify_token` (every way a token arrives goes through it), with the
-reason in words (missing claim, bad signature, algorithm not allowed, expired, wrong
-audience or issuer, unknown ``kid``, revoked ...) and the token named by
-:func:`token_reference`: its ``jti`` or a prefix of the hash of its signed part, as
-revocation names it — never the token, which would let whoever reads the log use it.
+reason in words and the token named by
+:func:`~realtime.auth.jwt_verifier.token_reference`, never shown.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Iterable, Optional, Tuple
 
-import jwt
-from jwt.utils import base64url_decode
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 
-from realtime import jsonutil
-from realtime.auth import tokencache
-from realtime.auth.identity import (
-    JWT_LEEWAY_SECONDS,
-    MAX_EXP,
-    MAX_TOKEN_LENGTH,
-    AuthFailure,
-    Identity,
-    OriginRefused,
-    token_id,
-)
-from realtime.auth.origins import COOKIE_VALUE, cookie_value, origin_allowed, same_origin
-
-
-def _shown(value, limit: int = 40) -> str:
-    """A value from a token, made safe for a log line (escaped, bounded)."""
-    text = value if isinstance(value, str) else repr(value)
-    return repr(text[:limit].encode("unicode_escape").decode("ascii"))
-
-
-#: PyJWT's refusals, in words for the log
-_JWT_ERRORS = (
-    (jwt.InvalidSignatureError, "bad signature (not signed with the configured key)"),
-    (jwt.InvalidAudienceError, "wrong audience (aud is not JWT_AUDIENCE)"),
-    (jwt.InvalidIssuerError, "wrong issuer (iss is not JWT_ISSUER)"),
-    (jwt.ImmatureSignatureError, "not valid yet (nbf in the future)"),
-    (jwt.InvalidIssuedAtError, "issued in the future (iat)"),
-    (jwt.InvalidAlgorithmError, "algorithm not allowed"),
-    (jwt.DecodeError, "malformed token"),
-)
-
-
-def _jwt_error_text(error: Exception) -> str:
-    if isinstance(error, jwt.MissingRequiredClaimError):
-        return f"missing required claim {_shown(error.claim)}"
-    for kind, text in _JWT_ERRORS:
-        if isinstance(error, kind):
-            return text
-    return type(error).__name__
-
-
-def token_reference(token) -> str:
-    """
-    How a log line names a token: ``jti:<jti>`` (escaped) when its payload carries one,
-    else ``sha256:`` and the first 16 hex digits of the hash of its signed part (the
-    prefix of its revocation id); ``malformed`` for what is not a JWT at all.  Read without
-    verifying anything: it only names the token.
-    """
-    if not isinstance(token, str) or token.count(".") != 2 or len(token) > MAX_TOKEN_LENGTH:
-        return "malformed"
-    try:
-        claims = jsonutil.loads(base64url_decode(token.split(".")[1]))
-    except Exception:
-        claims = None
-    jti = claims.get("jti") if isinstance(claims, dict) else None
-    if isinstance(jti, str) and jti:
-        return "jti:" + jti[:80].encode("unicode_escape").decode("ascii")
-    return token_id({}, token)[:len("sha256:") + 16]
-
-
-class JWTVerifier:
-    """
-    Verify JWTs with PyJWT: explicit algorithm allow-list, ``exp`` required, ``nbf``/``iat``
-    checked with a small leeway, ``aud``/``iss`` exact when configured.
-
-    :param key: the HMAC secret or a PEM public key (None with ``key_source``).
-    :param key_source: instead of ``key``, an object with ``key_for(kid, alg) ->
-        Deferred[key]`` (:class:`realtime.auth.jwks.JWKSKeySource`).
-    :param user_claim: the claim naming the user; with the default ``sub``, a token with
-        no ``sub`` but a ``userId`` (as some seeds issued) is accepted too.
-    :param cache_size: how many verified tokens of the static ``key`` to remember until
-        their expiry (:mod:`realtime.auth.tokencache`); 0: none.
-
-    The header's ``alg`` is checked against the allow-list before any key is looked up, so
-    ``alg: none`` or an HMAC algorithm against public keys never reaches a key (PyJWT also
-    refuses to use a PEM or JWK public key as an HMAC secret).
-    """
-
-    def __init__(self, key, algorithms: Sequence[str], audience: Optional[str] = None,
-                 issuer: Optional[str] = None, user_claim: str = "sub",
-                 roles_claim: str = "roles", leeway: float = JWT_LEEWAY_SECONDS, clock=None,
-                 key_source=None, cache_size: int = tokencache.DEFAULT_MAX_ENTRIES):
-        if not algorithms:
-            raise ValueError("an explicit algorithm allow-list is required")
-        if any(a.lower() == "none" for a in algorithms):
-            raise ValueError("the 'none' algorithm is never allowed")
-        unknown = [a for a in algorithms if a not in jwt.algorithms.get_default_algorithms()]
-        if unknown:
-            raise ValueError(f"unsupported JWT algorithms: {', '.join(unknown)}")
-        if (key is None) == (key_source is None):
-            raise ValueError("give exactly one of key and key_source")
-        self._key = key
-        self._key_source = key_source
-        self.algorithms = list(algorithms)
-        self.audience = audience
-        self.issuer = issuer
-        self.user_claim = user_claim
-        self.roles_claim = roles_claim
-        self.leeway = leeway
-        self._clock = clock
-        # What PyJWT checks, given once (not merged into its defaults on every token)
-        options = {"require": ["exp"], "verify_aud": audience is not None}
-        self._decode_kwargs = {}
-        if audience is not None:
-            self._decode_kwargs["audience"] = audience
-        if issuer is not None:
-            self._decode_kwargs["issuer"] = issuer
-            options["require"].append("iss")
-        # HMAC secrets checked once, not per token; tokens of the static key cached
-        self._decoder = tokencache.prepared_decoder(key, self.algorithms, options) \
-            if key is not None else jwt.PyJWT(options)
-        self._cache = tokencache.TokenCache(leeway, cache_size) \
-            if key is not None and cache_size else None
-
-    def _now(self) -> Optional[float]:
-        return self._clock.seconds() if self._clock is not None else None
-
-    def header(self, token) -> dict:
-        """The unverified header, checked: a dict whose ``alg`` is allowed; or AuthFailure."""
-        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
-            raise AuthFailure("auth-failed", "malformed token")
-        # Only the header segment is read here (PyJWT's get_unverified_header decodes every
-        # segment, which decode() does again): the signature and everything else are
-        # checked by decode(), for every token.
-        head, dot, rest = token.partition(".")
-        if not dot or "." not in rest:
-            raise AuthFailure("auth-failed", "malformed token")
-        try:
-            header = jsonutil.loads(base64url_decode(head))
-        except Exception:
-            raise AuthFailure("auth-failed", "malformed token") from None
-        if not isinstance(header, dict):
-            raise AuthFailure("auth-failed", "malformed token")
-        if header.get("alg") not in self.algorithms:
-            raise AuthFailure("auth-failed", f"algorithm {_shown(header.get('alg'))} not allowed "
-                                             f"(allowed: {', '.join(self.algorithms)})")
-        return header
-
-    def decode(self, token: str, key=None) -> dict:
-        """Verified claims, or :class:`AuthFailure`."""
-        self.header(token)
-        if key is None:
-            key = self._key
-        try:
-            claims = self._decoder.decode(token, key, algorithms=self.algorithms,
-                                          leeway=self.leeway, **self._decode_kwargs)
-        except jwt.ExpiredSignatureError:
-            raise AuthFailure("token-expired", "token expired") from None
-        except jwt.InvalidTokenError as e:
-            raise AuthFailure("auth-failed", _jwt_error_text(e)) from None
-        except Exception as e:  # a key of the wrong kind, an unsupported algorithm ...
-            raise AuthFailure("auth-failed", type(e).__name__) from None
-        now = self._now()
-        if now is not None and claims.get("exp") is not None and float(claims["exp"]) + self.leeway <= now:
-            raise AuthFailure("token-expired", "token expired")
-        if not isinstance(claims.get("exp"), (int, float)) or isinstance(claims["exp"], bool):
-            raise AuthFailure("auth-failed", "bad exp")
-        if not claims["exp"] < MAX_EXP:
-            # exp in milliseconds (a common mistake) would make a token that never expires
-            # and could not be revoked: refused.
-            raise AuthFailure("auth-failed", "exp out of range")
-        return claims
-
-    def identity(self, token: str, claims: dict) -> Identity:
-        user = claims.get(self.user_claim)
-        if user is None and self.user_claim == "sub":
-            user = claims.get("userId")
-        if isinstance(user, int) and not isinstance(user, bool):
-            user = str(user)
-        if not isinstance(user, str) or not user or len(user) > 256:
-            raise AuthFailure("auth-failed", "no user claim")
-        roles = claims.get(self.roles_claim, [])
-        if isinstance(roles, str):
-            roles = [roles]
-        if not isinstance(roles, list):
-            roles = []
-        topics = claims.get("topics", [])
-        if not isinstance(topics, list):
-            topics = []
-        name = claims.get("name")
-        return Identity(
-            user_id=user,
-            name=name if isinstance(name, str) and name else user,
-            roles=tuple(r for r in roles if isinstance(r, str)),
-            method="jwt",
-            expires_at=float(claims["exp"]),
-            token_id=token_id(claims, token),
-            topics=tuple(t for t in topics if isinstance(t, str) and t),
-        )
-
-    def verify(self, token: str) -> Deferred:
-        """A Deferred firing with the :class:`Identity`, or failing with AuthFailure."""
-        if self._key_source is None:
-            return maybeDeferred(self._verify_with_key, token)
-        try:
-            header = self.header(token)
-        except AuthFailure:
-            return fail()
-        d = maybeDeferred(self._key_source.key_for, header.get("kid"), header["alg"])
-        return d.addCallback(lambda key: self.identity(token, self.decode(token, key)))
-
-    def _verify_with_key(self, token) -> Identity:
-        """The static key's path: a token verified before is taken from the cache until
-        its expiry (revocation is still checked by the authenticator, every time)."""
-        cache = self._cache
-        if cache is None or not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
-            return self.identity(token, self.decode(token))
-        now = self._now()
-        identity, expired = cache.get(token, time.time() if now is None else now)
-        if identity is not None:
-            return identity
-        if expired:
-            raise AuthFailure("token-expired", "token expired")
-        identity = self.identity(token, self.decode(token))
-        cache.put(token, identity)
-        return identity
-
-
-class CouchSessionChecker:
-    """
-    Validate a CouchDB ``AuthSession`` cookie with ``GET /_session``.
-
-    pouchdb-server and CouchDB answer 200 for a forged or expired cookie, with
-    ``userCtx.name == null`` (and, on a server with no admin, roles ``["_admin"]``): the
-    session is valid only when ``name`` is a non-empty string.
-
-    :param http: a treq ``HTTPClient`` (or the ``treq`` module).
-    """
-
-    _log = Logger()
-
-    def __init__(self, http, couchdb_url: str, timeout: float = 5.0, clock=None):
-        self._http = http
-        self._url = couchdb_url.rstrip("/") + "/_session"
-        self._timeout = timeout
-        self._clock = clock
-
-    @inlineCallbacks
-    def check(self, cookie: str):
-        if not COOKIE_VALUE.match(cookie):
-            raise AuthFailure("auth-failed", "malformed cookie")
-        try:
-            response = yield self._http.get(
-                self._url,
-                headers={b"Cookie": [b"AuthSession=" + cookie.encode("ascii")],
-                         b"Accept": [b"application/json"]},
-                timeout=self._timeout, reactor=self._clock)
-            body = yield response.content()
-        except Exception as e:
-            self._log.warn("CouchDB session check failed: {error}", error=type(e).__name__)
-            raise AuthFailure("unavailable", "CouchDB unreachable") from None
-        if response.code >= 500:
-            raise AuthFailure("unavailable", f"CouchDB answered {response.code}")
-        if response.code != 200:
-            raise AuthFailure("auth-failed", f"CouchDB answered {response.code}")
-        try:
-            ctx = jsonutil.loads(body)["userCtx"]
-            name = ctx["name"]
-            roles = ctx.get("roles") or []
-        except (ValueError, KeyError, TypeError):
-            raise AuthFailure("unavailable", "CouchDB answered nonsense") from None
-        if not isinstance(name, str) or not name:
-            raise AuthFailure("auth-failed", "no session")
-        roles = tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else ()
-        # CouchDB refreshes a session cookie that nears its timeout with a Set-Cookie: keep
-        # the fresh one, so that periodic revalidation keeps an active session alive.
-        refreshed = _refreshed_cookie(response)
-        return Identity(user_id=name, name=name, roles=roles, method="cookie",
-                             cookie=refreshed or cookie)
-
-
-def _refreshed_cookie(response) -> Optional[str]:
-    try:
-        values = response.headers.getRawHeaders(b"set-cookie", [])
-    except Exception:
-        return None
-    for value in values:
-        text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-        first = text.split(";", 1)[0]
-        found = cookie_value(first)
-        if found and COOKIE_VALUE.match(found):
-            return found
-    return None
+from realtime.auth.identity import AuthFailure, Identity, OriginRefused
+from realtime.auth.jwt_verifier import token_reference
+from realtime.auth.origins import cookie_value, origin_allowed, same_origin
 
 
 class Authenticator:
     """
     Turns handshake credentials into an :class:`Identity`.
 
-    :param jwt_verifier: a :class:`JWTVerifier` (or anything with ``verify(token)``), or None
-        when JWT auth is off.
-    :param session_checker: a :class:`CouchSessionChecker`, or None.
+    :param jwt_verifier: a :class:`~realtime.auth.jwt_verifier.JWTVerifier` (or anything
+        with ``verify(token)``), or None when JWT auth is off.
+    :param session_checker: a :class:`~realtime.auth.couchsession.CouchSessionChecker`, or None.
     :param revocations: optional object with ``is_revoked(token_id) -> Deferred[bool]``.
     """
 

@@ -1,6 +1,6 @@
 """
 Verifying the same JWT twice costs one verification: a per-token cache of verified
-identities, and HMAC keys prepared once.  Used by :class:`realtime.auth.authenticator.JWTVerifier`.
+identities, and HMAC keys prepared once.  Used by :class:`realtime.auth.jwt_verifier.JWTVerifier`.
 
 A reconnect storm (a network blip, a load balancer restart) presents the same tokens again,
 all at once; each one used to cost PyJWT a full verification, most of it spent not on the

@@ -1,8 +1,11 @@
 """
 Application databases: each user gets, live, exactly the documents that user may read.
 
-- :mod:`realtime.databases.rules`: the TOML rule file and the pure access decisions
-  (readers of a document, sanitising, writers);
+- :mod:`realtime.databases.rulefile`: reading and validating the TOML rule file;
+- :mod:`realtime.databases.rules`: the rules and the pure access decisions (readers of a
+  document, sanitising, writers);
+- :mod:`realtime.databases.selector` (with ``selector_match`` and ``collation``): Mango
+  selectors of ``db:`` subscriptions;
 - :mod:`realtime.databases.readers`: the readers index (who could read the revision the
   gateway last delivered), with CouchDB as the fallback after a restart;
 - :mod:`realtime.databases.routing`: from a change to the ``doc-change`` deliveries.

@@ -92,6 +92,7 @@ from realtime.http.endpoint import (
     string_field,
     user_id_field,
 )
+from realtime.http.openapi import OpenAPIDocument
 from realtime.http.resource import DEFAULT_MAX_BODY_BYTES, JSONResource
 from realtime.http.summary import AdminSummary
 from realtime.hub import topics
@@ -452,4 +453,5 @@ def make_api(gateway, max_body_bytes: int = None) -> Resource:
     admin = JSONResource()
     admin.putChild(b"summary", AdminSummary(api))  # realtime.http.summary (the dashboard's)
     root.putChild(b"admin", admin)
+    root.putChild(b"openapi.json", OpenAPIDocument(api))  # realtime.http.openapi
     return root

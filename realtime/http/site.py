@@ -157,6 +157,7 @@ def root_links(pages) -> dict:
         "websocket": ("/ws", "the WebSocket endpoint (a WebSocket client connects here)"),
         "status": ("/websocket/status", "health, public"),
         "rest": ("/websocket/", "the REST API"),
+        "openapi": ("/websocket/openapi.json", "the REST API as an OpenAPI 3.1 document"),
         "metrics": ("/metrics", "Prometheus metrics"),
     }
     for name, text in ((b"demo", "the demo page"), (b"admin", "the operators' dashboard"),

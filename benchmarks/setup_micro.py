@@ -27,7 +27,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from realtime import config as config_module
-from realtime.service import make_gateway
+from realtime.assembly import make_gateway
 from realtime.transport import fastpath
 from realtime.transport.websocket import make_factory
 

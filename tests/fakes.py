@@ -18,15 +18,16 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from realtime import config as config_module
 from realtime import jsonutil
-from realtime.auth.authenticator import Authenticator
+from realtime.assembly import make_parts
 from realtime.auth.identity import Identity
-from realtime.auth.jwt_verifier import JWTVerifier
-from realtime.hub.broker import MemoryBroker
-from realtime.hub.gateway import Gateway
 from realtime.hub.registry import Registry
+from realtime.metrics import Metrics
 
 SECRET = "test-secret-for-unit-tests-only-0123456789"
 ADMIN_KEY = "admin-key-for-tests-0123456789"
+
+#: the HTTP client of a gateway that must not reach CouchDB (any request fails loudly)
+_NO_HTTP = object()
 
 
 def make_token(sub, secret=SECRET, **claims):
@@ -35,16 +36,23 @@ def make_token(sub, secret=SECRET, **claims):
 
 
 def make_gateway(session_checker=None, allowed_origins=(), roles_claim="roles", broker=None,
-                 registry=None, **overrides):
+                 max_topics_per_connection=None, **overrides):
+    """
+    A gateway built as production builds it (:func:`realtime.assembly.make_parts`), on a
+    :class:`Clock`, with the memory broker (or ``broker``), JWT auth with :data:`SECRET`,
+    the admin key :data:`ADMIN_KEY`, and no feed.  ``overrides``: Config fields.
+    """
     config = config_module.defaults(**{"admin_key": ADMIN_KEY, "jwt_secret": SECRET,
-                                       "jwt_roles_claim": roles_claim, **overrides})
+                                       "jwt_roles_claim": roles_claim,
+                                       "cors_origins": tuple(allowed_origins), **overrides})
     clock = Clock()
     clock.advance(1_700_000_000)
-    registry = registry if registry is not None else Registry()
-    verifier = JWTVerifier(SECRET, ["HS256"], roles_claim=roles_claim)
-    authenticator = Authenticator(jwt_verifier=verifier, session_checker=session_checker,
-                                  allowed_origins=allowed_origins)
-    return Gateway(config, clock, registry, broker or MemoryBroker(registry), authenticator)
+    metrics = Metrics()
+    registry = None
+    if max_topics_per_connection is not None:
+        registry = Registry(max_topics_per_connection, on_delivered=metrics.delivered)
+    return make_parts(config, clock, http=_NO_HTTP, broker=broker, metrics=metrics,
+                      registry=registry, session_checker=session_checker).gateway
 
 
 def _unframe(frame: bytes) -> bytes:

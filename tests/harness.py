@@ -16,27 +16,24 @@ from __future__ import annotations
 import atexit
 import itertools
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
 import urllib.parse
 import uuid
 
+import treq.client
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet import endpoints, reactor
+from twisted.internet import endpoints, reactor, task
 from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from realtime import config as config_module
 from realtime import jsonutil
+from realtime.assembly import make_parts, make_web, no_cookies
 from realtime.dev.embedded import PouchDBServer, free_port, stop_process
-from realtime.http.channel import PendingConnections
-from realtime.http.pages import make_pages
-from realtime.http.rest import make_api
-from realtime.http.site import make_site
-from realtime.service import make_followers, make_gateway, make_heartbeat_service, no_cookies
-from realtime.transport import fastpath
-from realtime.transport import websocket as protocol_module
+from realtime.service import make_heartbeat_service
 
 TIMEOUT = 10.0
 
@@ -86,7 +83,6 @@ class RedisServer:
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        import socket
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
@@ -250,11 +246,13 @@ class GatewayHarness:
     ``harness.port``; ``yield harness.stop()`` in cleanup (or ``addCleanup``).
 
     :param couchdb: a PouchDBServer (default: the shared one).
-    :param rules: the application databases' RuleSet (default: none).
+    :param feeds: False: no changes feed is followed (the status says ``off``).
+    :param start_feeds: False: the feeds are built but not started (``harness.followers``).
+    :param rules: the application databases' RuleSet (default: the ``config`` override's).
     :param overrides: Config fields.
     """
 
-    def __init__(self, couchdb=None, feeds=True, rules=None, **overrides):
+    def __init__(self, couchdb=None, feeds=True, rules=None, start_feeds=True, **overrides):
         self.couchdb = couchdb if couchdb is not None else pouchdb()
         base = dict(
             listen=("tcp:0:interface=127.0.0.1",),
@@ -266,21 +264,55 @@ class GatewayHarness:
         base.update(overrides)
         self.config = config_module.defaults(**base)
         self.feeds = feeds
+        self.start_feeds = start_feeds
         self.rules = rules
         self.clients = []
         self._pools = []
 
     @inlineCallbacks
     def start(self):
-        import treq.client
+        """
+        Build the gateway as production does (:func:`realtime.assembly.make_parts` and
+        :func:`~realtime.assembly.make_web`, which :func:`realtime.service.make_service`
+        calls), then run it here: broker and presence, the listener on ``listen[0]``, the
+        heartbeat and, unless ``feeds=False``, the changes followers (waited for until
+        connected, unless ``start_feeds=False``: then the test starts them).
+        """
         pool = HTTPConnectionPool(reactor, persistent=False)
         self._pools.append(pool)
-        http = treq.client.HTTPClient(Agent(reactor, pool=pool), cookiejar=no_cookies())
-        self.http = http
-        self.gateway = make_gateway(self.config, reactor, http=http, rules=self.rules)
+        self.http = treq.client.HTTPClient(Agent(reactor, pool=pool), cookiejar=no_cookies())
+        feeds_agent = None
+        if self.feeds:
+            feed_pool = HTTPConnectionPool(reactor, persistent=False)
+            self._pools.append(feed_pool)
+            feeds_agent = Agent(reactor, pool=feed_pool)
         self.seen_ids = set()
-        on_change = self.gateway.on_change
+        parts = make_parts(self.config, reactor, http=self.http, feeds_agent=feeds_agent,
+                           rules=self.rules, observe_changes=self._recording)
+        self.parts = parts
+        self.gateway = parts.gateway
+        self.followers = parts.followers
+        # Broker and presence (Redis connections when redis_url is given).
+        parts.cluster.start()
+        if self.config.redis_url:
+            yield wait_for(lambda: self.gateway.broker.state == "up", what="Redis")
+        web = make_web(parts, self.config)
+        self.factory, self.site, self.listener = web.factory, web.site, web.listener
+        endpoint = endpoints.serverFromString(reactor, self.config.listen[0])
+        self.listening = yield endpoint.listen(self.listener)
+        self.port = self.listening.getHost().port
+        self.heartbeat = make_heartbeat_service(self.gateway, reactor)
+        self.heartbeat.startService()
+        if self.followers and self.start_feeds:
+            for follower in self.followers:
+                follower.start()
+            # Wait until every feed is live, so that a change made now is seen.
+            yield wait_for(lambda: all(f.state == "connected" for f in self.followers),
+                           what="the changes feeds to connect")
+        return self
 
+    def _recording(self, on_change):
+        """What the feeds call: ``on_change``, recording each change's id once routed."""
         def record(db, change):
             result = None
             try:
@@ -291,46 +323,11 @@ class GatewayHarness:
                     result.addBoth(_passing(self.seen_ids.add, change.get("id")))
                 else:
                     self.seen_ids.add(change.get("id"))
-
-        self.gateway.on_change = record
-        # Broker and presence (Redis connections when redis_url is given).
-        self.gateway.cluster.start()
-        if self.config.redis_url:
-            yield wait_for(lambda: self.gateway.broker.state == "up", what="Redis")
-        self.factory = protocol_module.make_factory(self.gateway)
-        self.site = make_site(self.gateway, self.factory, **self.site_arguments())
-        endpoint = endpoints.serverFromString(reactor, self.config.listen[0])
-        # The listener production uses: /ws handshakes straight to Autobahn.
-        self.listener = fastpath.WebSocketFirstFactory(
-            self.site, self.factory,
-            pending=PendingConnections(self.config.max_pending_connections))
-        self.listening = yield endpoint.listen(self.listener)
-        self.port = self.listening.getHost().port
-        self.heartbeat = make_heartbeat_service(self.gateway, reactor)
-        self.heartbeat.startService()
-        self.followers = []
-        if self.feeds:
-            feed_pool = HTTPConnectionPool(reactor, persistent=False)
-            self._pools.append(feed_pool)
-            self.followers = make_followers(self.config, reactor, self.gateway,
-                                            Agent(reactor, pool=feed_pool))
-            self.gateway.followers = self.followers
-            for follower in self.followers:
-                follower.start()
-            # Wait until every feed is live, so that a change made now is seen.
-            yield wait_for(lambda: all(f.state == "connected" for f in self.followers),
-                           what="the changes feeds to connect")
-        return self
+        return record
 
     def wait_for_change(self, doc_id: str):
         """Wait until the feeds have processed a change of ``doc_id``."""
         return wait_for(lambda: doc_id in self.seen_ids, what=f"the feed to see {doc_id}")
-
-    def site_arguments(self) -> dict:
-        """Keyword arguments for make_site: the REST API and pages, as the service builds them."""
-        return {"api_resource": make_api(self.gateway),
-                "pages": make_pages(self.gateway, self.http, self.config,
-                                    rules=self.rules or self.config.config)}
 
     @inlineCallbacks
     def connect(self, **kwargs):
@@ -348,7 +345,7 @@ class GatewayHarness:
         for conn in list(self.gateway.registry.connections()):
             conn.transport.dropConnection(abort=True)
         yield self.listening.stopListening()
-        yield self.gateway.cluster.stop()
+        yield self.parts.cluster.stop()
         for pool in self._pools:
             yield pool.closeCachedConnections()
         # Let aborted connections and Autobahn's timers settle.
@@ -367,7 +364,6 @@ def close_clients(clients):
 
 
 def sleep(seconds: float) -> Deferred:
-    from twisted.internet import task
     return task.deferLater(reactor, seconds, lambda: None)
 
 

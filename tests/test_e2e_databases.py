@@ -15,6 +15,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from realtime.databases.rulefile import parse_rules
+from realtime.feeds.stream import Backoff
 from tests import harness
 from tests.harness import GatewayHarness, unique, wait_for
 
@@ -338,7 +339,7 @@ class MissingDatabaseTests(DatabaseCase):
         self.couch = harness.pouchdb()
         self.db = unique("later").lower().replace("-", "_")
         self.rules = parse_rules(f"[databases.{self.db}]\nusers = \"owner\"\n", "t.toml")
-        self.gw = GatewayHarness(jwt_secret=SECRET, config=self.rules, feeds=False)
+        self.gw = GatewayHarness(jwt_secret=SECRET, config=self.rules, start_feeds=False)
         yield self.gw.start()
         self.addCleanup(self.gw.stop)
 
@@ -346,20 +347,9 @@ class MissingDatabaseTests(DatabaseCase):
     def test_missing_database_is_shown_and_retried(self):
         """A database missing on CouchDB is shown in the status and retried, not fatal;
         once created, its changes flow."""
-        from twisted.internet import reactor
-        from twisted.web.client import Agent, HTTPConnectionPool
-
-        from realtime.feeds.stream import Backoff
-        from realtime.service import make_followers
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        self.addCleanup(pool.closeCachedConnections)
-        followers = make_followers(self.gw.config, reactor, self.gw.gateway,
-                                   Agent(reactor, pool=pool))
-        for follower in followers:
+        for follower in self.gw.followers:  # built by the harness, not started
             follower._backoff = Backoff(initial=0.2, maximum=0.5)
             follower.start()
-            self.addCleanup(follower.stop)
-        self.gw.gateway.followers = followers
         yield wait_for(lambda: self.gw.gateway.status()["couchdb"]["databases"][self.db]
                        ["state"] == "missing", what="the database to show as missing")
         alice = yield self.client("alice")

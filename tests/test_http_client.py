@@ -1,4 +1,4 @@
-"""The gateway's shared HTTP client (realtime.service.make_http_client)."""
+"""The gateway's shared HTTP client (realtime.assembly.make_http_client)."""
 
 from twisted.internet import endpoints, reactor
 from twisted.internet.defer import inlineCallbacks
@@ -6,7 +6,7 @@ from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from realtime.service import make_http_client
+from realtime.assembly import make_http_client
 
 
 class _SetsAndEchoes(Resource):

@@ -17,11 +17,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from realtime import config as config_module
+from realtime.assembly import make_jwt_verifier
 from realtime.auth.identity import AuthFailure
 from realtime.auth.jwks import JWKSKeySource, keys_from_jwks
 from realtime.auth.jwt_verifier import JWTVerifier
 from realtime.dev.embedded import free_port
-from realtime.service import make_jwt_verifier
 from tests import keys
 from tests.keys import claims, raw_token
 

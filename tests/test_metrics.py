@@ -43,7 +43,7 @@ class MetricsTests(unittest.TestCase):
         """A change routed to a user counts as a user-change delivery."""
         gateway = make_gateway()
         FakeConnection(gateway, "alice")
-        gateway.on_change("_users", {"id": "org.couchdb.user:alice", "seq": 1,
+        gateway.dispatch.on_change("_users", {"id": "org.couchdb.user:alice", "seq": 1,
                                      "doc": {"_id": "org.couchdb.user:alice", "name": "alice"}})
         self.assertEqual(samples(gateway.metrics)[("realtime_messages_sent_total",
                                                    (("type", "user-change"),))], 1)

@@ -17,8 +17,8 @@ from twisted.trial import unittest
 
 from realtime import config as config_module
 from realtime import jsonutil
+from realtime.assembly import make_gateway
 from realtime.auth.signing import envelope
-from realtime.service import make_gateway
 from realtime.transport.websocket import make_factory
 from tests.keys import HS_SECRET, hs_token
 

@@ -14,7 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from realtime import config as config_module
-from realtime.service import make_gateway
+from realtime.assembly import make_gateway
 from realtime.transport import fastpath
 from realtime.transport.websocket import (
     RealtimeServerProtocol,

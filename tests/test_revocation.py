@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from realtime import config as config_module
+from realtime.assembly import make_gateway
 from realtime.auth.authenticator import Authenticator
 from realtime.auth.identity import AuthFailure, token_id
 from realtime.auth.jwt_verifier import JWTVerifier
@@ -26,7 +27,6 @@ from realtime.hub.registry import Registry
 from realtime.redis.client import RedisClient, RedisUnavailable
 from realtime.redis.stores import RedisRevocationStore
 from realtime.redis.url import parse_redis_url
-from realtime.service import make_gateway
 from tests import harness
 from tests.keys import HS_SECRET, hs_token
 

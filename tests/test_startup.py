@@ -242,7 +242,7 @@ class TokenCommandTests(unittest.TestCase):
     def test_token_is_accepted_by_the_configured_verifier(self):
         """python -m realtime.token mints what a gateway with the same settings accepts."""
         from realtime import token as token_module
-        from realtime.service import make_jwt_verifier
+        from realtime.assembly import make_jwt_verifier
         config = config_module.defaults(jwt_secret="token-test-secret-0123456789abcdef",
                                         jwt_audience="app", jwt_issuer="me")
         text = token_module.mint(config, "demo", ttl=60, roles=["admin"])

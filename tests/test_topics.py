@@ -10,7 +10,6 @@ from twisted.trial import unittest
 
 from realtime.auth.identity import Identity
 from realtime.hub import topics
-from realtime.hub.registry import Registry
 from tests.fakes import FakeConnection, make_gateway
 
 
@@ -143,7 +142,7 @@ class ClientTopicTests(unittest.TestCase):
 
     def test_topic_limit(self):
         """Past the per-connection topic limit, subscribe gets too_many_topics."""
-        self.gateway = make_gateway(registry=Registry(max_topics_per_connection=2))
+        self.gateway = make_gateway(max_topics_per_connection=2)
         alice = self.conn("alice")
         for name in ("public:a", "public:b", "public:c"):
             topics.handle_subscribe(alice, {"type": "subscribe", "topic": name})

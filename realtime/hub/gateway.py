@@ -2,27 +2,26 @@
 The gateway: the shared objects every connection reaches through its factory.
 
 It holds the registry, the broker, the authenticator, the changes followers and the clock,
-turns CouchDB changes into deliveries, and reports status.  It never reads the environment:
+admits connections (per-user limit, single session), and reports status.  CouchDB changes
+become deliveries in :mod:`realtime.feeds.dispatch`.  It never reads the environment:
 :mod:`realtime.service` builds it from a :class:`realtime.config.Config`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
-from typing import List
 
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from realtime import jsonutil
-from realtime.feeds.routing import USERS_DB, router_for
+from realtime.feeds.dispatch import ChangeDispatch
 from realtime.hub.history import MemoryHistory
 from realtime.hub.presence import LocalPresence
 from realtime.metrics import Metrics
 from realtime.timerwheel import TimerWheel
-from realtime.vocabulary import CLOSE_REPLACED, all_event, disconnect_event, users_event, utc_timestamp
+from realtime.vocabulary import CLOSE_REPLACED, all_event, disconnect_event, utc_timestamp
 
 #: answers of :meth:`Gateway.admit`
 ADMITTED = "admitted"
@@ -31,16 +30,37 @@ REPLACED = "replaced"
 
 
 class Gateway:
+    """
+    The hub of one process, as every connection and the REST API see it.  Everything it
+    holds is given here, by :func:`realtime.assembly.make_parts` (tests: ``tests/fakes.py``);
+    nothing is attached afterwards.
+
+    :param config: the :class:`realtime.config.Config` (limits, single-session mode).
+    :param clock: the reactor (or a ``Clock`` in tests).
+    :param registry: this process's connections (:class:`realtime.hub.registry.Registry`).
+    :param broker: events to every process (:class:`realtime.hub.broker.IBroker`).
+    :param authenticator: credentials to identities (:mod:`realtime.auth.authenticator`).
+    :param metrics: the :class:`realtime.metrics.Metrics` (one per gateway).
+    :param presence: who is connected, as the REST API asks it (cluster-wide with a Redis
+        presence); default: this process's :class:`LocalPresence`.
+    :param history: message history for resume (:class:`realtime.hub.history.IHistory`).
+    :param dispatch: CouchDB changes to deliveries and roles
+        (:class:`realtime.feeds.dispatch.ChangeDispatch`); default: one over ``registry``
+        and ``databases``.
+    :param followers: the changes followers (status, metrics, ``connected.seqs``).
+    :param revoker: token revocation for the REST API (:class:`realtime.auth.revocation.Revoker`).
+    :param message_verifier: signed messages (:class:`realtime.auth.signing.MessageVerifier`),
+        None when they are off.
+    :param writer: document writes (:class:`realtime.databases.writer.DocumentWriter`), None: none.
+    :param databases: the application databases of the rule file, None when there are none.
+    :param replayer: replays of CouchDB changes for resume (:mod:`realtime.feeds.replay`).
+    """
+
     _log = Logger()
 
-    #: a :class:`realtime.auth.revocation.Revoker` (set by :func:`realtime.service.make_gateway`)
-    revoker = None
-    #: a :class:`realtime.auth.signing.MessageVerifier` when signed messages are on
-    message_verifier = None
-
-    def __init__(self, config, clock, registry, broker, authenticator, metrics=None,
-                 presence=None, writer=None, history=None, databases=None,
-                 replayer=None):
+    def __init__(self, config, clock, registry, broker, authenticator, *, metrics=None,
+                 presence=None, history=None, dispatch=None, followers=(), revoker=None,
+                 message_verifier=None, writer=None, databases=None, replayer=None):
         self.config = config
         self.clock = clock
         # The per-connection timers (first-line and auth timeouts, JWT expiry, revalidation)
@@ -50,22 +70,20 @@ class Gateway:
         self.broker = broker
         self.authenticator = authenticator
         # Metrics: one per gateway (its own Prometheus registry); deliveries are counted by
-        # type where the registry makes them, whichever path the event took.
+        # type where the registry makes them (its ``on_delivered``), whichever path the
+        # event took.
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.watch(self)
-        registry.on_delivered = self.metrics.delivered
-        # Who is connected, as the REST API asks it (cluster-wide with a Redis presence).
         self.presence = presence if presence is not None else LocalPresence(clock)
-        # Document writes (realtime.databases.writer.DocumentWriter); None: no writes.
-        self.writer = writer
-        # Message history (offsets, resume): in Redis with a Redis cluster.
         self.history = history if history is not None else MemoryHistory(clock)
-        # Replays of CouchDB changes for resume (realtime.feeds.replay); None: none.
-        self.replayer = replayer
-        self.followers: List = []
-        # The application databases of the rule file (realtime.databases.application),
-        # or None when there are none.
         self.databases = databases
+        self.dispatch = (dispatch if dispatch is not None
+                         else ChangeDispatch(registry, clock, databases))
+        self.followers = tuple(followers)
+        self.revoker = revoker
+        self.message_verifier = message_verifier
+        self.writer = writer
+        self.replayer = replayer
         self.started_at = clock.seconds()
         self._open = set()  # every open WebSocket, authenticated or not
         self._drained = []  # Deferreds waiting for the last connection to close
@@ -176,58 +194,11 @@ class Gateway:
         """An admitted connection closed: forget it in presence."""
         self.presence.connection_closed(conn.connection_id, user_id)
 
-    # -- CouchDB changes ----------------------------------------------------------------
-
-    def on_change(self, db: str, change: dict):
-        """
-        Route one change and deliver it to this process's connections (every process follows
-        CouchDB itself, so changes never cross the broker).  An application database's
-        change may return a Deferred (its previous readers are read from CouchDB: the feed
-        waits for it); otherwise the deliveries made are returned.
-
-        A ``_users`` change also carries the user's roles to that user's live connections
-        (see :meth:`user_roles_changed`).
-        """
-        databases = self.databases
-        if databases is not None and db in databases:
-            return databases.on_change(db, change)
-        recipients, message = router_for(db)(change, self.clock.seconds())
-        recipients = list(recipients)
-        delivered = 0
-        if message is not None and recipients:
-            event = users_event(recipients, jsonutil.dumps_text(message), message["type"])
-            delivered = self.registry.dispatch(event)  # counted by the registry hook
-        if db == USERS_DB and message is not None:
-            doc = change.get("doc")
-            roles = ()
-            if "doc" in message and isinstance(doc, dict) and isinstance(doc.get("roles"), list):
-                roles = tuple(r for r in doc["roles"] if isinstance(r, str))
-            self.user_roles_changed(recipients[0], roles)
-        return delivered
-
-    def user_roles_changed(self, user_id: str, roles) -> None:
-        """
-        The user's ``_users`` document now gives these roles (none when it was deleted):
-        every live connection of the user holds them from now on (they replace the roles
-        of its token or session), for reading application documents; a role lost is
-        answered as :meth:`ApplicationDatabases.roles_changed` says.
-        """
-        roles = tuple(roles)
-        for conn in self.registry.connections_of(user_id):
-            if tuple(conn.roles) == roles:
-                continue
-            old = tuple(conn.roles)
-            conn.identity = dataclasses.replace(conn.identity, roles=roles)
-            self.connection_roles_changed(conn, old)
+    # -- what connections ask of the hub ---------------------------------------------
 
     def connection_roles_changed(self, conn, old_roles) -> None:
-        """A connection's roles changed (``_users`` document, refreshed token)."""
-        self.registry.reindex_roles(conn)
-        if self.databases is not None:
-            try:
-                self.databases.roles_changed(conn, old_roles)
-            except Exception:
-                self._log.failure("applying a change of roles failed")
+        """A connection's roles changed (a refreshed token): see :class:`ChangeDispatch`."""
+        self.dispatch.connection_roles_changed(conn, old_roles)
 
     def subscribe_database_topic(self, conn, topic: str, message: dict) -> None:
         """``subscribe`` to ``doc:`` / ``db:`` (answered on ``conn``)."""

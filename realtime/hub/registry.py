@@ -78,7 +78,7 @@ _NONE: Dict[str, "Connection"] = {}
 class Registry:
     _log = Logger()
 
-    def __init__(self, max_topics_per_connection: int = 128):
+    def __init__(self, max_topics_per_connection: int = 128, on_delivered=None):
         self._by_id: Dict[str, Connection] = {}
         self._by_user: Dict[str, Dict[str, Connection]] = {}
         self._by_topic: Dict[str, Dict[str, Connection]] = {}
@@ -88,7 +88,7 @@ class Registry:
         self._indexed_roles: Dict[str, tuple] = {}
         self.max_topics_per_connection = max_topics_per_connection
         self.deliveries = 0
-        self.on_delivered = None  # optional callable(event, count), for metrics
+        self.on_delivered = on_delivered  # optional callable(event, count), for metrics
         # user -> highest ``before`` of a single-session disconnect seen (bounded, LRU):
         # a connection still being admitted when its replacement was announced learns it
         # here (see :meth:`replaced`).

@@ -19,7 +19,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Callable, Optional
 
 import treq.client
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 
 from realtime.auth import jwks, revocation, signing
 from realtime.auth.authenticator import Authenticator
@@ -36,6 +36,7 @@ from realtime.feeds.dispatch import ChangeDispatch
 from realtime.feeds.replay import AppDatabaseReplay, ChangesReader, Replayer
 from realtime.feeds.routing import utc_timestamp
 from realtime.http.channel import PendingConnections
+from realtime.http.client import QuietPool
 from realtime.http.pages import make_pages
 from realtime.http.rest import make_api
 from realtime.http.site import make_site
@@ -60,7 +61,7 @@ def no_cookies() -> CookieJar:
 
 def make_http_client(reactor, persistent: bool = True):
     """The gateway's treq client (``(client, pool)``); it keeps no cookie (:func:`no_cookies`)."""
-    pool = HTTPConnectionPool(reactor, persistent=persistent)
+    pool = QuietPool(reactor, persistent=persistent)
     return treq.client.HTTPClient(Agent(reactor, pool=pool), cookiejar=no_cookies()), pool
 
 

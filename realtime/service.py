@@ -19,13 +19,14 @@ from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 
 from realtime.assembly import make_parts, make_web
 from realtime.cluster import ClusterState
 from realtime.config import ConfigError
 from realtime.dev import benchhook
 from realtime.feeds.changes import ChangesFollower
+from realtime.http.client import QuietPool
 from realtime.transport import websocket as protocol
 from realtime.vocabulary import CLOSE_SHUTDOWN
 
@@ -245,7 +246,7 @@ def make_service(config, reactor=None, ready=None, startup=None,
         startup = Startup(reactor)
     top = service.MultiService()
     # The feeds use a plain Agent (no gzip: see realtime.feeds.changes) with their own pool.
-    feeds_agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    feeds_agent = Agent(reactor, pool=QuietPool(reactor, persistent=False))
     feeds_ready = FeedsReady(on_ready) if on_ready is not None else None
     parts = make_parts(config, reactor, feeds_agent=feeds_agent,
                        on_feed_state=feeds_ready and feeds_ready.state_changed)

@@ -32,8 +32,9 @@ from realtime.databases.application import ApplicationDatabases
 from realtime.databases.readers import CouchRevisions
 from realtime.databases.writer import CouchDocuments, DocumentWriter, WriteMetrics
 from realtime.feeds.changes import ChangesFollower
+from realtime.feeds.couchreads import ChangesReader
 from realtime.feeds.dispatch import ChangeDispatch
-from realtime.feeds.replay import AppDatabaseReplay, ChangesReader, Replayer
+from realtime.feeds.replay import AppDatabaseReplay, Replayer
 from realtime.feeds.routing import utc_timestamp
 from realtime.http.channel import PendingConnections
 from realtime.http.client import QuietPool
@@ -129,9 +130,11 @@ def make_writer(config, reactor, http, rules, metrics) -> DocumentWriter:
     return DocumentWriter(documents, rules, reactor, metrics=WriteMetrics(metrics.registry))
 
 
-def make_replayer(config, reactor, http, rules) -> Replayer:
-    """Replays of the followed databases for ``resume``, with the gateway's credentials."""
-    reader = ChangesReader(http, config.couchdb_url, reactor,
+def make_replayer(config, reactor, rules) -> Replayer:
+    """Replays of the followed databases for ``resume``, with the gateway's credentials
+    (a plain Agent, a pool that keeps no connection: see realtime.feeds.couchreads)."""
+    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    reader = ChangesReader(agent, config.couchdb_url, reactor,
                            admin_auth=config.couchdb_admin_auth)
     return Replayer(reader, reactor, followed=followed_databases(config, rules),
                     databases={db: AppDatabaseReplay(db, rule) for db, rule in rules.items()},
@@ -233,7 +236,7 @@ def make_parts(config, reactor, http=None, feeds_agent=None, broker=None, metric
         revoker=revocation.Revoker(cluster.revocations, cluster.broker, reactor),
         message_verifier=verifier,
         writer=make_writer(config, reactor, http, rules, metrics),
-        databases=databases, replayer=make_replayer(config, reactor, http, rules))
+        databases=databases, replayer=make_replayer(config, reactor, rules))
     return Parts(gateway, cluster, followers, http, rules)
 
 

@@ -3,19 +3,20 @@ Resume of ``_users`` from CouchDB (realtime.feeds.replay).
 
 End to end on pouchdb-server (integer seqs), and against an in-process fake CouchDB
 serving CouchDB-3-style string seqs (``pending``, 400 for a malformed since) through
-treq's StubTreq, for the checks, the queue and disconnects.
+treq's RequestTraversalAgent, for the checks, the queue and disconnects.
 """
 
 import json
 
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from realtime.feeds.replay import ChangesReader, Replayer, seq_shape_ok
+from realtime.feeds.couchreads import ChangesReader
+from realtime.feeds.replay import Replayer, seq_shape_ok
 from tests import harness
 from tests.harness import GatewayHarness, unique
 from tests.test_e2e_users import SECRET, make_token
@@ -268,8 +269,8 @@ class StringSeqReplay(unittest.TestCase):
         ])
 
     def replayer(self, **kwargs):
-        self.treq = StubTreq(self.couch)
-        reader = ChangesReader(self.treq, "http://couch.test", self.clock,
+        self.agent = RequestTraversalAgent(self.couch)
+        reader = ChangesReader(self.agent, "http://couch.test", self.clock,
                                admin_auth="YWRtaW46cHc=")
         return Replayer(reader, self.clock, **kwargs)
 
@@ -337,7 +338,7 @@ class StringSeqReplay(unittest.TestCase):
         reads_before = len(self.couch.requests)
         hold, self.couch.hold = self.couch.hold, None
         hold.callback(None)
-        self.treq.flush()
+        self.agent.flush()
         self.assertTrue(self.successResultOf(first).recovered)
         self.assertEqual(self.successResultOf(second).reason, "disconnected")
         self.assertEqual(second_sent, [])
@@ -363,9 +364,9 @@ class StringSeqReplay(unittest.TestCase):
         self.couch.render = flaky
         d, sent = self.replay_of(self.replayer(), FakeConn("ann"), seq(1))
         self.clock.advance(0.2)
-        self.treq.flush()
+        self.agent.flush()
         self.clock.advance(0.4)
-        self.treq.flush()
+        self.agent.flush()
         self.assertTrue(self.successResultOf(d).recovered)
         self.assertEqual(len(sent), 1)
 

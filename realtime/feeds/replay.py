@@ -52,10 +52,13 @@ from there).
 Load: at most ``concurrency`` replays read CouchDB at once per process
 (``REALTIME_RESUME_CONCURRENCY``); more wait their turn (queued, never refused).  Reads
 are in batches of ``batch_size`` changes, each a separate request, so live delivery to
-other connections goes on between them; a client that disconnects stops its read at the
-next batch (and leaves the queue if still waiting).  Every request has a deadline; a
-CouchDB that cannot answer makes the database ``recovered: false`` reason
-``unavailable`` (the client may resume again).
+other connections goes on between them.  The next batch is asked for as soon as one
+arrives, before it is routed: CouchDB reads the next while the gateway routes and sends
+this one (one read ahead per replay, no more).  A client that disconnects stops its read
+at the next batch, and the read ahead is cancelled (it leaves the queue if still
+waiting).  Every request has a deadline; a CouchDB that cannot answer makes the database
+``recovered: false`` reason ``unavailable`` (the client may resume again).  The reads
+themselves (no gzip, retries) are :mod:`realtime.feeds.couchreads`'.
 """
 
 from __future__ import annotations
@@ -63,15 +66,13 @@ from __future__ import annotations
 import dataclasses
 import re
 from typing import Any, Callable, Optional
-from urllib.parse import quote
 
 from twisted.internet.defer import DeferredSemaphore, inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from realtime import jsonutil
 from realtime.databases.routing import change_rev, doc_change_message, is_internal
+from realtime.databases.rules import AccessRuleFailed, principals_of
+from realtime.feeds.couchreads import ChangesReader, CouchUnavailable, SeqRefused
 from realtime.feeds.routing import USER_PREFIX, USERS_DB, route_users_change
 from realtime.vocabulary import utc_timestamp
 
@@ -79,7 +80,6 @@ from realtime.vocabulary import utc_timestamp
 _COUCH_SEQ = re.compile(r"[0-9]{1,20}(-[A-Za-z0-9_\-]{1,4096})?\Z")
 MAX_SEQ_LENGTH = 4200
 
-DEFAULT_TIMEOUT = 30.0
 DEFAULT_BATCH = 1000
 
 
@@ -91,23 +91,6 @@ class ReplayResult:
     reason: Optional[str] = None
 
 
-class CouchUnavailable(Exception):
-    """CouchDB did not answer a replay read (in time, or sensibly)."""
-
-    def __init__(self, message: str, retry: bool = False):
-        super().__init__(message)
-        self.retry = retry  # worth asking again (a 5xx, a dropped connection)
-
-
-class SeqRefused(Exception):
-    """CouchDB refused the ``since`` (400): not a seq of this database."""
-
-
-def _timed_out(result, timeout):
-    """A read past its deadline (not asked again: CouchDB is too slow now)."""
-    return Failure(CouchUnavailable(f"no answer from CouchDB within {timeout:g} s"))
-
-
 def seq_shape_ok(since) -> bool:
     """Whether ``since`` looks like a seq of pouchdb-server or CouchDB 2/3 (never more)."""
     if isinstance(since, bool):
@@ -116,94 +99,6 @@ def seq_shape_ok(since) -> bool:
         return 0 <= since < 2 ** 63
     return isinstance(since, str) and len(since) <= MAX_SEQ_LENGTH and \
         _COUCH_SEQ.match(since) is not None
-
-
-class ChangesReader:
-    """The few CouchDB reads a replay needs, with the gateway's credentials and deadlines."""
-
-    _log = Logger()
-
-    def __init__(self, http, couchdb_url: str, clock, admin_auth: Optional[str] = None,
-                 timeout: float = DEFAULT_TIMEOUT):
-        self._http = http
-        self._base = couchdb_url.rstrip("/")
-        self._clock = clock
-        self._timeout = timeout
-        self._headers = {b"Accept": [b"application/json"],
-                         b"Content-Type": [b"application/json"]}
-        if admin_auth:
-            self._headers[b"Authorization"] = [b"Basic " + admin_auth.encode("ascii")]
-
-    def db_url(self, db: str) -> str:
-        return f"{self._base}/{quote(db, safe='')}"
-
-    @inlineCallbacks
-    def request(self, method: str, url: str, body=None):
-        """
-        The parsed JSON object of a 200; SeqRefused on 400; CouchUnavailable else.  A read:
-        a 5xx or a dropped connection is asked again (``RETRIES`` times, 0.2 s apart);
-        a deadline passed is not.
-        """
-        for attempt in range(self.RETRIES + 1):
-            try:
-                return (yield self._request_once(method, url, body))
-            except CouchUnavailable as e:
-                if not e.retry or attempt == self.RETRIES:
-                    raise
-                self._log.info("replay read: {error}; asking again", error=str(e))
-                yield deferLater(self._clock, 0.2 * (attempt + 1), lambda: None)
-
-    RETRIES = 2
-
-    @inlineCallbacks
-    def _request_once(self, method: str, url: str, body=None):
-        data = jsonutil.dumps(body) if body is not None else None
-        try:
-            d = self._http.request(method, url, headers=self._headers, data=data)
-            d.addCallback(lambda response: response.content().addCallback(
-                lambda content: (response.code, content)))
-            d.addTimeout(self._timeout, self._clock, onTimeoutCancel=_timed_out)
-            status, content = yield d
-        except CouchUnavailable:
-            raise
-        except Exception as e:
-            raise CouchUnavailable(f"no answer from CouchDB ({type(e).__name__})",
-                                   retry=True) from None
-        if status == 400:
-            raise SeqRefused()
-        try:
-            parsed = jsonutil.loads(content) if content else None
-        except ValueError:
-            parsed = None
-        if status != 200 or not isinstance(parsed, dict):
-            raise CouchUnavailable(f"CouchDB answered {status}", retry=status >= 500)
-        return parsed
-
-    def info(self, db: str):
-        return self.request("GET", self.db_url(db))
-
-    def changes(self, db: str, since, limit: int, include_docs: bool = True,
-                doc_ids=None, selector=None):
-        """One batch of the normal feed after ``since`` (already checked)."""
-        query = f"?since={quote(str(since), safe='')}&limit={int(limit)}"
-        if include_docs:
-            query += "&include_docs=true"
-        if doc_ids is not None:
-            # GET with doc_ids= (both servers take it; pouchdb-server's POST path fails now
-            # and then with a 500 "reading 'getSecurity'")
-            query += "&filter=_doc_ids&doc_ids=" + quote(jsonutil.dumps_text(list(doc_ids)),
-                                                         safe="")
-        if selector is not None:
-            # GET with selector= (pouchdb-server crashes on POST ?filter=_selector)
-            query += "&filter=_selector&selector=" + quote(jsonutil.dumps_text(selector),
-                                                           safe="")
-        return self.request("GET", self.db_url(db) + "/_changes" + query)
-
-    def bulk_get(self, db: str, docs, revs: bool = False):
-        """``_bulk_get`` of (id, rev) pairs: old revisions (until compaction)."""
-        query = "?revs=true" if revs else ""
-        return self.request("POST", self.db_url(db) + "/_bulk_get" + query,
-                            {"docs": [{"id": i, "rev": r} for i, r in docs]})
 
 
 class Replayer:
@@ -345,6 +240,16 @@ def _ancestors(doc: dict):
             if i > 0 and isinstance(rev_id, str)][:ANCESTORS_READ]
 
 
+def _readable(rule, doc: dict, mine) -> bool:
+    """``rule.may_read(doc, user, roles)``, with ``mine = principals_of(user, roles)`` made
+    once per batch rather than once per document (a deleted revision: nobody)."""
+    try:
+        readers = rule.readers(doc)
+    except AccessRuleFailed:
+        return False
+    return not mine.isdisjoint(readers)
+
+
 def _bulk_docs(answer: dict) -> dict:
     """``_bulk_get`` answer -> {id: the revision's body, or None when CouchDB lacks it}."""
     out = {}
@@ -368,53 +273,74 @@ class AppDatabaseReplay:
 
     @inlineCallbacks
     def replay(self, replayer, conn, since, send):
-        reader, db, rule = replayer.reader, self.db, self.rule
-        position, sent = since, 0
-        while True:
-            if not conn.still_open:
-                return ReplayResult(position, sent, False, "disconnected")
-            answer = yield reader.changes(db, position, replayer.batch_size)
-            results = _results(answer)
-            timestamp = utc_timestamp(replayer._clock.seconds())
-            out = []  # messages, or (id, rev, seq, deleted) still to decide, in feed order
-            for change in results:
-                doc_id, rev = change.get("id"), change_rev(change)
-                if not isinstance(doc_id, str) or is_internal(doc_id) or rev is None:
-                    continue
-                doc = change.get("doc")
-                deleted = bool(change.get("deleted")) or \
-                    (isinstance(doc, dict) and bool(doc.get("_deleted")))
-                if not deleted and isinstance(doc, dict) and \
-                        rule.may_read(doc, conn.user_id, conn.roles):
-                    out.append(doc_change_message(db, doc_id, rev, change.get("seq"),
-                                                  timestamp, doc=rule.sanitise(doc)))
-                elif _generation(rev) > 1:
-                    out.append((doc_id, rev, change.get("seq"), deleted))
-            pending = [item for item in out if isinstance(item, tuple)]
-            lost = (yield self._readable_before(reader, conn, pending)) if pending else set()
-            if not conn.still_open:
-                return ReplayResult(position, sent, False, "disconnected")
-            for item in out:
-                if isinstance(item, tuple):
-                    doc_id, rev, seq, deleted = item
-                    if doc_id not in lost:
-                        continue
-                    item = doc_change_message(db, doc_id, rev, seq, timestamp,
-                                              deleted=deleted, removed=not deleted)
-                if not send(item):
+        reader, db, batch = replayer.reader, self.db, replayer.batch_size
+        position, sent, ahead = since, 0, None
+        try:
+            answer = yield reader.changes(db, position, batch)
+            while True:
+                if not conn.still_open:
                     return ReplayResult(position, sent, False, "disconnected")
-                sent += 1
-            position = answer.get("last_seq", position)
-            if len(results) < replayer.batch_size:
-                return ReplayResult(position, sent, True)
+                results = _results(answer)
+                last = answer.get("last_seq", position)
+                if len(results) >= batch:  # the next batch is read while this one is routed
+                    ahead = reader.changes(db, last, batch)
+                out = self._route(results, conn, utc_timestamp(replayer._clock.seconds()))
+                pending = [item for item in out if isinstance(item, tuple)]
+                lost = (yield self._readable_before(reader, conn, pending)) if pending \
+                    else ()
+                if not conn.still_open:
+                    return ReplayResult(position, sent, False, "disconnected")
+                for item in out:
+                    if isinstance(item, tuple):
+                        doc_id, rev, seq, deleted, timestamp = item
+                        if doc_id not in lost:
+                            continue
+                        item = doc_change_message(db, doc_id, rev, seq, timestamp,
+                                                  deleted=deleted, removed=not deleted)
+                    if not send(item):
+                        return ReplayResult(position, sent, False, "disconnected")
+                    sent += 1
+                position = last
+                if ahead is None:
+                    return ReplayResult(position, sent, True)
+                d, ahead = ahead, None
+                answer = yield d
+        finally:
+            if ahead is not None:  # the client left, or CouchDB failed: stop the read
+                ahead.addErrback(lambda _: None)
+                ahead.cancel()
+
+    def _route(self, results, conn, timestamp):
+        """
+        One batch, in feed order: the ``doc-change`` messages of the documents the user may
+        read now, and ``(id, rev, seq, deleted, timestamp)`` for those to decide from their
+        earlier revisions (``removed`` / ``deleted``, or nothing).
+        """
+        db, rule = self.db, self.rule
+        mine = principals_of(conn.user_id, conn.roles)  # the user's roles as they are now
+        out = []
+        for change in results:
+            doc_id, rev = change.get("id"), change_rev(change)
+            if not isinstance(doc_id, str) or is_internal(doc_id) or rev is None:
+                continue
+            doc = change.get("doc")
+            deleted = bool(change.get("deleted")) or \
+                (isinstance(doc, dict) and bool(doc.get("_deleted")))
+            if not deleted and isinstance(doc, dict) and _readable(rule, doc, mine):
+                out.append(doc_change_message(db, doc_id, rev, change.get("seq"),
+                                              timestamp, doc=rule.sanitise(doc)))
+            elif _generation(rev) > 1:
+                out.append((doc_id, rev, change.get("seq"), deleted, timestamp))
+        return out
 
     @inlineCallbacks
     def _readable_before(self, reader, conn, pending):
         """The ids among ``pending`` one of whose last earlier revisions the user may read."""
         current = _bulk_docs((yield reader.bulk_get(
-            self.db, [(doc_id, rev) for doc_id, rev, _, _ in pending], revs=True)))
+            self.db, [(doc_id, rev) for doc_id, rev, *_ in pending], revs=True)))
         chains = {doc_id: _ancestors(doc) for doc_id, doc in current.items()
                   if doc is not None}
+        mine = principals_of(conn.user_id, conn.roles)
         lost = set()
         for level in range(ANCESTORS_READ):
             wanted = [(doc_id, revs[level]) for doc_id, revs in chains.items()
@@ -427,7 +353,6 @@ class AppDatabaseReplay:
                 if body is None:
                     self.undecidable += 1
                     chains[doc_id] = []  # compacted: cannot tell; nothing is sent
-                elif not body.get("_deleted") and \
-                        self.rule.may_read(body, conn.user_id, conn.roles):
+                elif _readable(self.rule, body, mine):
                     lost.add(doc_id)
         return lost

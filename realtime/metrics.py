@@ -25,6 +25,13 @@ see :mod:`realtime.databases.readers`), ``realtime_db_rule_errors_total{db}`` (a
 callables that failed), ``realtime_db_previous_reads_total{db}`` (previous revisions read
 from CouchDB) and the gauge ``realtime_db_indexed_documents{db}`` (readers index size).
 
+Resume replays (:mod:`realtime.feeds.replay`): ``realtime_replays_running`` and
+``realtime_replays_waiting`` (gauges), ``realtime_replays_total{db,outcome}`` (outcome
+``recovered`` or the reason it was not: ``unknown_seq``, ``too_far_behind``,
+``unavailable``, ``disconnected``), ``realtime_replay_messages_total{db}`` and
+``realtime_replay_undecidable_total{db}`` (documents whose earlier revisions were compacted
+away, so that ``removed`` / ``deleted`` could not be decided: nothing was sent).
+
 No label ever holds a user id, topic or other client-chosen text: message types outside
 the protocol's own are counted as ``other``, so the number of series stays bounded.
 """
@@ -144,6 +151,8 @@ class _GatewayCollector:
         yield pending
         if gateway.databases is not None:
             yield from _database_metrics(gateway.databases.stats())
+        if gateway.replayer is not None:
+            yield from _replay_metrics(gateway.replayer)
 
 
 #: per-database counters: (stats key, metric name, help)
@@ -171,6 +180,30 @@ def _database_metrics(stats: dict):
     for db, counters in stats.items():
         indexed.add_metric([db], counters["indexed"])
     yield indexed
+
+
+def _replay_metrics(replayer):
+    """The resume replays of CouchDB changes (realtime.feeds.replay)."""
+    yield _gauge("realtime_replays_running", "Resume replays reading CouchDB now",
+                 replayer.running)
+    yield _gauge("realtime_replays_waiting", "Resume replays waiting for their turn",
+                 replayer.waiting)
+    replays = CounterMetricFamily("realtime_replays", "Resume replays of a database, by "
+                                  "outcome (recovered, or the reason it was not)",
+                                  labels=["db", "outcome"])
+    replayed = CounterMetricFamily("realtime_replay_messages",
+                                   "Messages sent by resume replays", labels=["db"])
+    undecidable = CounterMetricFamily(
+        "realtime_replay_undecidable", "Documents a replay could not decide removed or "
+        "deleted for (earlier revisions compacted away): nothing was sent", labels=["db"])
+    for db, stats in sorted(replayer.stats().items()):
+        for outcome, count in sorted(stats["outcomes"].items()):
+            replays.add_metric([db, outcome], count)
+        replayed.add_metric([db], stats["replayed"])
+        undecidable.add_metric([db], stats["undecidable"])
+    yield replays
+    yield replayed
+    yield undecidable
 
 
 def _gauge(name: str, documentation: str, value) -> GaugeMetricFamily:

@@ -181,6 +181,42 @@ hidden = ["secret"]
         yield self.assertNothingBefore(client, user)
 
     @inlineCallbacks
+    def test_compacted_earlier_revision_is_undecidable_and_counted(self):
+        """
+        A document the user could read, then not, whose readable revision CouchDB
+        compacted away: nothing at all is sent of it (no leak), and the case is counted in
+        /metrics (realtime_replay_undecidable_total); the replay is still recovered.
+        """
+        user, other = unique("ann"), unique("bob")
+        doc_id, kept = unique("k"), unique("k")
+        first = self.put(doc_id, owner=user, title="mine")
+        self.put(kept, owner=user, title="mine too")
+        yield caught_up(self, self.gw, self.db)
+        client = yield self.gw.connect(query={"token": make_token(user)})
+        since = (yield client.next("connected"))["seqs"][self.db]
+        yield client.close()
+        self.put(doc_id, owner=other, title="not yours now")
+        self.put(doc_id, owner=other, title="still not")
+        kept_rev = self.put(kept, owner=user, title="v2")
+        status, body = self.couch.request("POST", f"/{self.db}/_compact", "{}")
+        self.assertIn(status, (200, 202), body)
+        yield wait_for(lambda: self.couch.request(
+            "GET", f"/{self.db}/{doc_id}?rev={first}")[0] == 404, what="the compaction")
+        yield caught_up(self, self.gw, self.db)
+        client = yield self.gw.connect(query={"token": make_token(user)})
+        yield client.next("connected")
+        client.send_json({"type": "resume", "since": {self.db: since}})
+        replayed, resumed = yield replayed_until_resumed(client)
+        self.assertEqual([(m["id"], m["rev"]) for m in replayed], [(kept, kept_rev)])
+        self.assertEqual(resumed["recovered"], {self.db: True})
+        metrics = self.gw.gateway.metrics.render().decode()
+        self.assertIn(f'realtime_replay_undecidable_total{{db="{self.db}"}} 1.0', metrics)
+        self.assertIn(f'realtime_replays_total{{db="{self.db}",outcome="recovered"}} 1.0',
+                      metrics)
+        self.assertIn(f'realtime_replay_messages_total{{db="{self.db}"}} 1.0', metrics)
+        self.assertIn("realtime_replays_running 0.0", metrics)
+
+    @inlineCallbacks
     def test_writes_going_on_through_the_resume(self):
         """
         Writes continue while the client reconnects and resumes: every document's final

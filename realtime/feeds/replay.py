@@ -63,6 +63,7 @@ themselves (no gzip, retries) are :mod:`realtime.feeds.couchreads`'.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 from typing import Any, Callable, Optional
@@ -124,12 +125,34 @@ class Replayer:
         self._slots = DeferredSemaphore(concurrency)
         self.running = 0  # replays reading now (metrics, tests)
         self.waiting = 0  # replays queued for a slot
+        self.outcomes = collections.Counter()  # (db, "recovered" or the reason) -> replays
+        self.replayed = collections.Counter()  # db -> messages replayed
 
     def follows(self, db: str) -> bool:
         return db in self._followed and (db == USERS_DB or db in self._databases)
 
+    def stats(self) -> dict:
+        """Per database replayed: replays by outcome, messages replayed, undecidable."""
+        out = {}
+        for db in self._followed:
+            if self.follows(db):
+                replay = self._databases.get(db)
+                out[db] = {"outcomes": {outcome: n for (name, outcome), n
+                                        in self.outcomes.items() if name == db},
+                           "replayed": self.replayed[db],
+                           "undecidable": replay.undecidable if replay else 0}
+        return out
+
     @inlineCallbacks
     def replay(self, conn, db: str, since, send: Callable[[dict], bool]):
+        """Replay ``db`` since ``since`` (see the module docstring): a ReplayResult."""
+        result = yield self._queued(conn, db, since, send)
+        self.outcomes[db, "recovered" if result.recovered else result.reason] += 1
+        self.replayed[db] += result.replayed
+        return result
+
+    @inlineCallbacks
+    def _queued(self, conn, db: str, since, send):
         if not seq_shape_ok(since):
             until = yield self._head(db, since)
             return ReplayResult(until, 0, False, "unknown_seq")

@@ -133,7 +133,7 @@ def make_writer(config, reactor, http, rules, metrics) -> DocumentWriter:
 def make_replayer(config, reactor, rules) -> Replayer:
     """Replays of the followed databases for ``resume``, with the gateway's credentials
     (a plain Agent, a pool that keeps no connection: see realtime.feeds.couchreads)."""
-    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    agent = Agent(reactor, pool=QuietPool(reactor, persistent=False))
     reader = ChangesReader(agent, config.couchdb_url, reactor,
                            admin_auth=config.couchdb_admin_auth)
     return Replayer(reader, reactor, followed=followed_databases(config, rules),

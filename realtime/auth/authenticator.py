@@ -38,6 +38,7 @@ from typing import Iterable, Optional, Tuple
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 
+from realtime.auth.expiry import SessionWatch
 from realtime.auth.identity import AuthFailure, Identity, OriginRefused
 from realtime.auth.jwt_verifier import token_reference
 from realtime.auth.origins import cookie_value, origin_allowed, same_origin
@@ -59,6 +60,18 @@ class Authenticator:
         self.session_checker = session_checker
         self.allowed_origins = tuple(allowed_origins)
         self.revocations = revocations
+
+    def watch(self, clock, on_failure, revalidate_interval: float) -> SessionWatch:
+        """
+        A watch on one connection's credentials (:class:`SessionWatch`: expiry, the CouchDB
+        session's revalidation, and the periodic revocation re-check when this store needs
+        one: see its ``recheck_live_connections``).
+        """
+        revocations = self.revocations
+        if revocations is not None and not revocations.recheck_live_connections:
+            revocations = None
+        return SessionWatch(clock, on_failure, self.session_checker,
+                            revalidate_interval=revalidate_interval, revocations=revocations)
 
     def credentials(self, headers: dict, params: dict) -> Tuple[Optional[str], Optional[str]]:
         """

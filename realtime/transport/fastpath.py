@@ -144,7 +144,6 @@ def _lazy(original):
     passed through as it is, at no cost.  At debug level a :class:`_Deferred` formats it,
     with the same text, if the event is rendered.
     """
-    import txaio
 
     def lazy(*args, **kw):
         if txaio.get_global_log_level() not in _DEBUG_LEVELS:

@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 from realtime import jsonutil
-from realtime.auth.expiry import SessionWatch
+from realtime.auth.expiry import SessionWatch  # the type of a session's watch
 from realtime.auth.identity import AuthFailure, Identity
 from realtime.auth.signing import SignatureError
 from realtime.hub import resume, topics
@@ -95,15 +95,31 @@ class Session(SessionAuthentication):
     _log = Logger()
 
     __slots__ = (
-        "transport", "gateway", "deliver_frame", "connection_id", "identity", "_topics",
+        "transport", "gateway", "authenticator", "registry", "_verifier", "_writer",
+        "deliver_frame", "connection_id", "identity", "_topics",
         "_auth_timer", "_authenticating", "_registered", "_limiter", "_watch",
         "_session_secret", "_inbox", "_preauth_bytes", "_admitting", "_held", "_present_as",
         "session_seq", "admitted_at", "_doc_writes", "resuming", "selections",
     )
 
-    def __init__(self, transport: ISessionTransport, gateway, connection_id: str):
+    def __init__(self, transport: ISessionTransport, gateway, connection_id: str,
+                 authenticator, registry, verifier=None, writer=None):
+        """
+        :param gateway: the hub (:class:`realtime.hub.gateway.Gateway`): admission, the
+            clock and timers, the config's limits, metrics, topics and resume.
+        :param authenticator: verifies ``auth`` tokens and watches the credentials
+            (:class:`realtime.auth.authenticator.Authenticator`).
+        :param registry: this process's connections, which the session joins once admitted.
+        :param verifier: checks signed messages (``WS_SIGNED_MESSAGES``), or None.
+        :param writer: document writes (:class:`realtime.databases.writer.DocumentWriter`),
+            or None when there are none.
+        """
         self.transport = transport
         self.gateway = gateway
+        self.authenticator = authenticator
+        self.registry = registry
+        self._verifier = verifier
+        self._writer = writer
         self.deliver_frame = transport.deliver_frame  # the write path, without a hop
         self.connection_id = connection_id
         self.identity: Optional[Identity] = None
@@ -198,7 +214,7 @@ class Session(SessionAuthentication):
             self._watch.stop()
         if self._registered:
             self._registered = False
-            self.gateway.registry.remove(self)
+            self.registry.remove(self)
         if self._present_as is not None:
             user_id, self._present_as = self._present_as, None
             self.gateway.connection_left(self, user_id)
@@ -278,7 +294,7 @@ class Session(SessionAuthentication):
         text = payload.decode("utf-8")  # the transport has validated the UTF-8
 
         def verify(_):
-            return self.gateway.message_verifier.verify(secret, text)
+            return self._verifier.verify(secret, text)
 
         def refused(failure):
             if failure.check(SignatureError):
@@ -336,7 +352,7 @@ class Session(SessionAuthentication):
     def handle_doc_write(self, message: dict) -> None:
         """``doc.create``, ``doc.update`` and ``doc.delete``."""
         if self._doc_writes is None:
-            self._doc_writes = DocWrites(self.gateway.writer, self.send_json,
+            self._doc_writes = DocWrites(self._writer, self.send_json,
                                          self.gateway.metrics.error)
         self._doc_writes.handle(self.user_id, self.roles, message)
 

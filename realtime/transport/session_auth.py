@@ -14,7 +14,6 @@ from __future__ import annotations
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
-from realtime.auth.expiry import SessionWatch
 from realtime.auth.identity import AuthFailure, Identity
 from realtime.auth.signing import new_session_secret
 from realtime.hub import resume, topics
@@ -59,7 +58,7 @@ class SessionAuthentication:
         if not self.transport.still_open:  # closed while admission waited
             self.gateway.connection_left(self, identity.user_id)
             return
-        if identity.token_id is not None and gateway.registry.revoked(identity.token_id):
+        if identity.token_id is not None and self.registry.revoked(identity.token_id):
             # revoked while admission waited: the revocation event found no connection
             self.gateway.connection_left(self, identity.user_id)
             self._refuse(AuthFailure("revoked", "token revoked"))
@@ -67,16 +66,11 @@ class SessionAuthentication:
         self._present_as = identity.user_id
         self.admitted_at = gateway.now()
         self.identity = identity
-        self.gateway.registry.add(self)
+        self.registry.add(self)
         self._registered = True
         self.transport.lift_auth_limits()
-        revocations = gateway.authenticator.revocations
-        if revocations is not None and not revocations.recheck_live_connections:
-            revocations = None  # no periodic re-check timer: see the store's docstring
-        self._watch = SessionWatch(
-            gateway.timers, self.fail_auth, gateway.authenticator.session_checker,
-            revalidate_interval=config.ws_session_revalidate_ms / 1000.0,
-            revocations=revocations)
+        self._watch = self.authenticator.watch(
+            gateway.timers, self.fail_auth, config.ws_session_revalidate_ms / 1000.0)
         self._watch.watch(identity)
         connected = {
             "type": "connected",
@@ -129,7 +123,7 @@ class SessionAuthentication:
             return
         self._authenticating = True
         try:
-            identity = yield self.gateway.authenticator.verify_token(token)
+            identity = yield self.authenticator.verify_token(token)
         except AuthFailure as failure:
             if self.transport.still_open:
                 self._refuse(failure)

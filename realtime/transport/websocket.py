@@ -179,8 +179,10 @@ class RealtimeServerProtocol(Outbox, WebSocketServerProtocol):
 
     def onConnect(self, request):
         gateway = self.gateway
-        self.session = Session(self, gateway, gateway.new_connection_id())
-        d = gateway.authenticator.authenticate(request.headers, request.params, request.origin)
+        authenticator = gateway.authenticator
+        self.session = Session(self, gateway, gateway.new_connection_id(), authenticator,
+                               gateway.registry, gateway.message_verifier, gateway.writer)
+        d = authenticator.authenticate(request.headers, request.params, request.origin)
 
         def authenticated(identity):
             self._auth_outcome = identity

@@ -58,11 +58,15 @@ RULES = '[databases.bench]\nusers = ["owner", "members"]\nhidden = ["secret"]\n'
 class CountingConnection:
     """What the registry needs of a connection; deliveries are only counted."""
 
-    __slots__ = ("connection_id", "user_id", "roles", "topics", "frames")
+    __slots__ = ("connection_id", "user_id", "roles", "topics", "frames", "token_id",
+                 "session_seq", "admitted_at")
 
     def __init__(self, connection_id, user_id):
         self.connection_id = connection_id
         self.user_id = user_id
+        self.token_id = None
+        self.session_seq = 0
+        self.admitted_at = 0.0
         self.roles = ()
         self.topics = set()
         self.frames = 0

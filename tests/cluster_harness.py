@@ -9,7 +9,7 @@ shared pouchdb-server: the deployment a load balancer would spread clients over.
     yield cluster.post(0, "/websocket/message/broadcast", {...})  # REST, admin key
 
 Each child is configured through its environment only (REALTIME_LISTEN on a free port,
-COUCHDB_URL / COUCHDB_ADMIN_AUTH, JWT_SECRET, REDIS_URL, REALTIME_ADMIN_KEY, plus the
+COUCHDB_URL / COUCHDB_ADMIN_AUTH, SECRET, REDIS_URL, REALTIME_ADMIN_KEY, plus the
 extra variables given).  Its output goes to a log file whose tail is shown when it fails
 to start.
 """
@@ -30,11 +30,10 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from realtime.dev.embedded import free_port, stop_process
 from tests import harness
+from tests.fakes import ADMIN_KEY, SECRET
 from tests.harness import close_clients
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-JWT_SECRET = "cluster-test-secret-0123456789-abcdefghij"
-ADMIN_KEY = "cluster-test-admin-key-0123456789"
 
 
 class GatewayProcess:
@@ -108,7 +107,7 @@ class Cluster:
         common = {
             "COUCHDB_URL": self.couchdb.url,
             "COUCHDB_ADMIN_AUTH": self.couchdb.admin_auth,
-            "JWT_SECRET": JWT_SECRET,
+            "JWT_SECRET": SECRET,
             "REDIS_URL": self.redis_url,
             "REDIS_PREFIX": self.prefix,
             "REALTIME_ADMIN_KEY": ADMIN_KEY,

@@ -1,12 +1,16 @@
 """
-In-memory stand-ins for deterministic tests: a gateway on a Clock with the memory broker,
-connections that record the frames they are given, and a fake CouchDB 3 over HTTP
-(:class:`FakeCouchDB`: string seqs, compaction).
+The tests' one set of stand-ins: the test secrets (:data:`SECRET`, :data:`ADMIN_KEY`) and
+the one token helper (:func:`make_token`), a gateway built as production builds it on a
+Clock with the memory broker (:func:`make_gateway`), the one fake connection that records
+the frames it is given (:class:`FakeConnection`), and a fake CouchDB 3 over HTTP
+(:class:`FakeCouchDB`: string seqs, compaction).  Key material for the JWT and TLS tests
+(RSA, EC and Ed25519 keys, JWKs, tokens built by hand, certificates) is in ``tests/keys.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from urllib.parse import unquote
 
@@ -23,6 +27,7 @@ from realtime.auth.identity import Identity
 from realtime.hub.registry import Registry
 from realtime.metrics import Metrics
 
+#: the one JWT secret of the tests (HS256), and the REST admin key
 SECRET = "test-secret-for-unit-tests-only-0123456789"
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 
@@ -30,9 +35,18 @@ ADMIN_KEY = "admin-key-for-tests-0123456789"
 _NO_HTTP = object()
 
 
-def make_token(sub, secret=SECRET, **claims):
-    claims = {"sub": sub, "exp": int(time.time()) + 600, **claims}
-    return jwt.encode(claims, secret, algorithm="HS256")
+def claims(sub="alice", lifetime=600, **extra) -> dict:
+    """A token's claims: ``sub``, ``exp`` (``lifetime`` seconds from now) and ``iat``, then
+    ``extra``; a claim whose value is None is left out (``sub=None``, ``exp=None``)."""
+    now = int(time.time())
+    base = {"sub": sub, "exp": now + lifetime, "iat": now}
+    base.update(extra)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def make_token(sub="alice", secret=SECRET, algorithm="HS256", headers=None, **extra) -> str:
+    """A signed JWT for ``sub`` (the one token helper: :func:`claims` says which claims)."""
+    return jwt.encode(claims(sub, **extra), secret, algorithm=algorithm, headers=headers)
 
 
 def make_gateway(session_checker=None, allowed_origins=(), roles_claim="roles", broker=None,
@@ -55,8 +69,9 @@ def make_gateway(session_checker=None, allowed_origins=(), roles_claim="roles", 
                       registry=registry, session_checker=session_checker).gateway
 
 
-def _unframe(frame: bytes) -> bytes:
-    """The payload of an unmasked server text frame."""
+def unframe(frame: bytes) -> bytes:
+    """The payload of an unmasked server text frame (:func:`realtime.hub.registry.frame_text`:
+    a 2-byte header up to 125 bytes, 4 bytes up to 64 KiB, 10 beyond)."""
     length = frame[1] & 0x7F
     if length == 126:
         return frame[4:]
@@ -65,20 +80,44 @@ def _unframe(frame: bytes) -> bytes:
     return frame[2:]
 
 
-class FakeConnection:
-    """A registered connection that keeps what it is sent, decoded."""
+_connection_ids = itertools.count(1)
 
-    def __init__(self, gateway, user_id, topics=(), roles=(), connection_id=None):
+
+class FakeConnection:
+    """
+    A connection as the registry, topics, resume and the REST API see one (what a
+    :class:`realtime.transport.session.Session` offers them), keeping what it is given:
+    ``frames`` (the bytes, as delivered), ``received`` (each decoded), ``closed`` (code,
+    reason) and ``failures`` (the reasons of ``fail_auth``).
+
+    With a ``gateway``, it joins as a real connection's admission does (presence, then the
+    registry) and leaves both when closed.  With ``gateway=None`` it is a bare connection
+    for registry and broker tests, which add it to their registry themselves.
+    ``accept=False``: a connection whose writes fail (``deliver_frame`` answers False).
+    """
+
+    def __init__(self, gateway, user_id, topics=(), roles=(), connection_id=None,
+                 token_id=None, accept=True):
         self.gateway = gateway
         self.identity = Identity(user_id=user_id, name=user_id, roles=tuple(roles),
-                                 topics=tuple(topics))
-        self.connection_id = connection_id or gateway.new_connection_id()
+                                 topics=tuple(topics), token_id=token_id)
+        if connection_id is None:
+            connection_id = (gateway.new_connection_id() if gateway is not None
+                             else f"fake-{next(_connection_ids)}")
+        self.connection_id = connection_id
         self.topics = set()
+        self.frames = []
         self.received = []
         self.closed = None
-        # As a real connection's admission does: presence, then the registry.
-        gateway.presence.connection_opened(self.connection_id, user_id, None)
-        gateway.registry.add(self)
+        self.still_open = True  # False once closed (a test may set it: gone unannounced)
+        self.failures = []
+        self.accept = accept
+        self.session_seq = 0  # single-session mode: as a session admitted first
+        self.admitted_at = 0.0
+        if gateway is not None:
+            # As a real connection's admission does: presence, then the registry.
+            gateway.presence.connection_opened(self.connection_id, user_id, None)
+            gateway.registry.add(self)
 
     @property
     def user_id(self):
@@ -88,10 +127,15 @@ class FakeConnection:
     def roles(self):
         return self.identity.roles
 
-    def deliver_frame(self, frame: bytes) -> bool:
-        if self.closed is not None:
+    @property
+    def token_id(self):
+        return self.identity.token_id
+
+    def deliver_frame(self, frame: bytes, direct: bool = False) -> bool:
+        if self.closed is not None or not self.accept:
             return False
-        self.received.append(jsonutil.loads(_unframe(frame)))
+        self.frames.append(frame)
+        self.received.append(jsonutil.loads(unframe(frame)))
         return True
 
     def send_json(self, message: dict) -> bool:
@@ -102,9 +146,14 @@ class FakeConnection:
 
     def close_with(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
-        # As a real connection's onClose does: leave the registry and presence.
-        self.gateway.registry.remove(self)
-        self.gateway.presence.connection_closed(self.connection_id, self.user_id)
+        self.still_open = False
+        if self.gateway is not None:
+            # As a real connection's onClose does: leave the registry and presence.
+            self.gateway.registry.remove(self)
+            self.gateway.presence.connection_closed(self.connection_id, self.user_id)
+
+    def fail_auth(self, failure) -> None:
+        self.failures.append(failure.reason)
 
     def of_type(self, kind):
         return [m for m in self.received if m.get("type") == kind]

@@ -1,5 +1,7 @@
 """
-Test keys and tokens, generated once per run (never checked in).
+Key material for the JWT and TLS tests, generated once per run (never checked in): RSA, EC
+and Ed25519 keys, their JWKs, tokens built by hand (:func:`raw_token`) and certificates.
+The test secret and the one token helper are in ``tests/fakes.py``.
 """
 
 from __future__ import annotations
@@ -9,15 +11,12 @@ import datetime
 import hashlib
 import hmac
 import json
-import time
 
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
-
-HS_SECRET = "hs-secret-for-tests-only-0123456789abcdef"
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 RSA_KEY_2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -43,17 +42,6 @@ def jwk(private_key, kid, alg=None) -> dict:
     if alg:
         data["alg"] = alg
     return data
-
-
-def claims(sub="alice", lifetime=600, **extra) -> dict:
-    now = int(time.time())
-    base = {"sub": sub, "exp": now + lifetime, "iat": now}
-    base.update(extra)
-    return {k: v for k, v in base.items() if v is not None}
-
-
-def hs_token(sub="alice", secret=HS_SECRET, algorithm="HS256", headers=None, **extra) -> str:
-    return jwt.encode(claims(sub, **extra), secret, algorithm=algorithm, headers=headers)
 
 
 def b64url(data: bytes) -> str:

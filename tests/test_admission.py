@@ -4,32 +4,17 @@ mode, with the one-process objects (MemoryBroker, LocalPresence) and a clock.
 """
 
 from twisted.internet.defer import fail
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from realtime import config as config_module
 from realtime.auth.identity import Identity
-from realtime.hub.broker import MemoryBroker
-from realtime.hub.gateway import ADMITTED, REPLACED, TOO_MANY_CONNECTIONS, Gateway
-from realtime.hub.presence import LocalPresence
+from realtime.hub.gateway import ADMITTED, REPLACED, TOO_MANY_CONNECTIONS
 from realtime.hub.registry import Registry
-from tests.redis_helpers import FakeConnection
-
-
-def make_gateway(broker=None, **overrides):
-    clock = Clock()
-    clock.advance(1_700_000_000)
-    registry = Registry()
-    config = config_module.defaults(**overrides)
-    broker = broker or MemoryBroker(registry)
-    gateway = Gateway(config, clock, registry, broker, authenticator=None,
-                      presence=LocalPresence(clock))
-    return gateway
+from tests.fakes import FakeConnection, make_gateway
 
 
 class AdmissionTests(unittest.TestCase):
     def admit(self, gateway, user):
-        conn = FakeConnection(user)
+        conn = FakeConnection(None, user)
         verdict = self.successResultOf(gateway.admit(conn, Identity(user, user)))
         if verdict == ADMITTED:
             gateway.registry.add(conn)
@@ -64,7 +49,7 @@ class AdmissionTests(unittest.TestCase):
         across processes) is told REPLACED and leaves presence.
         """
         gateway = make_gateway(ws_single_session=True)
-        slow = FakeConnection("u")
+        slow = FakeConnection(None, "u")
         # The newer session (number 10**18) was announced by another process.
         gateway.registry.dispatch({"t": "disconnect", "user": "u", "code": 4004,
                                    "reason": "replaced", "before": 10 ** 18})
@@ -93,7 +78,7 @@ class RegistryBeforeTests(unittest.TestCase):
     def test_disconnect_before_closes_only_older_sessions(self):
         """A disconnect event with `before` closes the user's sessions numbered below it."""
         registry = Registry()
-        old, new, other = FakeConnection("u"), FakeConnection("u"), FakeConnection("v")
+        old, new, other = FakeConnection(None, "u"), FakeConnection(None, "u"), FakeConnection(None, "v")
         old.session_seq, new.session_seq, other.session_seq = 5, 9, 1
         for conn in (old, new, other):
             registry.add(conn)

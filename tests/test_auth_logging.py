@@ -10,7 +10,8 @@ from twisted.trial import unittest
 from realtime.auth.authenticator import Authenticator
 from realtime.auth.identity import token_id
 from realtime.auth.jwt_verifier import JWTVerifier, token_reference
-from tests.keys import HS_SECRET, claims, hs_token, raw_token
+from tests.fakes import SECRET, claims, make_token
+from tests.keys import raw_token
 
 
 class RevokedStore:
@@ -42,18 +43,18 @@ class RefusalLogTests(unittest.TestCase):
 
     def test_each_reason_is_named(self):
         """Missing exp, bad signature, wrong algorithm, expired, aud, iss: each in words."""
-        plain = Authenticator(JWTVerifier(HS_SECRET, ["HS256"]))
-        strict = Authenticator(JWTVerifier(HS_SECRET, ["HS256"], audience="app", issuer="me"))
+        plain = Authenticator(JWTVerifier(SECRET, ["HS256"]))
+        strict = Authenticator(JWTVerifier(SECRET, ["HS256"], audience="app", issuer="me"))
         cases = [
-            (plain, jwt.encode({"sub": "alice"}, HS_SECRET, algorithm="HS256"),
+            (plain, jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),
              "auth-failed", "missing required claim 'exp'"),
-            (plain, hs_token(secret="another-secret-0123456789abcdef0123"), "auth-failed",
+            (plain, make_token(secret="another-secret-0123456789abcdef0123"), "auth-failed",
              "bad signature"),
-            (plain, hs_token(algorithm="HS512"), "auth-failed",
+            (plain, make_token(algorithm="HS512"), "auth-failed",
              "algorithm 'HS512' not allowed (allowed: HS256)"),
-            (plain, hs_token(lifetime=-3600), "token-expired", "token expired"),
-            (strict, hs_token(aud="other", iss="me"), "auth-failed", "wrong audience"),
-            (strict, hs_token(aud="app", iss="them"), "auth-failed", "wrong issuer"),
+            (plain, make_token(lifetime=-3600), "token-expired", "token expired"),
+            (strict, make_token(aud="other", iss="me"), "auth-failed", "wrong audience"),
+            (strict, make_token(aud="app", iss="them"), "auth-failed", "wrong issuer"),
             (plain, "not-a-jwt", "auth-failed", "malformed token"),
             (plain, raw_token({"alg": "none"}, claims()), "auth-failed",
              "algorithm 'none' not allowed"),
@@ -65,27 +66,27 @@ class RefusalLogTests(unittest.TestCase):
 
     def test_token_named_by_jti_or_hash_prefix(self):
         """The line names the token as revocation does: its jti, or its hash's first digits."""
-        authenticator = Authenticator(JWTVerifier(HS_SECRET, ["HS256"]))
-        with_jti = hs_token(lifetime=-3600, jti="abc-123")
+        authenticator = Authenticator(JWTVerifier(SECRET, ["HS256"]))
+        with_jti = make_token(lifetime=-3600, jti="abc-123")
         self.assertIn("token jti:abc-123", self.refused_line(authenticator, with_jti,
                                                              "token-expired"))
-        without = hs_token(secret="another-secret-0123456789abcdef0123")
+        without = make_token(secret="another-secret-0123456789abcdef0123")
         prefix = token_id({}, without)[:len("sha256:") + 16]
         self.assertIn(f"token {prefix}", self.refused_line(authenticator, without))
         self.assertEqual(token_reference("x"), "malformed")
 
     def test_revoked_and_jwt_off(self):
         """A revoked token and a JWT with JWT auth off are logged too."""
-        revoking = Authenticator(JWTVerifier(HS_SECRET, ["HS256"]), revocations=RevokedStore())
-        self.assertIn("token revoked", self.refused_line(revoking, hs_token(jti="r1"),
+        revoking = Authenticator(JWTVerifier(SECRET, ["HS256"]), revocations=RevokedStore())
+        self.assertIn("token revoked", self.refused_line(revoking, make_token(jti="r1"),
                                                          "revoked"))
         off = Authenticator(None)
-        self.assertIn("JWT auth is off", self.refused_line(off, hs_token()))
+        self.assertIn("JWT auth is off", self.refused_line(off, make_token()))
 
     def test_a_jti_cannot_forge_log_lines(self):
         """A jti with a newline is escaped: one line stays one line."""
-        authenticator = Authenticator(JWTVerifier(HS_SECRET, ["HS256"]))
-        text = self.refused_line(authenticator, hs_token(lifetime=-3600, jti="a\nFAKE"),
+        authenticator = Authenticator(JWTVerifier(SECRET, ["HS256"]))
+        text = self.refused_line(authenticator, make_token(lifetime=-3600, jti="a\nFAKE"),
                                  "token-expired")
         self.assertNotIn("\n", text)
         self.assertIn("jti:a\\nFAKE", text)

@@ -15,10 +15,8 @@ from twisted.trial import unittest
 from realtime import jsonutil
 from realtime.auth.identity import AuthFailure
 from realtime.auth.jwt_verifier import JWTVerifier
+from tests.fakes import ADMIN_KEY, SECRET, make_token
 from tests.harness import GatewayHarness, unique
-from tests.keys import HS_SECRET, hs_token
-
-ADMIN_KEY = "admin-key-for-bad-input-0123456789"
 
 
 class JSONTests(unittest.TestCase):
@@ -39,10 +37,10 @@ class JSONTests(unittest.TestCase):
 class ExpRangeTests(unittest.TestCase):
     def test_exp_in_milliseconds_refused(self):
         """A token whose exp is in milliseconds (never expiring, not revocable) is refused."""
-        token = jwt.encode({"sub": "a", "exp": int(time.time() * 1000)}, HS_SECRET,
+        token = jwt.encode({"sub": "a", "exp": int(time.time() * 1000)}, SECRET,
                            algorithm="HS256")
         with self.assertRaises(AuthFailure) as caught:
-            JWTVerifier(HS_SECRET, ["HS256"]).decode(token)
+            JWTVerifier(SECRET, ["HS256"]).decode(token)
         self.assertEqual(caught.exception.reason, "auth-failed")
 
 
@@ -51,14 +49,14 @@ class ServerTests(unittest.TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        self.gw = GatewayHarness(feeds=False, jwt_secret=HS_SECRET, admin_key=ADMIN_KEY)
+        self.gw = GatewayHarness(feeds=False, jwt_secret=SECRET, admin_key=ADMIN_KEY)
         yield self.gw.start()
         self.addCleanup(self.gw.stop)
 
     @inlineCallbacks
     def test_client_offering_compression_connects(self):
         """A client offering permessage-deflate (every browser) connects; compression is off."""
-        client = yield self.gw.connect(query={"token": hs_token(unique("br"))},
+        client = yield self.gw.connect(query={"token": make_token(unique("br"))},
                                        options={"perMessageCompressionOffers":
                                                 [PerMessageDeflateOffer()]})
         yield client.next("connected")
@@ -104,7 +102,7 @@ class ServerTests(unittest.TestCase):
     @inlineCallbacks
     def test_websocket_out_of_range_is_invalid_json(self):
         """A client message with 1e400 or a lone surrogate gets invalid_json, not internal."""
-        client = yield self.gw.connect(query={"token": hs_token(unique("num"))})
+        client = yield self.gw.connect(query={"token": make_token(unique("num"))})
         yield client.next("connected")
         for text in (b'{"type":"publish","topic":"public:n","data":1e400}',
                      b'{"type":"subscribe","topic":"public:\\ud800"}'):

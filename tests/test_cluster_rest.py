@@ -20,9 +20,9 @@ import jwt
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 
-from tests.cluster_harness import JWT_SECRET
+from tests.fakes import SECRET, make_token
 from tests.harness import RedisServer, unique
-from tests.test_redis_cluster import ClusterTestCase, token
+from tests.test_redis_cluster import ClusterTestCase
 
 
 class RestAcrossProcessesTests(ClusterTestCase):
@@ -33,7 +33,7 @@ class RestAcrossProcessesTests(ClusterTestCase):
     @inlineCallbacks
     def connected(self, index, user, **kwargs):
         client = yield self.cluster.connect(index, query={"token": kwargs.get("jwt") or
-                                                          token(user)})
+                                                          make_token(user)})
         yield client.next("connected")
         return client
 
@@ -158,7 +158,7 @@ class RestAcrossProcessesTests(ClusterTestCase):
         user = unique("u")
         jti = uuid.uuid4().hex
         revoked = jwt.encode({"sub": user, "jti": jti, "exp": int(time.time()) + 600},
-                             JWT_SECRET, algorithm="HS256")
+                             SECRET, algorithm="HS256")
         on0 = yield self.connected(0, user, jwt=revoked)
         on2 = yield self.connected(2, user, jwt=revoked)
         code, _ = yield self.cluster.post(1, "/websocket/tokens/revoke", {"token": revoked})
@@ -191,6 +191,6 @@ class RestDuringRedisOutageTests(ClusterTestCase):
 
     @inlineCallbacks
     def connected_client(self, cluster):
-        client = yield cluster.connect(0, query={"token": token(unique("u"))})
+        client = yield cluster.connect(0, query={"token": make_token(unique("u"))})
         yield client.next("connected")
         return client

@@ -6,21 +6,15 @@ reader's connection exactly once, whichever process the connection is on; a remo
 
 import json
 import os
-import time
 
-import jwt
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from tests import harness
-from tests.cluster_harness import JWT_SECRET, Cluster
+from tests.cluster_harness import Cluster
+from tests.fakes import make_token
 from tests.harness import unique
-
-
-def token(user):
-    return jwt.encode({"sub": user, "exp": int(time.time()) + 600}, JWT_SECRET,
-                      algorithm="HS256")
 
 
 class ClusterDatabaseTests(unittest.TestCase):
@@ -43,7 +37,7 @@ class ClusterDatabaseTests(unittest.TestCase):
         clients = {}
         for name, index, user in (("alice0", 0, "alice"), ("alice1", 1, "alice"),
                                   ("bob2", 2, "bob"), ("carol1", 1, "carol")):
-            client = yield cluster.connect(index, query={"token": token(user)})
+            client = yield cluster.connect(index, query={"token": make_token(user)})
             yield client.next("connected")
             clients[name] = client
 

@@ -5,21 +5,13 @@ previous one read back with ?revs=true and ?rev=), and a compacted previous revi
 undecidable case: nobody told but doc: subscribers, counted in the metrics).
 """
 
-import time
 
-import jwt
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from realtime.databases.rulefile import parse_rules
-from tests.fakes import FakeCouchDB
+from tests.fakes import SECRET, FakeCouchDB, make_token
 from tests.harness import GatewayHarness
-
-SECRET = "test-secret-for-couch3-tests-0123456789"
-
-
-def token(sub):
-    return jwt.encode({"sub": sub, "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
 
 
 class Couch3Tests(unittest.TestCase):
@@ -40,7 +32,7 @@ class Couch3Tests(unittest.TestCase):
 
     @inlineCallbacks
     def client(self, gw, user):
-        client = yield gw.connect(query={"token": token(user)})
+        client = yield gw.connect(query={"token": make_token(user)})
         connected = yield client.next("connected")
         return client, connected
 

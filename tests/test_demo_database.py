@@ -18,8 +18,7 @@ from twisted.trial import unittest
 from realtime.dev import demo
 from realtime.dev.embedded import REPO_ROOT, find_pouchdb_server, free_port, stop_process
 from tests import harness
-
-SECRET = "demo-db-test-secret-0123456789abcdef"
+from tests.fakes import SECRET
 
 
 class DemoDatabaseTests(unittest.TestCase):

@@ -16,12 +16,8 @@ from twisted.trial import unittest
 from realtime import jsonutil
 from realtime.auth.signing import envelope
 from tests import harness
+from tests.fakes import SECRET, make_token
 from tests.harness import GatewayHarness, HandshakeFailed, sleep, unique, wait_for
-from tests.keys import HS_SECRET, hs_token
-
-
-def token(user, **claims):
-    return hs_token(user, **claims)
 
 
 class AuthCase(unittest.TestCase):
@@ -30,7 +26,7 @@ class AuthCase(unittest.TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        self.gw = GatewayHarness(feeds=False, jwt_secret=HS_SECRET,
+        self.gw = GatewayHarness(feeds=False, jwt_secret=SECRET,
                                  cors_origins=("https://app.example",), **self.overrides)
         yield self.gw.start()
         self.addCleanup(self.gw.stop)
@@ -38,7 +34,7 @@ class AuthCase(unittest.TestCase):
     @inlineCallbacks
     def connected(self, user=None, **claims):
         user = user or unique("user")
-        client = yield self.gw.connect(query={"token": token(user, **claims)})
+        client = yield self.gw.connect(query={"token": make_token(user, **claims)})
         message = yield client.next("connected")
         return client, message
 
@@ -62,7 +58,7 @@ class FirstMessageAuthTests(AuthCase):
         client = yield self.gw.connect()
         hello = yield client.next("connection_established")
         self.assertEqual(hello["message"], "Please authenticate to continue")
-        client.send_json({"type": "auth", "token": token("alice")})
+        client.send_json({"type": "auth", "token": make_token("alice")})
         message = yield client.next("connected")
         self.assertEqual(message["user"]["id"], "alice")
 
@@ -80,7 +76,7 @@ class FirstMessageAuthTests(AuthCase):
         """`auth` with an expired token: auth_failed token-expired, close 4001."""
         client = yield self.gw.connect()
         yield client.next("connection_established")
-        client.send_json({"type": "auth", "token": token("alice", lifetime=-60)})
+        client.send_json({"type": "auth", "token": make_token("alice", lifetime=-60)})
         self.assertEqual((yield client.next("auth_failed"))["reason"], "token-expired")
         yield self.assertClosed(client, 4001)
 
@@ -138,7 +134,7 @@ class FirstMessageAuthTests(AuthCase):
         """After authentication messages up to WS_MAX_MESSAGE_BYTES are read."""
         client = yield self.gw.connect()
         yield client.next("connection_established")
-        client.send_json({"type": "auth", "token": token("alice")})
+        client.send_json({"type": "auth", "token": make_token("alice")})
         yield client.next("connected")
         client.send_json({"type": "frobnicate", "pad": "x" * 100_000})
         self.assertEqual((yield client.next("error"))["code"], "unknown_type")
@@ -146,7 +142,7 @@ class FirstMessageAuthTests(AuthCase):
     @inlineCallbacks
     def test_token_with_foreign_origin_accepted(self):
         """Origin guards cookies only: a JWT from any Origin is accepted (it is not ambient)."""
-        client = yield self.gw.connect(query={"token": token("alice")},
+        client = yield self.gw.connect(query={"token": make_token("alice")},
                                        origin="https://evil.example")
         yield client.next("connected")
 
@@ -155,7 +151,7 @@ class RefreshAndExpiryTests(AuthCase):
     @inlineCallbacks
     def test_live_connection_closed_at_expiry(self):
         """A connection whose JWT expires gets auth_failed token-expired and close 4001."""
-        client = yield self.gw.connect(query={"token": token("alice", lifetime=1)})
+        client = yield self.gw.connect(query={"token": make_token("alice", lifetime=1)})
         yield client.next("connected")
         message = yield client.next("auth_failed", seconds=15)
         self.assertEqual(message["reason"], "token-expired")
@@ -168,7 +164,7 @@ class RefreshAndExpiryTests(AuthCase):
         client, _ = yield self.connected(user, lifetime=30)
         conn = self.server_side(user)
         before = conn._watch._timer.getTime()
-        client.send_json({"type": "auth", "token": token(user, lifetime=3600)})
+        client.send_json({"type": "auth", "token": make_token(user, lifetime=3600)})
         yield client.next("connected")
         self.assertGreater(conn._watch._timer.getTime(), before + 3000)
         self.assertEqual(len(self.gw.gateway.registry.connections_of(user)), 1)
@@ -178,7 +174,7 @@ class RefreshAndExpiryTests(AuthCase):
         """A refresh token naming another user: error forbidden; identity unchanged."""
         user = unique("user")
         client, _ = yield self.connected(user)
-        client.send_json({"type": "auth", "token": token("mallory")})
+        client.send_json({"type": "auth", "token": make_token("mallory")})
         self.assertEqual((yield client.next("error"))["code"], "forbidden")
         self.assertEqual(self.server_side(user).user_id, user)
 
@@ -187,7 +183,7 @@ class RefreshAndExpiryTests(AuthCase):
         """A refresh with an expired token ends the connection (token-expired, 4001)."""
         user = unique("user")
         client, _ = yield self.connected(user)
-        client.send_json({"type": "auth", "token": token(user, lifetime=-60)})
+        client.send_json({"type": "auth", "token": make_token(user, lifetime=-60)})
         self.assertEqual((yield client.next("auth_failed"))["reason"], "token-expired")
         yield self.assertClosed(client, 4001)
 
@@ -202,7 +198,7 @@ class RevocationTests(AuthCase):
         revoked, 4001); the token is refused afterwards; the user's other token still works.
         """
         user = unique("user")
-        revoked = token(user, jti=unique("jti"))
+        revoked = make_token(user, jti=unique("jti"))
         client = yield self.gw.connect(headers={"Authorization": "Bearer " + revoked})
         yield client.next("connected")
         other, _ = yield self.connected(user, jti=unique("jti"))
@@ -232,7 +228,7 @@ class RevocationTests(AuthCase):
         dead.start()
         self.addCleanup(dead.stop)
         self.gw.gateway.authenticator.revocations = RedisRevocationStore(dead, reactor)
-        client = yield self.gw.connect(query={"token": token(unique("user"))})
+        client = yield self.gw.connect(query={"token": make_token(unique("user"))})
         self.assertEqual((yield client.next("auth_failed"))["reason"], "unavailable")
         yield self.assertClosed(client, 4101)
 
@@ -325,7 +321,7 @@ class ConnectionLimitTests(AuthCase):
         user = unique("user")
         first, _ = yield self.connected(user)
         second, _ = yield self.connected(user)
-        third = yield self.gw.connect(query={"token": token(user)})
+        third = yield self.gw.connect(query={"token": make_token(user)})
         self.assertEqual((yield third.next("error"))["code"], "too_many_connections")
         yield self.assertClosed(third, 4029)
         self.assertEqual((first.state, second.state), (first.STATE_OPEN, second.STATE_OPEN))
@@ -400,7 +396,7 @@ class SignedMessageTests(AuthCase):
         user = unique("user")
         client, message = yield self.connected(user)
         secret = message["sessionSecret"]
-        refresh = {"type": "auth", "token": token(user, lifetime=3600)}
+        refresh = {"type": "auth", "token": make_token(user, lifetime=3600)}
         client.sendMessage(envelope(secret, refresh, self.now_ms(), "r").encode())
         yield client.next("connected")
 
@@ -441,7 +437,7 @@ class SlowReaderTests(AuthCase):
         from twisted.internet.protocol import Factory
         user = unique("slow")
         key = base64.b64encode(b"0123456789abcdef").decode()
-        request = (f"GET /ws?token={token(user)} HTTP/1.1\r\nHost: 127.0.0.1:{self.gw.port}\r\n"
+        request = (f"GET /ws?token={make_token(user)} HTTP/1.1\r\nHost: 127.0.0.1:{self.gw.port}\r\n"
                    f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                    "Sec-WebSocket-Version: 13\r\n\r\n").encode()
         endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.gw.port)

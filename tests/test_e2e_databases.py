@@ -8,23 +8,15 @@ is ordered, so anything leaked earlier would have come first.
 """
 
 import json
-import time
 
-import jwt
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from realtime.databases.rulefile import parse_rules
 from realtime.feeds.stream import Backoff
 from tests import harness
+from tests.fakes import SECRET, make_token
 from tests.harness import GatewayHarness, unique, wait_for
-
-SECRET = "test-secret-for-e2e-db-tests-0123456789"
-
-
-def make_token(sub, roles=(), **claims):
-    claims = {"sub": sub, "exp": int(time.time()) + 600, "roles": list(roles), **claims}
-    return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
 class DatabaseCase(unittest.TestCase):
@@ -78,7 +70,7 @@ hidden = ["secret", "acl.internal"]
     @inlineCallbacks
     def client(self, user, roles=(), gw=None):
         gw = gw or self.gw
-        client = yield gw.connect(query={"token": make_token(user, roles)})
+        client = yield gw.connect(query={"token": make_token(user, roles=list(roles))})
         connected = yield client.next("connected")
         self.assertEqual(connected["user"]["id"], user)
         return client

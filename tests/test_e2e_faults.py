@@ -11,8 +11,9 @@ from twisted.protocols import portforward
 from twisted.trial import unittest
 
 from tests import harness
+from tests.fakes import SECRET, make_token
 from tests.harness import GatewayHarness, unique
-from tests.test_e2e_users import SECRET, make_token, next_user_change
+from tests.test_e2e_users import next_user_change
 
 
 class _CuttableServer(portforward.ProxyServer):

@@ -14,10 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
+from tests.fakes import ADMIN_KEY, SECRET, make_token
 from tests.harness import GatewayHarness, unique
-from tests.test_e2e_users import SECRET, make_token
-
-ADMIN_KEY = "e2e-admin-key-0123456789abcdef"
 
 
 class RESTEndToEndTests(unittest.TestCase):

@@ -3,16 +3,13 @@ End to end: real pouchdb-server, real gateway on loopback, real WebSocket client
 """
 
 import json
-import time
 
-import jwt
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from tests import harness
+from tests.fakes import SECRET, make_token
 from tests.harness import GatewayHarness, HandshakeFailed, unique
-
-SECRET = "test-secret-for-e2e-tests-only-0123456789"
 
 
 @inlineCallbacks
@@ -23,11 +20,6 @@ def next_user_change(client, predicate, attempts=10):
         if predicate(message):
             return message
     raise AssertionError("no matching user-change")
-
-
-def make_token(sub, **claims):
-    claims = {"sub": sub, "exp": int(time.time()) + 600, **claims}
-    return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
 class UsersFeedTests(unittest.TestCase):

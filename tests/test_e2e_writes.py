@@ -19,9 +19,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from realtime.databases.rulefile import parse_rules
 from realtime.databases.writer import CouchDocuments, DocumentWriter, WriteMetrics
 from tests import harness
+from tests.fakes import SECRET, make_token
 from tests.harness import GatewayHarness, unique
 from tests.test_e2e_faults import CuttableProxy
-from tests.test_e2e_users import SECRET, make_token
 
 RULES_TEXT = """
 [databases.{db}]

@@ -7,9 +7,7 @@ tests over real loopback sockets, where the fast path is the one in use.
 
 import errno
 import socket
-import time
 
-import jwt
 import treq.client
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import reactor, task
@@ -26,13 +24,8 @@ from realtime.hub.registry import frame_text
 from realtime.transport import fastpath
 from realtime.vocabulary import CLOSE_TOO_SLOW
 from tests import harness
+from tests.fakes import SECRET, make_token
 from tests.harness import GatewayHarness
-
-SECRET = "test-secret-for-fastpath-tests-0123456789"
-
-
-def make_token(sub):
-    return jwt.encode({"sub": sub, "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
 
 
 class FakeSocket:

@@ -23,7 +23,8 @@ from realtime.auth.jwks import JWKSKeySource, keys_from_jwks
 from realtime.auth.jwt_verifier import JWTVerifier
 from realtime.dev.embedded import free_port
 from tests import keys
-from tests.keys import claims, raw_token
+from tests.fakes import claims
+from tests.keys import raw_token
 
 URL = "https://id.example/.well-known/jwks.json"
 

@@ -13,11 +13,12 @@ from twisted.trial import unittest
 from realtime.auth.identity import AuthFailure, token_id
 from realtime.auth.jwt_verifier import JWTVerifier
 from tests import keys
-from tests.keys import HS_SECRET, claims, hs_token, raw_token
+from tests.fakes import SECRET, claims, make_token
+from tests.keys import raw_token
 
 
 def hs_verifier(**kwargs):
-    return JWTVerifier(HS_SECRET, ["HS256"], **kwargs)
+    return JWTVerifier(SECRET, ["HS256"], **kwargs)
 
 
 class VerifierCase(unittest.TestCase):
@@ -33,7 +34,7 @@ class VerifierCase(unittest.TestCase):
 class HMACTokenTests(VerifierCase):
     def test_valid_token_gives_identity(self):
         """A valid HS256 token gives the user from `sub`, roles, and a hashed token id."""
-        token = hs_token("alice", roles=["member", 7], name="Alice")
+        token = make_token("alice", roles=["member", 7], name="Alice")
         identity = self.assertIdentity(hs_verifier(), token)
         self.assertEqual((identity.user_id, identity.name, identity.roles),
                          ("alice", "Alice", ("member",)))
@@ -43,21 +44,21 @@ class HMACTokenTests(VerifierCase):
 
     def test_jti_is_the_token_id(self):
         """A token with a `jti` is known by it (what revocation by jti uses)."""
-        identity = self.assertIdentity(hs_verifier(), hs_token("alice", jti="abc-1"))
+        identity = self.assertIdentity(hs_verifier(), make_token("alice", jti="abc-1"))
         self.assertEqual(identity.token_id, "jti:abc-1")
 
     def test_userid_claim_accepted_when_no_sub(self):
         """With the default user claim, `userId` works when there is no `sub`."""
-        token = jwt.encode({"userId": "bob", "exp": int(time.time()) + 60}, HS_SECRET)
+        token = jwt.encode({"userId": "bob", "exp": int(time.time()) + 60}, SECRET)
         self.assertEqual(self.assertIdentity(hs_verifier(), token).user_id, "bob")
 
     def test_configured_user_and_roles_claims(self):
         """JWT_USER_CLAIM / JWT_ROLES_CLAIM name the claims read."""
         verifier = hs_verifier(user_claim="uid", roles_claim="perms")
-        token = hs_token(None, uid="carol", perms=["admin"])
+        token = make_token(None, uid="carol", perms=["admin"])
         identity = self.assertIdentity(verifier, token)
         self.assertEqual((identity.user_id, identity.roles), ("carol", ("admin",)))
-        self.assertRefused(verifier, hs_token("carol"))  # sub is not uid
+        self.assertRefused(verifier, make_token("carol"))  # sub is not uid
 
     def test_alg_none_refused(self):
         """An unsigned token (`alg: none`) is refused."""
@@ -66,89 +67,89 @@ class HMACTokenTests(VerifierCase):
 
     def test_none_cannot_be_allowed(self):
         """`none` in the allow-list is a configuration error."""
-        self.assertRaises(ValueError, JWTVerifier, HS_SECRET, ["HS256", "none"])
-        self.assertRaises(ValueError, JWTVerifier, HS_SECRET, [])
-        self.assertRaises(ValueError, JWTVerifier, HS_SECRET, ["HS999"])
+        self.assertRaises(ValueError, JWTVerifier, SECRET, ["HS256", "none"])
+        self.assertRaises(ValueError, JWTVerifier, SECRET, [])
+        self.assertRaises(ValueError, JWTVerifier, SECRET, ["HS999"])
 
     def test_algorithm_outside_allow_list_refused(self):
         """An HS512 token is refused when only HS256 is allowed."""
-        self.assertRefused(hs_verifier(), hs_token("alice", algorithm="HS512"))
+        self.assertRefused(hs_verifier(), make_token("alice", algorithm="HS512"))
 
     def test_hs384_and_hs512_when_allowed(self):
         """HS384 and HS512 work when listed."""
-        verifier = JWTVerifier(HS_SECRET, ["HS256", "HS384", "HS512"])
+        verifier = JWTVerifier(SECRET, ["HS256", "HS384", "HS512"])
         for alg in ("HS384", "HS512"):
-            self.assertEqual(self.assertIdentity(verifier, hs_token("a", algorithm=alg)).user_id, "a")
+            self.assertEqual(self.assertIdentity(verifier, make_token("a", algorithm=alg)).user_id, "a")
 
     def test_wrong_secret_refused(self):
         """A token signed with another secret is refused."""
-        self.assertRefused(hs_verifier(), hs_token("alice", secret="another-secret-0123456789abcdef"))
+        self.assertRefused(hs_verifier(), make_token("alice", secret="another-secret-0123456789abcdef"))
 
     def test_tampered_payload_refused(self):
         """Changing the payload of a signed token breaks it."""
-        header, payload, signature = hs_token("alice").split(".")
+        header, payload, signature = make_token("alice").split(".")
         forged = keys.b64url(b'{"sub":"admin","exp":9999999999}')
         self.assertRefused(hs_verifier(), ".".join((header, forged, signature)))
 
     def test_expired_token(self):
         """An expired token: reason `token-expired`."""
-        self.assertRefused(hs_verifier(), hs_token("alice", lifetime=-60), "token-expired")
+        self.assertRefused(hs_verifier(), make_token("alice", lifetime=-60), "token-expired")
 
     def test_expired_by_injected_clock(self):
         """The verifier's clock decides too (a token expired by the server's clock)."""
         clock = Clock()
         clock.advance(time.time() + 3600)
-        self.assertRefused(hs_verifier(clock=clock), hs_token("alice", lifetime=600),
+        self.assertRefused(hs_verifier(clock=clock), make_token("alice", lifetime=600),
                            "token-expired")
 
     def test_expiry_within_leeway_accepted(self):
         """A token expired 2 s ago is accepted (5 s clock-skew leeway)."""
-        self.assertIdentity(hs_verifier(), hs_token("alice", lifetime=-2))
+        self.assertIdentity(hs_verifier(), make_token("alice", lifetime=-2))
 
     def test_future_nbf_refused(self):
         """A token not valid before a minute from now is refused."""
-        self.assertRefused(hs_verifier(), hs_token("alice", nbf=int(time.time()) + 60))
+        self.assertRefused(hs_verifier(), make_token("alice", nbf=int(time.time()) + 60))
 
     def test_future_iat_refused(self):
         """A token issued in the future is refused."""
-        self.assertRefused(hs_verifier(), hs_token("alice", iat=int(time.time()) + 60))
+        self.assertRefused(hs_verifier(), make_token("alice", iat=int(time.time()) + 60))
 
     def test_missing_exp_refused(self):
         """`exp` is required."""
-        token = jwt.encode({"sub": "alice"}, HS_SECRET)
+        token = jwt.encode({"sub": "alice"}, SECRET)
         self.assertRefused(hs_verifier(), token)
 
     def test_non_numeric_exp_refused(self):
         """An `exp` that is not a number is refused."""
         token = raw_token({"alg": "HS256"}, {"sub": "a", "exp": "tomorrow"},
-                          keys.hmac_signer(HS_SECRET.encode()))
+                          keys.hmac_signer(SECRET.encode()))
         self.assertRefused(hs_verifier(), token)
 
     def test_missing_or_odd_sub_refused(self):
         """No user claim, an empty one, or one that is not a string: refused."""
         verifier = hs_verifier()
         for sub in (None, "", ["alice"], {"id": 1}, True, "x" * 300, 42):
-            self.assertRefused(verifier, hs_token(sub))
+            self.assertRefused(verifier, make_token(sub))
 
     def test_numeric_userid_becomes_a_string(self):
         """A numeric `userId` (as some seeds issued) is taken as its decimal string."""
-        token = jwt.encode({"userId": 42, "exp": int(time.time()) + 60}, HS_SECRET)
+        token = jwt.encode({"userId": 42, "exp": int(time.time()) + 60}, SECRET)
         self.assertEqual(self.assertIdentity(hs_verifier(), token).user_id, "42")
 
     def test_audience_exact(self):
         """With JWT_AUDIENCE=app, `aud` must be app (or a list holding it): no prefix tricks."""
         verifier = hs_verifier(audience="app")
-        self.assertIdentity(verifier, hs_token("a", aud="app"))
-        self.assertIdentity(verifier, hs_token("a", aud=["other", "app"]))
+        self.assertIdentity(verifier, make_token("a", aud="app"))
+        self.assertIdentity(verifier, make_token("a", aud=["other", "app"]))
         for aud in ("app-evil", "ap", "APP", ["app-evil"], "app ", None):
-            self.assertRefused(verifier, hs_token("a", aud=aud))
+            self.assertRefused(verifier, make_token("a", aud=aud))
 
     def test_issuer_exact(self):
         """With JWT_ISSUER set, `iss` must equal it exactly and be present."""
         verifier = hs_verifier(issuer="https://id.example")
-        self.assertIdentity(verifier, hs_token("a", iss="https://id.example"))
+        self.assertIdentity(verifier, make_token("a", iss="https://id.example"))
         for iss in ("https://id.example.evil", "https://id.example/", "https://id", None):
-            self.assertRefused(verifier, hs_token("a", iss=iss))
+            self.assertRefused(verifier, make_token("a", iss=iss))
 
     def test_garbage_tokens(self):
         """Garbage of every shape is refused with `auth-failed`."""
@@ -177,7 +178,7 @@ class HMACTokenTests(VerifierCase):
     def test_any_signed_claims_give_identity_or_failure(self, payload):
         """Correctly signed but arbitrary claims: an Identity or an AuthFailure, nothing else."""
         token = raw_token({"alg": "HS256", "typ": "JWT"}, payload,
-                          keys.hmac_signer(HS_SECRET.encode()))
+                          keys.hmac_signer(SECRET.encode()))
         d = hs_verifier().verify(token)
         results = []
         d.addBoth(results.append)
@@ -224,6 +225,6 @@ class PublicKeyTokenTests(VerifierCase):
 class TokenIdTests(unittest.TestCase):
     def test_token_id_never_contains_the_token(self):
         """Without jti the id is a SHA-256 of the token, not the token."""
-        token = hs_token("alice")
+        token = make_token("alice")
         self.assertNotIn(token, token_id({}, token))
         self.assertEqual(token_id({"jti": ""}, token), token_id({}, token))

@@ -8,8 +8,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from realtime.transport.websocket import keep_alive
+from tests.fakes import SECRET, make_token
 from tests.harness import GatewayHarness, unique, wait_for
-from tests.keys import HS_SECRET, hs_token
 
 
 class KeepAliveTests(unittest.TestCase):
@@ -17,13 +17,13 @@ class KeepAliveTests(unittest.TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        self.gw = GatewayHarness(feeds=False, jwt_secret=HS_SECRET)
+        self.gw = GatewayHarness(feeds=False, jwt_secret=SECRET)
         yield self.gw.start()
         self.addCleanup(self.gw.stop)
 
     @inlineCallbacks
     def open(self):
-        client = yield self.gw.connect(query={"token": hs_token(unique("user"))})
+        client = yield self.gw.connect(query={"token": make_token(unique("user"))})
         yield client.next("connected")
         [conn] = self.gw.gateway.connections()  # the server side of the one connection
         return client, conn

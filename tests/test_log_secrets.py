@@ -10,10 +10,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from realtime.auth.signing import envelope, sign
+from tests.fakes import ADMIN_KEY, SECRET, make_token
 from tests.harness import GatewayHarness, unique
-from tests.keys import HS_SECRET, hs_token
-
-ADMIN_KEY = "admin-key-secret-0123456789"
 
 
 class LogSecretsTests(unittest.TestCase):
@@ -24,7 +22,7 @@ class LogSecretsTests(unittest.TestCase):
         self.events = []
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-        self.gw = GatewayHarness(feeds=False, jwt_secret=HS_SECRET, ws_signed_messages=True,
+        self.gw = GatewayHarness(feeds=False, jwt_secret=SECRET, ws_signed_messages=True,
                                  cors_origins=("https://app.example",), admin_key=ADMIN_KEY)
         yield self.gw.start()
         self.addCleanup(self.gw.stop)
@@ -50,12 +48,12 @@ class LogSecretsTests(unittest.TestCase):
         """
         secrets = []
 
-        wrong = hs_token("alice", secret="not-the-secret-0123456789abcdef")
+        wrong = make_token("alice", secret="not-the-secret-0123456789abcdef")
         secrets.append(wrong)
         client = yield self.gw.connect(headers={"Authorization": "Bearer " + wrong})
         yield client.next("auth_failed")
 
-        expired = hs_token("alice", lifetime=-3600)
+        expired = make_token("alice", lifetime=-3600)
         secrets.append(expired)
         client = yield self.gw.connect(query={"token": expired})
         yield client.next("auth_failed")
@@ -73,7 +71,7 @@ class LogSecretsTests(unittest.TestCase):
         yield client.next("auth_failed")
 
         user = unique("user")
-        good = hs_token(user)
+        good = make_token(user)
         secrets.append(good)
         client = yield self.gw.connect(query={"token": good})
         connected = yield client.next("connected")

@@ -20,7 +20,7 @@ from realtime import jsonutil
 from realtime.assembly import make_gateway
 from realtime.auth.signing import envelope
 from realtime.transport.websocket import make_factory
-from tests.keys import HS_SECRET, hs_token
+from tests.fakes import SECRET, make_token
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
@@ -40,7 +40,7 @@ messages = st.one_of(
 def open_protocol(test, signed=False, authenticated=True, **overrides):
     clock = Clock()
     clock.advance(time.time())
-    config = config_module.defaults(jwt_secret=HS_SECRET, ws_signed_messages=signed,
+    config = config_module.defaults(jwt_secret=SECRET, ws_signed_messages=signed,
                                     ws_rate_limit_max_messages=100000, **overrides)
     gateway = make_gateway(config, clock, http=object())
     factory = make_factory(gateway)
@@ -54,7 +54,7 @@ def open_protocol(test, signed=False, authenticated=True, **overrides):
     # (authenticated) or no credentials at all.
     params = {}
     if authenticated:
-        params = {"token": [hs_token("alice", exp=int(clock.seconds()) + 600, jti="x")]}
+        params = {"token": [make_token("alice", exp=int(clock.seconds()) + 600, jti="x")]}
     request = ConnectionRequest("tcp:127.0.0.1:1", {"host": "x"}, "x", "/ws", params, 13, "",
                                 [], [])
     proto.onConnect(request)
@@ -131,6 +131,6 @@ class ProtocolFuzzTests(unittest.TestCase):
     def test_valid_token_auth_message(self):
         """An auth message with a valid token authenticates the in-memory connection."""
         clock, proto, transport = open_protocol(self, authenticated=False)
-        proto.onMessage(jsonutil.dumps({"type": "auth", "token": hs_token("bob")}), False)
+        proto.onMessage(jsonutil.dumps({"type": "auth", "token": make_token("bob")}), False)
         self.assertEqual(proto.session.user_id, "bob")
         proto.onClose(False, 1006, "")

@@ -22,12 +22,12 @@ from realtime.transport.websocket import (
     make_factory,
     pong_timeout,
 )
-from tests.keys import HS_SECRET
+from tests.fakes import SECRET
 
 
 def make_listener(clock=reactor):
     """The gateway and its listener as the service wires them, with the gateway on clock."""
-    config = config_module.defaults(jwt_secret=HS_SECRET)
+    config = config_module.defaults(jwt_secret=SECRET)
     gateway = make_gateway(config, clock, http=object())
     factory = make_factory(gateway)
     factory.setProtocolOptions(openHandshakeTimeout=0, autoPingInterval=0,
@@ -41,7 +41,7 @@ def open_connection(test, claims=None, path="/ws?token={token}", listener=None):
         _, listener = make_listener()
     gateway = listener.ws_factory.gateway
     claims = {"sub": "alice", "exp": int(gateway.clock.seconds()) + 600, **(claims or {})}
-    token = jwt.encode(claims, HS_SECRET, algorithm="HS256")
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4321))
     router = listener.buildProtocol(transport.getPeer())
     router.makeConnection(transport)
@@ -130,7 +130,7 @@ class KeepAliveTests(unittest.TestCase):
         listener.ws_factory.setProtocolOptions(autoPingInterval=0)  # as make_factory sets
         conn, _ = open_connection(self, listener=listener)
         self.assertIsNone(conn.autoPingPendingCall)
-        factory = make_factory(make_gateway(config_module.defaults(jwt_secret=HS_SECRET),
+        factory = make_factory(make_gateway(config_module.defaults(jwt_secret=SECRET),
                                             reactor, http=object()))
         self.assertEqual(factory.autoPingInterval, 0)
 

@@ -39,10 +39,10 @@ class CrossProcessDeliveryTests(unittest.TestCase):
         bob_on_c = c.connect(unique("bob"))
         count = yield b.broker.publish({"t": "users", "to": [alice], "msg": message("hi")})
         self.assertEqual(count, 1)
-        yield wait_for(lambda: on_a.messages and on_c.messages, what="delivery on a and c")
+        yield wait_for(lambda: on_a.received and on_c.received, what="delivery on a and c")
         for conn in (on_a, on_b, on_c):
-            self.assertEqual(conn.messages, [{"type": "note", "data": "hi"}])
-        self.assertEqual(bob_on_c.messages, [])
+            self.assertEqual(conn.received, [{"type": "note", "data": "hi"}])
+        self.assertEqual(bob_on_c.received, [])
 
     @inlineCallbacks
     def test_all_topic_and_disconnect_events_cross_processes(self):
@@ -57,8 +57,8 @@ class CrossProcessDeliveryTests(unittest.TestCase):
                                 "reason": "bye"})
         yield wait_for(lambda: all(n.broker.received >= 3 for n in self.nodes),
                        what="every process to read three events")
-        self.assertEqual(conns[0].messages, [{"type": "note", "data": "everyone"}])
-        self.assertEqual(conns[2].messages, [{"type": "note", "data": "everyone"},
+        self.assertEqual(conns[0].received, [{"type": "note", "data": "everyone"}])
+        self.assertEqual(conns[2].received, [{"type": "note", "data": "everyone"},
                                              {"type": "note", "data": "news"}])
         self.assertEqual(conns[1].closed, (4000, "bye"))
         self.assertIsNone(conns[0].closed)
@@ -71,8 +71,8 @@ class CrossProcessDeliveryTests(unittest.TestCase):
         on_c = c.connect(user)
         yield gatherResults([a.broker.publish({"t": "users", "to": [user], "msg": message(i)})
                              for i in range(200)])
-        yield wait_for(lambda: len(on_c.messages) == 200, what="200 messages")
-        self.assertEqual([m["data"] for m in on_c.messages], list(range(200)))
+        yield wait_for(lambda: len(on_c.received) == 200, what="200 messages")
+        self.assertEqual([m["data"] for m in on_c.received], list(range(200)))
 
     @inlineCallbacks
     def test_prefixes_isolate_deployments(self):
@@ -83,9 +83,9 @@ class CrossProcessDeliveryTests(unittest.TestCase):
         there = other[0].connect(user)
         yield other[0].broker.publish({"t": "users", "to": [user], "msg": message("x")})
         yield self.nodes[1].broker.publish({"t": "users", "to": [user], "msg": message("y")})
-        yield wait_for(lambda: here.messages and there.messages)
-        self.assertEqual(here.messages, [{"type": "note", "data": "y"}])
-        self.assertEqual(there.messages, [{"type": "note", "data": "x"}])
+        yield wait_for(lambda: here.received and there.received)
+        self.assertEqual(here.received, [{"type": "note", "data": "y"}])
+        self.assertEqual(there.received, [{"type": "note", "data": "x"}])
 
     @inlineCallbacks
     def test_malformed_entries_are_ignored(self):
@@ -96,8 +96,8 @@ class CrossProcessDeliveryTests(unittest.TestCase):
         yield a.broker.commands.execute("XADD", a.broker.stream, "*", "e", "not json")
         yield a.broker.commands.execute("XADD", a.broker.stream, "*", "other", "field")
         yield a.broker.publish({"t": "users", "to": [user], "msg": message("ok")})
-        yield wait_for(lambda: conn.messages)
-        self.assertEqual(conn.messages, [{"type": "note", "data": "ok"}])
+        yield wait_for(lambda: conn.received)
+        self.assertEqual(conn.received, [{"type": "note", "data": "ok"}])
         self.flushLoggedErrors()
 
     def test_status_fields(self):
@@ -130,7 +130,7 @@ class RedisOutageTests(unittest.TestCase):
         with self.assertRaises(BrokerUnavailable):
             yield node.broker.publish({"t": "all", "msg": message("lost?")})
         self.assertLess(time.monotonic() - started, 3.5)
-        self.assertEqual(conn.messages, [])
+        self.assertEqual(conn.received, [])
 
     @inlineCallbacks
     def test_hung_redis_fails_publish_within_the_bound(self):
@@ -186,10 +186,10 @@ class RedisOutageTests(unittest.TestCase):
         yield wait_for(lambda: len(accepted) > before + 30, what="traffic after the restart")
         stop.append(True)
         yield gatherResults(runs)
-        yield wait_for(lambda: all(len(c.messages) >= len(accepted) for c in conns),
+        yield wait_for(lambda: all(len(c.received) >= len(accepted) for c in conns),
                        what="every accepted event everywhere")
         for conn in conns:
-            got = [m["data"] for m in conn.messages]
+            got = [m["data"] for m in conn.received]
             self.assertEqual(sorted(got), sorted(accepted))  # all, and each once
         self.assertLess(max(refused), 2.5)
 
@@ -211,8 +211,8 @@ class ResumeTests(unittest.TestCase):
         yield wait_for(lambda: not b.broker.reading, what="b's reader to stop")
         for i in range(5):
             yield a.broker.publish({"t": "users", "to": [user], "msg": message(i)})
-        yield wait_for(lambda: len(on_b.messages) == 5, what="b to catch up")
-        self.assertEqual([m["data"] for m in on_b.messages], [0, 1, 2, 3, 4])
+        yield wait_for(lambda: len(on_b.received) == 5, what="b to catch up")
+        self.assertEqual([m["data"] for m in on_b.received], [0, 1, 2, 3, 4])
 
 
 class PasswordTests(unittest.TestCase):
@@ -229,8 +229,8 @@ class PasswordTests(unittest.TestCase):
         a, b = yield start_nodes(self, url, count=2)
         conn = b.connect("u")
         yield a.broker.publish({"t": "users", "to": ["u"], "msg": message("ok")})
-        yield wait_for(lambda: conn.messages)
-        self.assertEqual(conn.messages, [{"type": "note", "data": "ok"}])
+        yield wait_for(lambda: conn.received)
+        self.assertEqual(conn.received, [{"type": "note", "data": "ok"}])
         keys = yield a.broker.commands.execute("KEYS", "*")
         self.assertIn(a.broker.stream, keys)  # in db 5 ...
         yield a.broker.commands.execute("SELECT", "0")
@@ -277,8 +277,8 @@ class ErrorAnswerTests(unittest.TestCase):
         yield harness.sleep(1.5)  # let the readers hit the error at least once
         yield a.broker.commands.execute("DEL", a.broker.stream)
         yield a.broker.publish({"t": "users", "to": ["u"], "msg": message("back")})
-        yield wait_for(lambda: conn.messages, what="events to flow again")
-        self.assertEqual(conn.messages, [{"type": "note", "data": "back"}])
+        yield wait_for(lambda: conn.received, what="events to flow again")
+        self.assertEqual(conn.received, [{"type": "note", "data": "back"}])
         self.flushLoggedErrors()
 
 
@@ -298,7 +298,7 @@ class TrimTests(unittest.TestCase):
         # All at once: Redis stores them before b's reconnection (backoff >= 0.1 s).
         yield gatherResults([a.broker.publish({"t": "users", "to": ["u"], "msg": message(i)})
                              for i in range(300)])
-        yield wait_for(lambda: b.broker.reading and conn.messages, what="b to resume")
-        yield wait_for(lambda: conn.messages[-1]["data"] == 299, what="the last event")
+        yield wait_for(lambda: b.broker.reading and conn.received, what="b to resume")
+        yield wait_for(lambda: conn.received[-1]["data"] == 299, what="the last event")
         self.assertEqual(b.broker.missed_trimmed, 1)
-        self.assertLess(len(conn.messages), 300)
+        self.assertLess(len(conn.received), 300)

@@ -6,9 +6,7 @@ Presence is read here the way every process reads it (RedisPresence on the deplo
 prefix), from a reader that holds no lease of its own.
 """
 
-import time
 
-import jwt
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
@@ -17,13 +15,9 @@ from realtime.redis.client import RedisClient, RedisUnavailable
 from realtime.redis.presence import RedisPresence
 from realtime.redis.url import parse_redis_url
 from tests import harness
-from tests.cluster_harness import JWT_SECRET, Cluster
+from tests.cluster_harness import Cluster
+from tests.fakes import SECRET, make_token
 from tests.harness import RedisServer, unique, wait_for
-
-
-def token(user):
-    return jwt.encode({"sub": user, "exp": int(time.time()) + 600}, JWT_SECRET,
-                      algorithm="HS256")
 
 
 class ClusterTestCase(unittest.TestCase):
@@ -48,7 +42,7 @@ class ClusterTestCase(unittest.TestCase):
 
     @inlineCallbacks
     def connected(self, cluster, index, user):
-        client = yield cluster.connect(index, query={"token": token(user)})
+        client = yield cluster.connect(index, query={"token": make_token(user)})
         message = yield client.next("connected")
         self.assertEqual(message["user"]["id"], user)
         return client
@@ -115,7 +109,7 @@ class PresenceAndLimitTests(ClusterTestCase):
         user = unique("u")
         first = yield self.connected(cluster, 0, user)
         yield self.connected(cluster, 1, user)
-        third = yield cluster.connect(2, query={"token": token(user)})
+        third = yield cluster.connect(2, query={"token": make_token(user)})
         error = yield third.next("error")
         self.assertEqual(error["code"], "too_many_connections")
         code, _ = yield third.wait_closed()
@@ -155,8 +149,8 @@ class SingleSessionTests(ClusterTestCase):
         cluster = yield self.start_cluster()
         user = unique("u")
         for _round in range(3):
-            d0 = cluster.connect(0, query={"token": token(user)})
-            d1 = cluster.connect(1, query={"token": token(user)})
+            d0 = cluster.connect(0, query={"token": make_token(user)})
+            d1 = cluster.connect(1, query={"token": make_token(user)})
             c0 = yield d0
             c1 = yield d1
 
@@ -236,7 +230,7 @@ class SharedPortTests(ClusterTestCase):
         cluster = yield self.start_cluster(shared_port=True)
         users = [unique("u") for _ in range(16)]
         for user in users:
-            client = yield harness.connect(cluster.shared_port, query={"token": token(user)})
+            client = yield harness.connect(cluster.shared_port, query={"token": make_token(user)})
             cluster.clients.append(client)
             yield client.next("connected")
         yield self.wait_users({user: 1 for user in users}, only=set(users))
@@ -262,16 +256,16 @@ class InProcessGatewaysTests(unittest.TestCase):
         prefix = unique("ip") + ":"
         gateways = []
         for _ in range(2):
-            gw = harness.GatewayHarness(jwt_secret=JWT_SECRET, feeds=False,
+            gw = harness.GatewayHarness(jwt_secret=SECRET, feeds=False,
                                         redis_url=harness.redis().url, redis_prefix=prefix,
                                         ws_max_connections_per_user=1)
             yield gw.start()
             self.addCleanup(gw.stop)
             gateways.append(gw)
         user = unique("u")
-        first = yield gateways[0].connect(query={"token": token(user)})
+        first = yield gateways[0].connect(query={"token": make_token(user)})
         yield first.next("connected")
-        second = yield gateways[1].connect(query={"token": token(user)})
+        second = yield gateways[1].connect(query={"token": make_token(user)})
         self.assertEqual((yield second.next("error"))["code"], "too_many_connections")
         code, _ = yield second.wait_closed()
         self.assertEqual(code, 4029)

@@ -10,18 +10,17 @@ through the resume, and on a three-process Redis cluster, resuming on another pr
 import json
 import os
 import tempfile
-import time
 
-import jwt
 import treq
 from twisted.internet import task
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from tests import harness
-from tests.cluster_harness import ADMIN_KEY, JWT_SECRET, Cluster
+from tests.cluster_harness import Cluster
+from tests.fakes import ADMIN_KEY, make_token
 from tests.harness import unique, wait_for
-from tests.test_e2e_databases import DatabaseCase, make_token
+from tests.test_e2e_databases import DatabaseCase
 
 
 @inlineCallbacks
@@ -156,7 +155,7 @@ hidden = ["secret"]
         gw = gw or self.gw
         scenario.before()
         yield caught_up(self, gw, self.db)  # connected.seqs then stands after them
-        client = yield gw.connect(query={"token": make_token(scenario.user, roles)})
+        client = yield gw.connect(query={"token": make_token(scenario.user, roles=list(roles))})
         connected = yield client.next("connected")
         since = connected["seqs"][self.db]
         yield client.close()
@@ -171,7 +170,7 @@ hidden = ["secret"]
         user = unique("ann")
         scenario = Scenario(self, user, unique("bob"))
         since = yield self.away_and_back(scenario)
-        client = yield self.gw.connect(query={"token": make_token(user, ["team"])})
+        client = yield self.gw.connect(query={"token": make_token(user, roles=["team"])})
         yield client.next("connected")
         client.send_json({"type": "resume", "since": {self.db: since}, "ref": "r"})
         replayed, resumed = yield replayed_until_resumed(client, "r")
@@ -332,7 +331,7 @@ class ClusterResume(unittest.TestCase):
         yield cluster.start()
         self.addCleanup(cluster.stop)
         user = unique("ann")
-        token = make_cluster_token(user)
+        token = make_token(user)
         client = yield cluster.connect(0, query={"token": token})
         connected = yield client.next("connected")
         since = {db: connected["seqs"][db], "messages": connected["seqs"]["messages"]}
@@ -370,9 +369,3 @@ class ClusterResume(unittest.TestCase):
         notes = [m["offset"] for m in replayed if m["type"] == "note"]
         self.assertEqual((docs, notes), (revs, offsets))
         self.assertEqual(resumed["recovered"], {db: True, "messages": True})
-
-
-def make_cluster_token(user):
-    return jwt.encode({"sub": user, "exp": int(time.time()) + 600}, JWT_SECRET,
-                      algorithm="HS256")
-

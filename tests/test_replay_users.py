@@ -18,8 +18,8 @@ from twisted.web.server import NOT_DONE_YET
 from realtime.feeds.couchreads import ChangesReader
 from realtime.feeds.replay import Replayer, seq_shape_ok
 from tests import harness
+from tests.fakes import SECRET, FakeConnection, make_token
 from tests.harness import GatewayHarness, unique
-from tests.test_e2e_users import SECRET, make_token
 
 
 class UsersReplayEndToEnd(unittest.TestCase):
@@ -251,12 +251,6 @@ def user_change(name, rev, colour, deleted=False):
     return change
 
 
-class FakeConn:
-    def __init__(self, user_id):
-        self.user_id = user_id
-        self.still_open = True
-
-
 class StringSeqReplay(unittest.TestCase):
     """CouchDB-3-style seqs: passed through unchanged; the checks; queue; disconnects."""
 
@@ -289,7 +283,7 @@ class StringSeqReplay(unittest.TestCase):
 
     def test_string_seqs_replayed_and_sent_back_unchanged(self):
         """The user's latest change only, sanitised; until is CouchDB's last_seq string."""
-        d, sent = self.replay_of(self.replayer(), FakeConn("ann"), seq(1))
+        d, sent = self.replay_of(self.replayer(), FakeConnection(None, "ann"), seq(1))
         result = self.successResultOf(d)
         self.assertEqual((result.until, result.replayed, result.recovered),
                          (seq(3), 1, True))
@@ -302,23 +296,23 @@ class StringSeqReplay(unittest.TestCase):
 
     def test_a_seq_couchdb_refuses_is_unknown_seq(self):
         """A well-shaped seq CouchDB answers 400 to: unknown_seq, until = update_seq."""
-        d, sent = self.replay_of(self.replayer(), FakeConn("ann"), seq(99))
+        d, sent = self.replay_of(self.replayer(), FakeConnection(None, "ann"), seq(99))
         result = self.successResultOf(d)
         self.assertEqual((result.recovered, result.reason, result.until, sent),
                          (False, "unknown_seq", seq(3), []))
 
     def test_malformed_seq_never_reaches_couchdb(self):
         """A since that is not a seq is refused before any _changes request."""
-        d, sent = self.replay_of(self.replayer(), FakeConn("ann"), "../_all_docs?x=")
+        d, sent = self.replay_of(self.replayer(), FakeConnection(None, "ann"), "../_all_docs?x=")
         self.assertEqual(self.successResultOf(d).reason, "unknown_seq")
         self.assertFalse([r for r in self.couch.requests if "_changes" in r[1]])
 
     def test_pending_decides_too_far_behind(self):
         """CouchDB's pending counts the changes to read."""
-        d, sent = self.replay_of(self.replayer(max_changes=1), FakeConn("ann"), "0")
+        d, sent = self.replay_of(self.replayer(max_changes=1), FakeConnection(None, "ann"), "0")
         result = self.successResultOf(d)
         self.assertEqual((result.recovered, result.reason, sent), (False, "too_far_behind", []))
-        d, sent = self.replay_of(self.replayer(max_changes=2), FakeConn("ann"), "0")
+        d, sent = self.replay_of(self.replayer(max_changes=2), FakeConnection(None, "ann"), "0")
         self.assertTrue(self.successResultOf(d).recovered)
 
     def test_replays_queue_beyond_the_concurrency_and_a_gone_client_leaves(self):
@@ -328,7 +322,7 @@ class StringSeqReplay(unittest.TestCase):
         """
         replayer = self.replayer(concurrency=1)
         self.couch.hold = Deferred()
-        first_conn, second_conn, third_conn = FakeConn("ann"), FakeConn("ann"), FakeConn("ann")
+        first_conn, second_conn, third_conn = (FakeConnection(None, "ann") for _ in range(3))
         first, _ = self.replay_of(replayer, first_conn, seq(1))
         second, second_sent = self.replay_of(replayer, second_conn, seq(1))
         third, third_sent = self.replay_of(replayer, third_conn, seq(1))
@@ -362,7 +356,7 @@ class StringSeqReplay(unittest.TestCase):
             return real(request)
 
         self.couch.render = flaky
-        d, sent = self.replay_of(self.replayer(), FakeConn("ann"), seq(1))
+        d, sent = self.replay_of(self.replayer(), FakeConnection(None, "ann"), seq(1))
         self.clock.advance(0.2)
         self.agent.flush()
         self.clock.advance(0.4)
@@ -373,7 +367,7 @@ class StringSeqReplay(unittest.TestCase):
     def test_couchdb_away_is_unavailable(self):
         """No answer in time: recovered false, reason unavailable (the client may retry)."""
         self.couch.hold = Deferred()
-        d, sent = self.replay_of(self.replayer(), FakeConn("ann"), seq(1))
+        d, sent = self.replay_of(self.replayer(), FakeConnection(None, "ann"), seq(1))
         self.clock.advance(31)
         result = self.successResultOf(d)
         self.assertEqual((result.recovered, result.reason), (False, "unavailable"))

@@ -11,10 +11,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial import unittest
 
 from tests import harness
+from tests.fakes import ADMIN_KEY, SECRET, make_token
 from tests.harness import GatewayHarness, unique, wait_for
-from tests.test_e2e_users import SECRET, make_token
-
-ADMIN_KEY = "resume-admin-key-0123456789abcdef"
 
 
 class Base:

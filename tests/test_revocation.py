@@ -28,38 +28,17 @@ from realtime.redis.client import RedisClient, RedisUnavailable
 from realtime.redis.stores import RedisRevocationStore
 from realtime.redis.url import parse_redis_url
 from tests import harness
-from tests.keys import HS_SECRET, hs_token
-
-ADMIN_KEY = "admin-key-for-tests-0123456789"
-
-
-class FakeConnection:
-    def __init__(self, connection_id, user_id, token_id):
-        self.connection_id = connection_id
-        self.user_id = user_id
-        self.token_id = token_id
-        self.topics = set()
-        self.roles = ()
-        self.failures = []
-
-    def deliver_frame(self, frame):
-        return True
-
-    def close_with(self, code, reason):
-        pass
-
-    def fail_auth(self, failure):
-        self.failures.append(failure.reason)
+from tests.fakes import ADMIN_KEY, SECRET, FakeConnection, make_token
 
 
 class RevocationTargetTests(unittest.TestCase):
     def test_token_body(self):
         """{token}: its jti (or hash) and exp are read without verifying it."""
-        token = hs_token("alice", jti="j1")
+        token = make_token("alice", jti="j1")
         token_id_, exp = revocation_target({"token": token})
         self.assertEqual(token_id_, "jti:j1")
         self.assertEqual(exp, jwt.decode(token, options={"verify_signature": False})["exp"])
-        plain = hs_token("alice")
+        plain = make_token("alice")
         self.assertEqual(revocation_target({"token": plain})[0], token_id({}, plain))
 
     def test_jti_body(self):
@@ -69,7 +48,7 @@ class RevocationTargetTests(unittest.TestCase):
 
     def test_bad_bodies(self):
         """Bodies that name no token, or no usable exp: ValueError (answered 400)."""
-        no_exp = jwt.encode({"sub": "a"}, HS_SECRET)
+        no_exp = jwt.encode({"sub": "a"}, SECRET)
         for body in ([], "x", {}, {"token": ""}, {"token": "garbage"}, {"token": 5},
                      {"token": no_exp}, {"jti": "a"}, {"jti": "", "exp": 1},
                      {"jti": "a", "exp": "soon"}, {"jti": "a", "exp": True},
@@ -83,9 +62,9 @@ class RevokerTests(unittest.TestCase):
         clock = Clock()
         clock.advance(time.time())
         registry = Registry()
-        a1 = FakeConnection("c1", "alice", "jti:t1")
-        a2 = FakeConnection("c2", "alice", "jti:t2")
-        b1 = FakeConnection("c3", "bob", "jti:t1x")
+        a1 = FakeConnection(None, "alice", connection_id="c1", token_id="jti:t1")
+        a2 = FakeConnection(None, "alice", connection_id="c2", token_id="jti:t2")
+        b1 = FakeConnection(None, "bob", connection_id="c3", token_id="jti:t1x")
         for conn in (a1, a2, b1):
             registry.add(conn)
         store = MemoryRevocationStore(clock)
@@ -104,18 +83,18 @@ class RevokerTests(unittest.TestCase):
 
 class AuthenticatorRevocationTests(unittest.TestCase):
     def authenticator(self, store):
-        return Authenticator(jwt_verifier=JWTVerifier(HS_SECRET, ["HS256"]), revocations=store)
+        return Authenticator(jwt_verifier=JWTVerifier(SECRET, ["HS256"]), revocations=store)
 
     def test_revoked_token_refused(self):
         """A revoked token: reason `revoked` (4001); another token of the user still works."""
         clock = Clock()
         clock.advance(time.time())
         store = MemoryRevocationStore(clock)
-        token = hs_token("alice", jti="gone")
+        token = make_token("alice", jti="gone")
         store.revoke("jti:gone", time.time() + 600)
         failure = self.failureResultOf(self.authenticator(store).verify_token(token), AuthFailure)
         self.assertEqual((failure.value.reason, failure.value.close_code), ("revoked", 4001))
-        self.successResultOf(self.authenticator(store).verify_token(hs_token("alice", jti="ok")))
+        self.successResultOf(self.authenticator(store).verify_token(make_token("alice", jti="ok")))
 
     def test_store_unreachable_fails_closed(self):
         """A store that cannot answer: `unavailable` (4101), never accepted."""
@@ -126,7 +105,7 @@ class AuthenticatorRevocationTests(unittest.TestCase):
                 return d
 
         failure = self.failureResultOf(
-            self.authenticator(Down()).verify_token(hs_token("alice")), AuthFailure)
+            self.authenticator(Down()).verify_token(make_token("alice")), AuthFailure)
         self.assertEqual((failure.value.reason, failure.value.close_code), ("unavailable", 4101))
 
 
@@ -134,7 +113,7 @@ class RevokeEndpointTests(unittest.TestCase):
     """POST /websocket/tokens/revoke, through the REST API in memory."""
 
     def make_api(self, **overrides):
-        settings = dict(admin_key=ADMIN_KEY, jwt_secret=HS_SECRET, rest_max_body_bytes=16 * 1024)
+        settings = dict(admin_key=ADMIN_KEY, jwt_secret=SECRET, rest_max_body_bytes=16 * 1024)
         settings.update(overrides)
         config = config_module.defaults(**settings)
         self.gateway = make_gateway(config, self.clock, http=object())
@@ -148,7 +127,7 @@ class RevokeEndpointTests(unittest.TestCase):
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(time.time())
-        self.conn = FakeConnection("c1", "alice", "jti:live")
+        self.conn = FakeConnection(None, "alice", connection_id="c1", token_id="jti:live")
         self.make_api()
 
     def post(self, body, key=ADMIN_KEY, content_type=b"application/json"):
@@ -174,7 +153,7 @@ class RevokeEndpointTests(unittest.TestCase):
 
     def test_revoke_by_token(self):
         """{token}: 200, and the token's id is stored; the token is not echoed."""
-        token = hs_token("alice")
+        token = make_token("alice")
         code, body = self.post({"token": token})
         self.assertEqual(code, 200)
         self.assertNotIn(token, json.dumps(body))
@@ -188,7 +167,7 @@ class RevokeEndpointTests(unittest.TestCase):
         """
         now = int(time.time())
         for body in ({"jti": "live", "exp": now - 3600}, {"jti": "live", "exp": -5},
-                     {"token": hs_token("alice", lifetime=-3600, jti="live")}):
+                     {"token": make_token("alice", lifetime=-3600, jti="live")}):
             code, answer = self.post(body)
             self.assertEqual((code, answer["error"], answer["field"]),
                              (400, "already_expired", "exp"), body)
@@ -251,10 +230,10 @@ class RedisDownTests(unittest.TestCase):
         with self.assertRaises(RedisUnavailable):
             yield store.is_revoked("jti:x")
         self.assertLess(reactor.seconds() - started, 5)
-        authenticator = Authenticator(jwt_verifier=JWTVerifier(HS_SECRET, ["HS256"]),
+        authenticator = Authenticator(jwt_verifier=JWTVerifier(SECRET, ["HS256"]),
                                       revocations=store)
         with self.assertRaises(AuthFailure) as caught:
-            yield authenticator.verify_token(hs_token("alice"))
+            yield authenticator.verify_token(make_token("alice"))
         self.assertEqual(caught.exception.reason, "unavailable")
 
 
@@ -264,13 +243,13 @@ class TokenIdTests(unittest.TestCase):
         A token whose signature is written with extra base64 padding still verifies, so it
         must have the same id: revoking one revokes the other.
         """
-        token = hs_token("alice")
+        token = make_token("alice")
         padded = token + "="
-        verifier = JWTVerifier(HS_SECRET, ["HS256"])
+        verifier = JWTVerifier(SECRET, ["HS256"])
         claims = verifier.decode(padded)  # PyJWT accepts it
         self.assertEqual(token_id(claims, padded), token_id(verifier.decode(token), token))
 
     def test_different_tokens_have_different_ids(self):
         """Two tokens of one user (different claims) are revoked separately."""
-        one, two = hs_token("alice", n=1), hs_token("alice", n=2)
+        one, two = make_token("alice", n=1), make_token("alice", n=2)
         self.assertNotEqual(token_id({}, one), token_id({}, two))

@@ -10,6 +10,7 @@ from realtime import config as config_module
 from realtime.feeds.routing import SECRET_USER_FIELDS, route_users_change, router_for
 from realtime.hub.registry import Registry, frame_text
 from realtime.vocabulary import utc_timestamp
+from tests.fakes import FakeConnection
 
 
 def user_change(name, seq=1, **doc):
@@ -78,31 +79,12 @@ class RouterTests(unittest.TestCase):
         self.assertEqual(utc_timestamp(1700000000.9999996), "2023-11-14T22:13:21.000Z")
 
 
-class FakeConnection:
-    def __init__(self, connection_id, user_id, accept=True):
-        self.connection_id = connection_id
-        self.user_id = user_id
-        self.topics = set()
-        self.frames = []
-        self.roles = ()
-        self.closed = None
-        self.accept = accept
-
-    def deliver_frame(self, frame):
-        if self.accept:
-            self.frames.append(frame)
-        return self.accept
-
-    def close_with(self, code, reason):
-        self.closed = (code, reason)
-
-
 class RegistryTests(unittest.TestCase):
     def setUp(self):
         self.registry = Registry(max_topics_per_connection=2)
-        self.a1 = FakeConnection("1", "alice")
-        self.a2 = FakeConnection("2", "alice")
-        self.b1 = FakeConnection("3", "bob")
+        self.a1 = FakeConnection(None, "alice", connection_id="1")
+        self.a2 = FakeConnection(None, "alice", connection_id="2")
+        self.b1 = FakeConnection(None, "bob", connection_id="3")
         for conn in (self.a1, self.a2, self.b1):
             self.registry.add(conn)
 
@@ -168,7 +150,7 @@ class RegistryTests(unittest.TestCase):
 
     def test_refusing_connection_not_counted(self):
         """A connection that cannot take a frame is not counted as a delivery."""
-        self.registry.add(FakeConnection("4", "carol", accept=False))
+        self.registry.add(FakeConnection(None, "carol", connection_id="4", accept=False))
         self.assertEqual(self.registry.dispatch({"t": "users", "to": ["carol"], "msg": "{}"}), 0)
 
     def test_frame_lengths(self):

@@ -12,8 +12,8 @@ from twisted.trial import unittest
 from realtime import jsonutil
 from realtime.vocabulary import CLOSE_SHUTDOWN, CLOSE_TOO_SLOW
 from tests import harness
+from tests.fakes import SECRET, make_token
 from tests.harness import GatewayHarness
-from tests.keys import HS_SECRET, hs_token
 
 
 def flood(gateway, messages=400, size=64 * 1024):
@@ -28,7 +28,7 @@ class SlowConsumerTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def start(self, **overrides):
-        self.gw = GatewayHarness(feeds=False, jwt_secret=HS_SECRET, **overrides)
+        self.gw = GatewayHarness(feeds=False, jwt_secret=SECRET, **overrides)
         yield self.gw.start()
         self.addCleanup(self.gw.stop)
         self.errors = []
@@ -38,7 +38,7 @@ class SlowConsumerTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def stalled_client(self):
-        client = yield self.gw.connect(query={"token": hs_token("alice")})
+        client = yield self.gw.connect(query={"token": make_token("alice")})
         yield client.next("connected")
         client.transport.pauseProducing()  # stops reading: the socket buffers fill up
         return client

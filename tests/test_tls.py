@@ -17,8 +17,9 @@ from twisted.web.server import Site
 from realtime.auth.couchsession import CouchSessionChecker
 from realtime.auth.identity import AuthFailure
 from tests import harness
+from tests.fakes import SECRET, make_token
 from tests.harness import GatewayHarness, with_timeout
-from tests.keys import HS_SECRET, hs_token, self_signed_certificate
+from tests.keys import self_signed_certificate
 
 
 def write_pems(test):
@@ -57,14 +58,14 @@ class WSSTests(unittest.TestCase):
     def setUp(self):
         key_path, cert_path, self.cert_pem = write_pems(self)
         listen = f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}"
-        self.gw = GatewayHarness(feeds=False, jwt_secret=HS_SECRET, listen=(listen,))
+        self.gw = GatewayHarness(feeds=False, jwt_secret=SECRET, listen=(listen,))
         yield self.gw.start()
         self.addCleanup(self.gw.stop)
 
     @inlineCallbacks
     def test_wss_connect(self):
         """REALTIME_LISTEN=ssl:… serves wss://: a client trusting the certificate connects."""
-        client = yield connect_wss(self.gw.port, self.cert_pem, {"token": hs_token("alice")})
+        client = yield connect_wss(self.gw.port, self.cert_pem, {"token": make_token("alice")})
         self.gw.clients.append(client)
         message = yield client.next("connected")
         self.assertEqual(message["user"]["id"], "alice")
@@ -73,7 +74,7 @@ class WSSTests(unittest.TestCase):
     def test_untrusted_certificate_refused_by_client(self):
         """A client that does not trust the certificate fails the TLS handshake."""
         with self.assertRaises(Exception):
-            client = yield connect_wss(self.gw.port, None, {"token": hs_token("alice")})
+            client = yield connect_wss(self.gw.port, None, {"token": make_token("alice")})
             self.gw.clients.append(client)
 
 

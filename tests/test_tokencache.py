@@ -18,7 +18,7 @@ from realtime.auth.authenticator import Authenticator
 from realtime.auth.identity import JWT_LEEWAY_SECONDS, AuthFailure
 from realtime.auth.jwt_verifier import JWTVerifier
 from realtime.auth.stores import MemoryRevocationStore
-from tests.keys import HS_SECRET, hs_token
+from tests.fakes import SECRET, make_token
 
 
 def wall_clock():
@@ -30,7 +30,7 @@ def wall_clock():
 class CacheTests(unittest.TestCase):
     def setUp(self):
         self.clock = wall_clock()
-        self.verifier = JWTVerifier(HS_SECRET, ["HS256"], clock=self.clock)
+        self.verifier = JWTVerifier(SECRET, ["HS256"], clock=self.clock)
         self.decodes = 0
         original = self.verifier.decode
 
@@ -48,7 +48,7 @@ class CacheTests(unittest.TestCase):
 
     def test_second_use_is_not_verified_again(self):
         """The same token twice: one verification, the same identity."""
-        token = hs_token("alice")
+        token = make_token("alice")
         first = self.verify(token)
         second = self.verify(token)
         self.assertIs(first, second)
@@ -57,7 +57,7 @@ class CacheTests(unittest.TestCase):
     def test_expired_token_refused_even_when_cached(self):
         """Past exp + leeway a cached token is refused `token-expired`, and forgotten."""
         exp = int(self.clock.seconds()) + 30
-        token = hs_token("alice", exp=exp)
+        token = make_token("alice", exp=exp)
         self.verify(token)
         self.clock.advance(exp + JWT_LEEWAY_SECONDS - self.clock.seconds() - 0.5)
         self.verify(token)  # still within the leeway
@@ -68,7 +68,7 @@ class CacheTests(unittest.TestCase):
 
     def test_one_character_differs_is_another_token(self):
         """A token with a changed signature is verified in full, and refused."""
-        token = hs_token("alice")
+        token = make_token("alice")
         self.verify(token)
         head, payload, signature = token.split(".")
         forged = ".".join([head, payload, ("A" if signature[0] != "A" else "B") + signature[1:]])
@@ -77,7 +77,7 @@ class CacheTests(unittest.TestCase):
 
     def test_failures_are_not_cached(self):
         """A refused token is checked again each time (and refused again)."""
-        token = hs_token("alice", secret="another-secret-0123456789abcdef0123")
+        token = make_token("alice", secret="another-secret-0123456789abcdef0123")
         self.refused(token)
         self.refused(token)
         self.assertEqual(self.decodes, 2)
@@ -85,8 +85,8 @@ class CacheTests(unittest.TestCase):
 
     def test_bounded(self):
         """Past max_entries the oldest entry goes."""
-        verifier = JWTVerifier(HS_SECRET, ["HS256"], clock=self.clock, cache_size=3)
-        tokens = [hs_token(f"user-{i}") for i in range(5)]
+        verifier = JWTVerifier(SECRET, ["HS256"], clock=self.clock, cache_size=3)
+        tokens = [make_token(f"user-{i}") for i in range(5)]
         for token in tokens:
             self.successResultOf(verifier.verify(token))
         self.assertEqual(len(verifier._cache), 3)
@@ -95,7 +95,7 @@ class CacheTests(unittest.TestCase):
 
     def test_off(self):
         """cache_size=0: every use is verified."""
-        verifier = JWTVerifier(HS_SECRET, ["HS256"], cache_size=0)
+        verifier = JWTVerifier(SECRET, ["HS256"], cache_size=0)
         self.assertIsNone(verifier._cache)
 
     def test_jwks_tokens_not_cached(self):
@@ -109,9 +109,9 @@ class RevokedWhileCachedTests(unittest.TestCase):
         """The authenticator asks the revocation store for every use, cached or not."""
         clock = wall_clock()
         store = MemoryRevocationStore(clock)
-        verifier = JWTVerifier(HS_SECRET, ["HS256"], clock=clock)
+        verifier = JWTVerifier(SECRET, ["HS256"], clock=clock)
         authenticator = Authenticator(jwt_verifier=verifier, revocations=store)
-        token = hs_token("alice")
+        token = make_token("alice")
         identity = self.successResultOf(authenticator.verify_token(token))
         self.assertEqual(len(verifier._cache), 1)
         self.successResultOf(store.revoke(identity.token_id, identity.expires_at + 10))
@@ -122,10 +122,10 @@ class RevokedWhileCachedTests(unittest.TestCase):
 class PreparedKeyTests(unittest.TestCase):
     def test_secret_prepared_once(self):
         """Verifying tokens does not run PyJWT's checks of the configured secret again."""
-        verifier = JWTVerifier(HS_SECRET, ["HS256", "HS384", "HS512"], cache_size=0)
+        verifier = JWTVerifier(SECRET, ["HS256", "HS384", "HS512"], cache_size=0)
         for name in ("HS256", "HS384", "HS512"):
             self.assertTrue(tokencache.is_prepared(verifier._decoder, name), name)
-        tokens = [hs_token("alice", algorithm=a) for a in ("HS256", "HS384", "HS512")]
+        tokens = [make_token("alice", algorithm=a) for a in ("HS256", "HS384", "HS512")]
         with mock.patch.object(HMACAlgorithm, "prepare_key",
                                side_effect=AssertionError("prepared again")):
             for token in tokens:
@@ -133,9 +133,9 @@ class PreparedKeyTests(unittest.TestCase):
 
     def test_other_key_checked_in_full(self):
         """The prepared algorithm runs every check for any key but the configured one."""
-        decoder = tokencache.prepared_decoder(HS_SECRET, ["HS256"])
+        decoder = tokencache.prepared_decoder(SECRET, ["HS256"])
         pem = b"-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
-        token = jwt.encode({"sub": "a", "exp": int(time.time()) + 60}, HS_SECRET,
+        token = jwt.encode({"sub": "a", "exp": int(time.time()) + 60}, SECRET,
                            algorithm="HS256")
         self.assertRaises(jwt.InvalidKeyError, decoder.decode, token, pem,
                           algorithms=["HS256"])

@@ -54,12 +54,15 @@ def frame_text(payload: bytes) -> bytes:
 
 
 class Connection(TypingProtocol):
-    """What the registry needs of a connection (the WebSocket protocol provides it)."""
+    """What the registry needs of a connection (a session provides it; tests/fakes.py too)."""
 
     connection_id: str
     user_id: Optional[str]
     roles: tuple  # the roles held now (they follow the user's _users document)
     topics: set
+    token_id: Optional[str]  # of its credentials: a revocation closes it
+    session_seq: int  # single-session mode: a disconnect ``before`` it spares it
+    admitted_at: float  # a disconnect ``at`` a time before it spares it
 
     def deliver_frame(self, frame: bytes) -> bool:
         """Queue a pre-framed message; False when the connection could not take it."""
@@ -231,10 +234,10 @@ class Registry:
                 if event.get("before") is not None:
                     before = int(event["before"])
                     self._remember_replacement(str(event["user"]), before)
-                    conns = [c for c in conns if getattr(c, "session_seq", 0) < before]
+                    conns = [c for c in conns if c.session_seq < before]
                 if event.get("at") is not None:
                     at = float(event["at"])
-                    conns = [c for c in conns if getattr(c, "admitted_at", 0.0) <= at]
+                    conns = [c for c in conns if c.admitted_at <= at]
                 for conn in conns:
                     conn.close_with(int(event.get("code", 4000)), str(event.get("reason", "")))
                 return len(conns)
@@ -265,7 +268,7 @@ class Registry:
         self._recently_revoked[token_id] = None
         while len(self._recently_revoked) > self.max_replaced_remembered:
             self._recently_revoked.popitem(last=False)
-        conns = [c for c in self._by_id.values() if getattr(c, "token_id", None) == token_id]
+        conns = [c for c in self._by_id.values() if c.token_id == token_id]
         for conn in conns:
             conn.fail_auth(AuthFailure("revoked", "token revoked"))
         return len(conns)

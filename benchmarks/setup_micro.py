@@ -27,7 +27,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from realtime import config as config_module
-from realtime.assembly import make_gateway
+from realtime.assembly import make_parts
 from realtime.transport import fastpath
 from realtime.transport.websocket import make_factory
 
@@ -45,7 +45,7 @@ def make_listener():
     # callLater, which would dominate the measurement.
     from twisted.internet import reactor as clock
     config = config_module.defaults(jwt_secret=SECRET, ws_heartbeat_ms=3_600_000)
-    gateway = make_gateway(config, clock, http=object())
+    gateway = make_parts(config, clock, http=object()).gateway
     factory = make_factory(gateway)
     # the gateway's timer wheel, as the service wires it (the reactor in older trees)
     timers = getattr(gateway, "timers", clock)

@@ -240,13 +240,6 @@ def make_parts(config, reactor, http=None, feeds_agent=None, broker=None, metric
     return Parts(gateway, cluster, followers, http, rules)
 
 
-def make_gateway(config, reactor, http=None, broker=None, metrics=None,
-                 rules=None) -> Gateway:
-    """The gateway of :func:`make_parts`, following no feed (unit tests, benchmarks)."""
-    return make_parts(config, reactor, http=http, broker=broker, metrics=metrics,
-                      rules=rules).gateway
-
-
 @dataclasses.dataclass(frozen=True)
 class Web:
     """What serves the gateway: the listener is what every listening endpoint is given."""

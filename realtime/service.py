@@ -253,7 +253,6 @@ def make_service(config, reactor=None, ready=None, startup=None,
     if feeds_ready is not None:
         feeds_ready.watch(parts.followers)
     gateway = parts.gateway
-    top.gateway = gateway
 
     ClusterService(parts.cluster).setServiceParent(top)
     _FollowersService(parts.followers, ready).setServiceParent(top)

@@ -50,17 +50,19 @@ def make_token(sub="alice", secret=SECRET, algorithm="HS256", headers=None, **ex
 
 
 def make_gateway(session_checker=None, allowed_origins=(), roles_claim="roles", broker=None,
-                 max_topics_per_connection=None, **overrides):
+                 max_topics_per_connection=None, clock=None, **overrides):
     """
-    A gateway built as production builds it (:func:`realtime.assembly.make_parts`), on a
-    :class:`Clock`, with the memory broker (or ``broker``), JWT auth with :data:`SECRET`,
-    the admin key :data:`ADMIN_KEY`, and no feed.  ``overrides``: Config fields.
+    The tests' one gateway builder: a gateway built as production builds it
+    (:func:`realtime.assembly.make_parts`), with the memory broker (or ``broker``), JWT auth
+    with :data:`SECRET`, the admin key :data:`ADMIN_KEY`, and no feed; on ``clock``
+    (default: a :class:`Clock` at 1,700,000,000).  ``overrides``: Config fields.
     """
     config = config_module.defaults(**{"admin_key": ADMIN_KEY, "jwt_secret": SECRET,
                                        "jwt_roles_claim": roles_claim,
                                        "cors_origins": tuple(allowed_origins), **overrides})
-    clock = Clock()
-    clock.advance(1_700_000_000)
+    if clock is None:
+        clock = Clock()
+        clock.advance(1_700_000_000)
     metrics = Metrics()
     registry = None
     if max_topics_per_connection is not None:

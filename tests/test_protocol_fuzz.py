@@ -15,12 +15,10 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from realtime import config as config_module
 from realtime import jsonutil
-from realtime.assembly import make_gateway
 from realtime.auth.signing import envelope
 from realtime.transport.websocket import make_factory
-from tests.fakes import SECRET, make_token
+from tests.fakes import make_gateway, make_token
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
@@ -40,9 +38,8 @@ messages = st.one_of(
 def open_protocol(test, signed=False, authenticated=True, **overrides):
     clock = Clock()
     clock.advance(time.time())
-    config = config_module.defaults(jwt_secret=SECRET, ws_signed_messages=signed,
-                                    ws_rate_limit_max_messages=100000, **overrides)
-    gateway = make_gateway(config, clock, http=object())
+    gateway = make_gateway(clock=clock, ws_signed_messages=signed,
+                           ws_rate_limit_max_messages=100000, **overrides)
     factory = make_factory(gateway)
     factory.setProtocolOptions(openHandshakeTimeout=0, autoPingInterval=0,
                                closeHandshakeTimeout=0)

@@ -13,8 +13,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from realtime import config as config_module
-from realtime.assembly import make_gateway
 from realtime.transport import fastpath
 from realtime.transport.websocket import (
     RealtimeServerProtocol,
@@ -22,13 +20,12 @@ from realtime.transport.websocket import (
     make_factory,
     pong_timeout,
 )
-from tests.fakes import SECRET
+from tests.fakes import SECRET, make_gateway
 
 
 def make_listener(clock=reactor):
     """The gateway and its listener as the service wires them, with the gateway on clock."""
-    config = config_module.defaults(jwt_secret=SECRET)
-    gateway = make_gateway(config, clock, http=object())
+    gateway = make_gateway(clock=clock)
     factory = make_factory(gateway)
     factory.setProtocolOptions(openHandshakeTimeout=0, autoPingInterval=0,
                                closeHandshakeTimeout=0)
@@ -130,8 +127,7 @@ class KeepAliveTests(unittest.TestCase):
         listener.ws_factory.setProtocolOptions(autoPingInterval=0)  # as make_factory sets
         conn, _ = open_connection(self, listener=listener)
         self.assertIsNone(conn.autoPingPendingCall)
-        factory = make_factory(make_gateway(config_module.defaults(jwt_secret=SECRET),
-                                            reactor, http=object()))
+        factory = make_factory(make_gateway(clock=reactor))
         self.assertEqual(factory.autoPingInterval, 0)
 
     def test_ping_then_drop_when_unanswered(self):

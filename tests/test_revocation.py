@@ -13,8 +13,6 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from realtime import config as config_module
-from realtime.assembly import make_gateway
 from realtime.auth.authenticator import Authenticator
 from realtime.auth.identity import AuthFailure, token_id
 from realtime.auth.jwt_verifier import JWTVerifier
@@ -28,7 +26,7 @@ from realtime.redis.client import RedisClient, RedisUnavailable
 from realtime.redis.stores import RedisRevocationStore
 from realtime.redis.url import parse_redis_url
 from tests import harness
-from tests.fakes import ADMIN_KEY, SECRET, FakeConnection, make_token
+from tests.fakes import ADMIN_KEY, SECRET, FakeConnection, make_gateway, make_token
 
 
 class RevocationTargetTests(unittest.TestCase):
@@ -115,8 +113,7 @@ class RevokeEndpointTests(unittest.TestCase):
     def make_api(self, **overrides):
         settings = dict(admin_key=ADMIN_KEY, jwt_secret=SECRET, rest_max_body_bytes=16 * 1024)
         settings.update(overrides)
-        config = config_module.defaults(**settings)
-        self.gateway = make_gateway(config, self.clock, http=object())
+        self.gateway = make_gateway(clock=self.clock, **settings)
         self.registry = self.gateway.registry
         self.registry.add(self.conn)
         self.store = self.gateway.revoker.store

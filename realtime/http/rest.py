@@ -432,7 +432,7 @@ class Status(Endpoint):
 def make_api(gateway, max_body_bytes: int = None) -> Resource:
     """The ``/websocket`` resource tree."""
     if max_body_bytes is None:
-        max_body_bytes = getattr(gateway.config, "rest_max_body_bytes", DEFAULT_MAX_BODY_BYTES)
+        max_body_bytes = gateway.config.rest_max_body_bytes
     api = API(gateway, max_body_bytes)
     root = JSONResource()
     message = JSONResource()

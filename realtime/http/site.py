@@ -22,7 +22,7 @@ from twisted.web.server import Request, Site
 import realtime
 from realtime import jsonutil
 from realtime.http.channel import GatewayChannel
-from realtime.http.resource import DEFAULT_MAX_BODY_BYTES, JSONResource, json_response
+from realtime.http.resource import JSONResource, json_response
 from realtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 
@@ -202,7 +202,7 @@ def make_site(gateway, ws_factory, api_resource, pages=None) -> Site:
     site.headers_timeout = config.http_headers_timeout_ms / 1000.0
     site.body_timeout = config.http_body_timeout_ms / 1000.0
     site.requestFactory = CappedRequest
-    site.max_body_bytes = getattr(gateway.config, "rest_max_body_bytes", DEFAULT_MAX_BODY_BYTES)
+    site.max_body_bytes = gateway.config.rest_max_body_bytes
     site.displayTracebacks = False
     site.noisy = False
     return site

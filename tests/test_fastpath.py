@@ -29,6 +29,12 @@ from tests.harness import GatewayHarness
 
 
 class FakeSocket:
+    """
+    A kernel socket that takes ``accept`` bytes per ``send`` (or raises ``error``).  Not
+    tests/fakes.py's connection: the fast write path is tested below the WebSocket layer,
+    at the socket Twisted's TCP transport writes to.
+    """
+
     def __init__(self, accept=None, error=None):
         self.accept = accept  # bytes taken per send (None: all)
         self.error = error

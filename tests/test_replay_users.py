@@ -191,7 +191,9 @@ class FakeCouch3(Resource):
     ``GET /_users`` and ``_changes`` with CouchDB-3-style string seqs: ``since`` must be
     ``"0"`` or one of ``seqs``, else 400.  ``changes`` holds each document once, at its
     latest change, as CouchDB's feed does.  ``hold`` makes ``_changes`` wait for a
-    Deferred.
+    Deferred.  Not :class:`tests.fakes.FakeCouchDB` (a listening server with a continuous
+    feed): this one is served through ``StubTreq`` and records every request, so a replay's
+    reads (``since``, ``limit``, ``filter=_doc_ids``) are asserted one by one.
     """
 
     isLeaf = True

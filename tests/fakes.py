@@ -2,7 +2,8 @@
 The tests' one set of stand-ins: the test secrets (:data:`SECRET`, :data:`ADMIN_KEY`) and
 the one token helper (:func:`make_token`), a gateway built as production builds it on a
 Clock with the memory broker (:func:`make_gateway`), the one fake connection that records
-the frames it is given (:class:`FakeConnection`), and a fake CouchDB 3 over HTTP
+the frames it is given (:class:`FakeConnection`), a broker that is down
+(:class:`DownBroker`), and a fake CouchDB 3 over HTTP
 (:class:`FakeCouchDB`: string seqs, compaction).  Key material for the JWT and TLS tests
 (RSA, EC and Ed25519 keys, JWKs, tokens built by hand, certificates) is in ``tests/keys.py``.
 """
@@ -16,6 +17,7 @@ from urllib.parse import unquote
 
 import jwt
 from twisted.internet import reactor
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -159,6 +161,16 @@ class FakeConnection:
 
     def of_type(self, kind):
         return [m for m in self.received if m.get("type") == kind]
+
+
+class DownBroker:
+    """A broker whose Redis is away: every publication fails (fault injection)."""
+
+    state = "down"
+    redis_state = "down"
+
+    def publish(self, event):
+        return fail(ConnectionError("redis is away"))
 
 
 class FakeCouchDB(Resource):

@@ -3,13 +3,12 @@ Admission of authenticated connections (Gateway.admit): the per-user limit and s
 mode, with the one-process objects (MemoryBroker, LocalPresence) and a clock.
 """
 
-from twisted.internet.defer import fail
 from twisted.trial import unittest
 
 from realtime.auth.identity import Identity
 from realtime.hub.gateway import ADMITTED, REPLACED, TOO_MANY_CONNECTIONS
 from realtime.hub.registry import Registry
-from tests.fakes import FakeConnection, make_gateway
+from tests.fakes import DownBroker, FakeConnection, make_gateway
 
 
 class AdmissionTests(unittest.TestCase):
@@ -59,12 +58,6 @@ class AdmissionTests(unittest.TestCase):
 
     def test_single_session_without_broker_still_replaces_locally(self):
         """When the broker cannot publish (Redis away), local older sessions are replaced."""
-        class DownBroker:
-            state = "redis-unavailable"
-
-            def publish(self, event):
-                return fail(RuntimeError("redis is not connected"))
-
         gateway = make_gateway(broker=DownBroker(), ws_single_session=True)
         old, _ = self.admit(gateway, "u")
         new, verdict = self.admit(gateway, "u")

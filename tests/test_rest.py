@@ -18,7 +18,7 @@ from realtime.http.site import make_site
 from realtime.hub import history
 from realtime.transport.websocket import make_factory
 from realtime.vocabulary import MESSAGE_TYPES
-from tests.fakes import ADMIN_KEY, FakeConnection, make_gateway, make_token
+from tests.fakes import ADMIN_KEY, DownBroker, FakeConnection, make_gateway, make_token
 
 BASE = "http://gateway.test"
 ADMIN = {"Authorization": "Bearer " + ADMIN_KEY}
@@ -266,12 +266,6 @@ class MessageTests(RESTTestCase):
 
     def test_broker_refusal_is_503(self):
         """When the broker refuses the event, the answer is 503 with a JSON body."""
-
-        class DownBroker:
-            state = "down"
-
-            def publish(self, event):
-                return fail(ConnectionError("redis is away"))
 
         self.make(admin_key=ADMIN_KEY, broker=DownBroker())
         FakeConnection(self.gateway, "alice")

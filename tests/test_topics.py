@@ -5,12 +5,11 @@ subscribe / unsubscribe / publish against a gateway with the memory broker.
 
 from __future__ import annotations
 
-from twisted.internet.defer import fail
 from twisted.trial import unittest
 
 from realtime.auth.identity import Identity
 from realtime.hub import topics
-from tests.fakes import FakeConnection, make_gateway
+from tests.fakes import DownBroker, FakeConnection, make_gateway
 
 
 def identity(user_id="alice", grants=()):
@@ -161,11 +160,7 @@ class ClientTopicTests(unittest.TestCase):
     def test_broker_refusal_is_reported(self):
         """When the broker refuses a publication, the publisher gets error unavailable."""
 
-        class DownBroker:
-            def publish(self, event):
-                return fail(ConnectionError("away"))
-
-        self.gateway.broker = DownBroker()
+        self.gateway = make_gateway(broker=DownBroker())
         alice = self.conn("alice")
         topics.handle_publish(alice, {"type": "publish", "topic": "public:x", "data": 1})
         self.assertEqual(alice.received[-1]["code"], "unavailable")

@@ -185,9 +185,9 @@ class Parts:
     rules: object  # the application databases' RuleSet (empty: none)
 
 
-def make_parts(config, reactor, http=None, feeds_agent=None, broker=None, metrics=None,
-               rules=None, on_feed_state=None, observe_changes: Optional[Callable] = None,
-               registry=None, session_checker=None) -> Parts:
+def make_parts(config, reactor, http=None, feeds_agent=None, metrics=None, rules=None,
+               on_feed_state=None, observe_changes: Optional[Callable] = None,
+               registry=None, session_checker=None, cluster_parts=None) -> Parts:
     """
     The gateway and its collaborators.  With ``config.redis_url`` the broker, presence,
     revocations, signed-message nonces and history live in Redis (``parts.cluster``, to be
@@ -196,7 +196,6 @@ def make_parts(config, reactor, http=None, feeds_agent=None, broker=None, metric
     :param http: the treq client (default: one that keeps no cookie).
     :param feeds_agent: the Agent the changes feeds stream through (no gzip: see
         :mod:`realtime.feeds.changes`); None: no feed is followed (unit tests).
-    :param broker: replaces the configured broker.
     :param rules: the application databases' rules (default: the rule file's,
         ``config.config``).
     :param on_feed_state: ``on_state(follower)`` of every follower.
@@ -205,6 +204,8 @@ def make_parts(config, reactor, http=None, feeds_agent=None, broker=None, metric
     :param registry: replaces the new :class:`Registry` (which counts its deliveries in
         ``metrics``).
     :param session_checker: replaces the CouchDB session check (tests).
+    :param cluster_parts: replaces parts of the configured shared state, by the names of
+        :class:`ClusterState`'s fields (tests: ``{"broker": ...}``, a store that is down).
     """
     if http is None:
         http, _ = make_http_client(reactor)
@@ -215,8 +216,8 @@ def make_parts(config, reactor, http=None, feeds_agent=None, broker=None, metric
     if registry is None:
         registry = Registry(on_delivered=metrics.delivered)
     cluster = make_cluster_state(config, reactor, registry)
-    if broker is not None:
-        cluster = dataclasses.replace(cluster, broker=broker)
+    if cluster_parts:
+        cluster = dataclasses.replace(cluster, **cluster_parts)
     databases = make_databases(config, reactor, registry, http, metrics, rules)
     dispatch = ChangeDispatch(registry, reactor, databases)
     followers = ()

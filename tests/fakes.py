@@ -52,12 +52,13 @@ def make_token(sub="alice", secret=SECRET, algorithm="HS256", headers=None, **ex
 
 
 def make_gateway(session_checker=None, allowed_origins=(), roles_claim="roles", broker=None,
-                 max_topics_per_connection=None, clock=None, **overrides):
+                 max_topics_per_connection=None, clock=None, revocations=None, **overrides):
     """
     The tests' one gateway builder: a gateway built as production builds it
     (:func:`realtime.assembly.make_parts`), with the memory broker (or ``broker``), JWT auth
     with :data:`SECRET`, the admin key :data:`ADMIN_KEY`, and no feed; on ``clock``
-    (default: a :class:`Clock` at 1,700,000,000).  ``overrides``: Config fields.
+    (default: a :class:`Clock` at 1,700,000,000).  ``broker``, ``revocations``: replace the
+    memory ones (fault injection: :class:`DownBroker`).  ``overrides``: Config fields.
     """
     config = config_module.defaults(**{"admin_key": ADMIN_KEY, "jwt_secret": SECRET,
                                        "jwt_roles_claim": roles_claim,
@@ -69,8 +70,10 @@ def make_gateway(session_checker=None, allowed_origins=(), roles_claim="roles", 
     registry = None
     if max_topics_per_connection is not None:
         registry = Registry(max_topics_per_connection, on_delivered=metrics.delivered)
-    return make_parts(config, clock, http=_NO_HTTP, broker=broker, metrics=metrics,
-                      registry=registry, session_checker=session_checker).gateway
+    replaced = {name: part for name, part in (("broker", broker), ("revocations", revocations))
+                if part is not None}
+    return make_parts(config, clock, http=_NO_HTTP, metrics=metrics, registry=registry,
+                      session_checker=session_checker, cluster_parts=replaced).gateway
 
 
 def unframe(frame: bytes) -> bytes:

@@ -164,7 +164,7 @@ class AdminAuthTests(RESTTestCase):
             def is_revoked(self, token_id):
                 return fail(RuntimeError("down"))
 
-        self.gateway.authenticator.revocations = DownRevocations()
+        self.make(admin_key=ADMIN_KEY, revocations=DownRevocations())
         token = make_token("root", roles=["admin"])
         self.assertError(self.call("GET", "/websocket/users/connected",
                                    headers={"Authorization": "Bearer " + token}),

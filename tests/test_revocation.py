@@ -110,10 +110,10 @@ class AuthenticatorRevocationTests(unittest.TestCase):
 class RevokeEndpointTests(unittest.TestCase):
     """POST /websocket/tokens/revoke, through the REST API in memory."""
 
-    def make_api(self, **overrides):
+    def make_api(self, revocations=None, **overrides):
         settings = dict(admin_key=ADMIN_KEY, jwt_secret=SECRET, rest_max_body_bytes=16 * 1024)
         settings.update(overrides)
-        self.gateway = make_gateway(clock=self.clock, **settings)
+        self.gateway = make_gateway(clock=self.clock, revocations=revocations, **settings)
         self.registry = self.gateway.registry
         self.registry.add(self.conn)
         self.store = self.gateway.revoker.store
@@ -206,7 +206,7 @@ class RevokeEndpointTests(unittest.TestCase):
                 d.errback(RedisUnavailable("down"))
                 return d
 
-        self.gateway.revoker = Revoker(Down(), self.gateway.broker, self.clock)
+        self.make_api(revocations=Down())
         code, body = self.post({"jti": "live", "exp": int(time.time()) + 60})
         self.assertEqual((code, body["error"]), (503, "unavailable"))
         self.assertEqual(self.conn.failures, [])

@@ -33,7 +33,15 @@ processes whose lease exists (and remove the others from ``procs``).  A process 
 normally deletes its entries at once.
 
 Writes carry this process's own count of the user (never an increment), so they are
-idempotent and a lost write is repaired by the next one.  When a write fails (Redis away)
+idempotent and a lost write is repaired by the next one.  The writes of one reactor turn
+(opens with their per-user limit check, and the counts written when connections close) go
+to Redis together, in the order they were made, as one script (``presence_scripts.BATCH``,
+at most ``MAX_BATCH`` writes a script): a reconnect storm admits hundreds of connections per
+turn, and one script per connection (a command, a timeout timer and a reply each) was most
+of what Redis added to a connection's setup.  The script runs the writes one after the
+other exactly as separate scripts would (an open counts the other live processes' hashes
+plus this process's own connections, the reservations of the same batch included), and
+atomically, so the per-user limit holds across processes as before.  When a write fails (Redis away)
 or the lease is found missing (Redis restarted), the next renewal rewrites the whole hash
 from the local counts: presence comes back by itself within ``ttl / 3`` after Redis does.
 
@@ -62,140 +70,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from realtime.hub.presence import ConnectionCounts, IPresence, SessionNumbers
+from realtime.redis import presence_scripts as lua
 from realtime.redis.client import RedisUnavailable
-
-# Sum the user's counts over the live processes (and forget the dead ones).
-_LIVE_PROCS = """
-local function live_procs(prefix)
-  local live = {}
-  for _, p in ipairs(redis.call('SMEMBERS', prefix .. 'procs')) do
-    if redis.call('EXISTS', prefix .. 'proc:' .. p) == 1 then
-      table.insert(live, p)
-    else
-      redis.call('SREM', prefix .. 'procs', p)
-      redis.call('DEL', prefix .. 'presence:' .. p)
-    end
-  end
-  return live
-end
-"""
-
-# ARGV: prefix, me, user, limit (0: none), ttl_ms, my new count of the user, lease value
-_OPEN = _LIVE_PROCS + """
-local prefix, me, user = ARGV[1], ARGV[2], ARGV[3]
-local limit, ttl, mine = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
-local total = mine - 1
-for _, p in ipairs(live_procs(prefix)) do
-  if p ~= me then
-    total = total + tonumber(redis.call('HGET', prefix .. 'presence:' .. p, user) or '0')
-  end
-end
-if limit > 0 and total >= limit then return -1 end
-redis.call('SET', prefix .. 'proc:' .. me, ARGV[7], 'PX', ttl)
-redis.call('SADD', prefix .. 'procs', me)
-redis.call('HSET', prefix .. 'presence:' .. me, user, mine)
-redis.call('PEXPIRE', prefix .. 'presence:' .. me, ttl)
-return total + 1
-"""
-
-# ARGV: prefix, me, user, my count of the user, ttl_ms
-_SET_COUNT = """
-local key = ARGV[1] .. 'presence:' .. ARGV[2]
-if tonumber(ARGV[4]) > 0 then
-  redis.call('HSET', key, ARGV[3], ARGV[4])
-  redis.call('PEXPIRE', key, ARGV[5])
-else
-  redis.call('HDEL', key, ARGV[3])
-end
-return 1
-"""
-
-# ARGV: prefix, me, ttl_ms, lease value.  0: the lease was gone (resync needed).
-_RENEW = """
-local prefix, me = ARGV[1], ARGV[2]
-redis.call('SADD', prefix .. 'procs', me)
-if redis.call('SET', prefix .. 'proc:' .. me, ARGV[4], 'XX', 'PX', ARGV[3]) then
-  redis.call('PEXPIRE', prefix .. 'presence:' .. me, ARGV[3])
-  return 1
-end
-return 0
-"""
-
-# ARGV: prefix, me, ttl_ms, lease value, user1, count1, user2, count2, ...
-_RESYNC = """
-local prefix, me, ttl = ARGV[1], ARGV[2], ARGV[3]
-local key = prefix .. 'presence:' .. me
-redis.call('DEL', key)
-for i = 5, #ARGV, 2 do
-  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
-end
-redis.call('PEXPIRE', key, ttl)
-redis.call('SET', prefix .. 'proc:' .. me, ARGV[4], 'PX', ttl)
-redis.call('SADD', prefix .. 'procs', me)
-return 1
-"""
-
-# ARGV: prefix, user (empty: every user).  Flat list user, count, user, count, ...
-_USERS = _LIVE_PROCS + """
-local prefix, only = ARGV[1], ARGV[2]
-local sums, order = {}, {}
-for _, p in ipairs(live_procs(prefix)) do
-  local entries
-  if only ~= '' then
-    entries = {only, redis.call('HGET', prefix .. 'presence:' .. p, only)}
-  else
-    entries = redis.call('HGETALL', prefix .. 'presence:' .. p)
-  end
-  for i = 1, #entries, 2 do
-    local n = tonumber(entries[i + 1] or '0') or 0
-    if n > 0 then
-      if sums[entries[i]] == nil then
-        sums[entries[i]] = 0
-        table.insert(order, entries[i])
-      end
-      sums[entries[i]] = sums[entries[i]] + n
-    end
-  end
-end
-local out = {}
-for _, u in ipairs(order) do
-  table.insert(out, u)
-  table.insert(out, tostring(sums[u]))
-end
-return out
-"""
-
-_PROCESSES = _LIVE_PROCS + "return live_procs(ARGV[1])"
-
-# ARGV: prefix.  Flat list process, connections, users, process, connections, users, ...
-_PROCESS_COUNTS = _LIVE_PROCS + """
-local out = {}
-for _, p in ipairs(live_procs(ARGV[1])) do
-  local connections, users = 0, 0
-  for _, n in ipairs(redis.call('HVALS', ARGV[1] .. 'presence:' .. p)) do
-    local v = tonumber(n) or 0
-    if v > 0 then
-      connections = connections + v
-      users = users + 1
-    end
-  end
-  table.insert(out, p)
-  table.insert(out, connections)
-  table.insert(out, users)
-end
-return out
-"""
-
-# ARGV: prefix.  A number above every one handed out before (see the module docstring).
-_NEW_SESSION = """
-local key = ARGV[1] .. 'session-seq'
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local last = tonumber(redis.call('GET', key) or '0')
-if now <= last then now = last + 1 end
-redis.call('SET', key, string.format('%.0f', now))
-return string.format('%.0f', now)
-"""
 
 
 @implementer(IPresence)
@@ -209,6 +85,9 @@ class RedisPresence:
     """
 
     _log = Logger()
+
+    #: most writes in one script
+    MAX_BATCH = 256
 
     def __init__(self, client, clock, prefix: str = "realtime:", process_id: str = None,
                  ttl: float = 30.0):
@@ -224,6 +103,8 @@ class RedisPresence:
                                   "started": clock.seconds()})
         self._renewer: Optional[LoopingCall] = None
         self.renewals = 0
+        self._pending = []  # (operation, (Deferred, conn id, user, limit) or None) this turn
+        self._flush_call = None
 
     @property
     def _ttl_ms(self) -> str:
@@ -243,6 +124,7 @@ class RedisPresence:
         self._renewer = None
         if self._reconnected in self._client.on_connect_hooks:
             self._client.on_connect_hooks.remove(self._reconnected)
+        self._flush()  # this turn's writes go first, as they were made before
         # Leave at once rather than after the lease expires.
         d = self._client.eval(
             "redis.call('SREM', ARGV[1] .. 'procs', ARGV[2]); "
@@ -262,7 +144,7 @@ class RedisPresence:
         if self._dirty:
             d = self._resync()
         else:
-            d = self._client.eval(_RENEW, args=(self.prefix, self.process_id, self._ttl_ms,
+            d = self._client.eval(lua.RENEW, args=(self.prefix, self.process_id, self._ttl_ms,
                                                 self._lease))
             d.addCallback(lambda kept: None if int(kept) else self._resync())
 
@@ -288,7 +170,7 @@ class RedisPresence:
             self._dirty = True
             return failure
 
-        return self._client.eval(_RESYNC, args=args).addErrback(failed)
+        return self._client.eval(lua.RESYNC, args=args).addErrback(failed)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -296,25 +178,9 @@ class RedisPresence:
         if conn_id in self._counts.by_conn:
             return succeed(True)
         mine = self._counts.add(conn_id, user_id)  # reserved at once: concurrent opens see it
-        d = self._client.eval(_OPEN, args=(self.prefix, self.process_id, user_id,
-                                           str(limit or 0), self._ttl_ms, str(mine),
-                                           self._lease))
-
-        def answered(total):
-            if int(total) >= 0:
-                return True
-            self._forget(conn_id)
-            return False
-
-        def unavailable(failure):
-            failure.trap(RedisUnavailable)
-            self._dirty = True
-            if limit is not None and self._counts.count(user_id) > limit:
-                self._forget(conn_id)
-                return False
-            return True
-
-        return d.addCallbacks(answered, unavailable)
+        d = Deferred()
+        self._queue(("o", user_id, str(limit or 0), str(mine)), (d, conn_id, user_id, limit))
+        return d
 
     def connection_closed(self, conn_id, user_id=None) -> None:
         self._forget(conn_id)
@@ -323,32 +189,80 @@ class RedisPresence:
         user_id = self._counts.remove(conn_id)
         if user_id is None:
             return
-        d = self._client.eval(_SET_COUNT, args=(self.prefix, self.process_id, user_id,
-                                                str(self._counts.count(user_id)),
-                                                self._ttl_ms))
+        self._queue(("s", user_id, str(self._counts.count(user_id)), ""), None)
+
+    def _queue(self, operation, waiting) -> None:
+        """One write, sent with the others of this reactor turn, in order (see lua.BATCH)."""
+        self._pending.append((operation, waiting))
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        """Send the writes of this turn: one script per ``MAX_BATCH`` of them, in order."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        pending, self._pending = self._pending, []
+        for i in range(0, len(pending), self.MAX_BATCH):
+            self._send(pending[i:i + self.MAX_BATCH])
+
+    def _send(self, batch) -> None:
+        args = [self.prefix, self.process_id, self._ttl_ms, self._lease]
+        for operation, _ in batch:
+            args += operation
+        d = self._client.eval(lua.BATCH, args=args)
+
+        def answered(results):
+            for (_, waiting), result in zip(batch, results):
+                if waiting is None:
+                    continue
+                waiter, conn_id, _, _ = waiting
+                if int(result) < 0:
+                    self._forget(conn_id)
+                    waiter.callback(False)
+                else:
+                    waiter.callback(True)
 
         def failed(failure):
-            failure.trap(RedisUnavailable)
-            self._dirty = True
+            unavailable = failure.check(RedisUnavailable)
+            if unavailable:
+                self._dirty = True  # the next renewal rewrites every count
+            else:
+                self._log.failure("updating presence failed", failure)
+            # newest first: the connections refused by the per-process limit are the last
+            # ones, as when each open failed on its own
+            for _, waiting in reversed(batch):
+                if waiting is None:
+                    continue
+                waiter, conn_id, user_id, limit = waiting
+                if not unavailable:
+                    self._forget(conn_id)  # not admitted: not counted
+                    waiter.errback(failure)
+                elif limit is not None and self._counts.count(user_id) > limit:
+                    # this process's counts only: the limit holds per process meanwhile
+                    self._forget(conn_id)
+                    waiter.callback(False)
+                else:
+                    waiter.callback(True)
 
-        d.addErrback(failed).addErrback(
-            lambda f: self._log.failure("updating presence failed", f))
+        d.addCallbacks(answered, failed).addErrback(
+            lambda f: self._log.failure("answering presence writes failed", f))
 
     # -- reads --------------------------------------------------------------------------
 
     def users(self) -> Deferred:
-        d = self._client.eval(_USERS, args=(self.prefix, ""))
+        d = self._client.eval(lua.USERS, args=(self.prefix, ""))
         return d.addCallback(_pairs_to_dict)
 
     def connection_count(self, user_id) -> Deferred:
-        d = self._client.eval(_USERS, args=(self.prefix, user_id))
+        d = self._client.eval(lua.USERS, args=(self.prefix, user_id))
         return d.addCallback(lambda flat: _pairs_to_dict(flat).get(user_id, 0))
 
     def total(self) -> Deferred:
         return self.users().addCallback(lambda users: sum(users.values()))
 
     def processes(self) -> Deferred:
-        return self._client.eval(_PROCESSES, args=(self.prefix,)).addCallback(sorted)
+        return self._client.eval(lua.PROCESSES, args=(self.prefix,)).addCallback(sorted)
 
     def process_counts(self) -> Deferred:
         def counts(flat):
@@ -356,10 +270,10 @@ class RedisPresence:
             return {flat[i]: {"authenticated": int(flat[i + 1]), "users": int(flat[i + 2])}
                     for i in range(0, len(flat) - 2, 3)}
 
-        return self._client.eval(_PROCESS_COUNTS, args=(self.prefix,)).addCallback(counts)
+        return self._client.eval(lua.PROCESS_COUNTS, args=(self.prefix,)).addCallback(counts)
 
     def new_session(self, user_id) -> Deferred:
-        d = self._client.eval(_NEW_SESSION, args=(self.prefix,))
+        d = self._client.eval(lua.NEW_SESSION, args=(self.prefix,))
 
         def local(failure):
             failure.trap(RedisUnavailable)

@@ -36,6 +36,7 @@ from zope.interface import implementer
 from realtime.auth.identity import AuthFailure, OriginRefused
 from realtime.http.channel import json_answer
 from realtime.transport import fastpath
+from realtime.transport.handshake import FastHandshake
 from realtime.transport.outbox import NO_QUEUE, Outbox, Throttle
 from realtime.transport.session import ISessionTransport, Session
 from realtime.vocabulary import (
@@ -87,7 +88,7 @@ _SHARED_TRAFFIC_STATS = TrafficStats()
 
 
 @implementer(ISessionTransport)
-class RealtimeServerProtocol(Outbox, WebSocketServerProtocol):
+class RealtimeServerProtocol(Outbox, FastHandshake, WebSocketServerProtocol):
     """
     One WebSocket connection: the transport of one :class:`Session` (``self.session``,
     made when the handshake arrives), with the outgoing frames' state.

@@ -1,0 +1,171 @@
+"""
+A fast path for the common WebSocket opening handshake, in front of Autobahn's.
+
+Autobahn's ``processHandshake`` parses and validates a request with general machinery
+(a header parser that counts every header, ``urlparse``, a check per character of the key,
+a Deferred through txaio): about a sixth of the CPU a connection costs to set up (py-spy,
+``benchmarks/setup_micro.py``).  Almost every request is the same shape: one request line
+``GET <path>?<query> HTTP/1.1``, each header once, ``Upgrade: websocket``, ``Connection:
+Upgrade``, version 13, a well-formed key.  :func:`parse_common` recognises exactly that
+shape, with the checks Autobahn makes, and :class:`FastHandshake` then hands the request to
+``onConnect`` and ``succeedHandshake`` as Autobahn does.
+
+The rule that keeps the refusals the same: the fast path only ever *accepts*.  Anything it
+does not recognise as a request Autobahn would accept -- a header given twice, an unknown
+version, a subprotocol list with duplicates, an Origin Autobahn refuses or cannot parse, a
+bad key, a fragment, path parameters, a port in ``Host`` when the factory checks ports, a
+character outside what Autobahn's strict header parser admits -- goes to Autobahn's own
+``processHandshake``, which answers it exactly as before (``tests/test_handshake.py``
+checks, over generated requests, that whatever the fast path accepts Autobahn accepts with
+the same headers, path, parameters, origin, protocols and extensions).  Nothing of the
+authentication moves: ``onConnect`` (credentials, the origin rule for cookies) is the same
+call with the same :class:`ConnectionRequest`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+from urllib import parse
+
+from autobahn.websocket.protocol import _is_same_origin, _url_to_origin
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import maybeDeferred
+
+#: a whole header block that Autobahn's strict parser (``parseHttpHeader``) accepts line by
+#: line: ``GET <printable ASCII> HTTP/1.1``, then ``token:value`` lines whose values hold
+#: only HTAB, SP, VCHAR and obs-text, then the empty line
+_COMMON_BLOCK = re.compile(
+    r"GET ([!-~]+) HTTP/1\.1\r\n"
+    r"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t -~\x80-\xff]*\r\n)*)\r\n")
+
+#: a Sec-WebSocket-Key as Autobahn checks it: 22 base64 characters then ``==``
+_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
+
+
+def parse_common(data: bytes, proto) -> Optional[tuple]:
+    """
+    The opening handshake at the start of ``data`` when it is the common shape and
+    Autobahn would accept it, as ``(end, status line, headers, uri, path, params, host,
+    origin, protocols, extensions, key)`` (``end``: where the handshake ends in ``data``);
+    None otherwise (incomplete, or anything else: Autobahn decides).
+
+    ``proto`` gives the options Autobahn's checks read (versions, ports, origins).
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    text = data[:end + 4].decode("iso-8859-1")
+    match = _COMMON_BLOCK.fullmatch(text)
+    if match is None:
+        return None
+    uri = match.group(1)
+    # urlparse would split off a fragment (refused) or ;params (dropped), or read a scheme
+    # or a host: not the common shape
+    if uri[0] != "/" or uri[:2] == "//" or "#" in uri or ";" in uri:
+        return None
+    headers = {}
+    for line in match.group(2).split("\r\n")[:-1]:
+        name, _, value = line.partition(":")
+        key = name.lower()
+        if key in headers:
+            return None  # Autobahn joins repeated headers and refuses some: its call
+        headers[key] = value.strip(" \t")
+    factory = proto.factory
+    if proto.trustXForwardedFor or proto.maxConnections > 0:
+        return None
+    host = headers.get("host")
+    if host is None:
+        return None
+    host = host.strip()
+    if host.find(":") >= 0 and not host.endswith("]"):
+        if factory.externalPort:
+            return None
+        host, port = host.rsplit(":", 1)
+        try:
+            int(str(port.strip()))
+        except ValueError:
+            return None
+    if not _has_token(headers.get("upgrade"), "websocket") or \
+            not _has_token(headers.get("connection"), "upgrade"):
+        return None
+    if headers.get("sec-websocket-version", "").strip() != "13" or 13 not in proto.versions:
+        return None
+    protocols = []
+    if "sec-websocket-protocol" in headers:
+        protocols = [str(x.strip()) for x in headers["sec-websocket-protocol"].split(",")]
+        if len(set(protocols)) != len(protocols):
+            return None
+    origin = ""
+    if "origin" in headers:
+        origin = headers["origin"].strip()
+        try:
+            origin_tuple = _url_to_origin(origin)
+        except ValueError:
+            return None
+        if not (origin_tuple == "null" and factory.allowNullOrigin) and not _is_same_origin(
+                origin_tuple, "https" if factory.isSecure else "http",
+                factory.externalPort or factory.port, proto.allowedOriginsPatterns):
+            return None
+    key = headers.get("sec-websocket-key")
+    if key is None:
+        return None
+    key = key.strip()
+    if _KEY.fullmatch(key) is None:
+        return None
+    extensions = []
+    if "sec-websocket-extensions" in headers:
+        extensions = proto._parseExtensionsHeader(headers["sec-websocket-extensions"])
+    path, _, query = uri.partition("?")
+    return (end + 4, text[:text.index("\r\n")], headers, uri, path, parse.parse_qs(query),
+            host, origin, protocols, extensions, key)
+
+
+def _has_token(value: Optional[str], token: str) -> bool:
+    """``value`` (a comma-separated header) holds ``token``, case-insensitively."""
+    if value is None:
+        return False
+    return any(part.strip().lower() == token for part in value.split(","))
+
+
+class FastHandshake:
+    """
+    A mixin of the Autobahn server protocol: the common opening handshake through
+    :func:`parse_common`, everything else through Autobahn's ``processHandshake``.
+    """
+
+    __slots__ = ()
+
+    def processHandshake(self):
+        parsed = parse_common(self.data, self)
+        if parsed is None:
+            return super().processHandshake()
+        (end, status_line, headers, uri, path, params, host, origin, protocols,
+         extensions, key) = parsed
+        # what Autobahn's processHandshake sets, with the same values
+        self.http_request_data = self.data[:end]
+        self.http_status_line = status_line
+        self.http_headers = headers
+        self.http_request_uri = uri
+        self.http_request_path = path
+        self.http_request_params = params
+        self.http_request_host = host
+        self.websocket_version = 13
+        self.websocket_protocols = protocols
+        self.websocket_origin = origin
+        self.websocket_extensions = extensions
+        self.data = self.data[end:]
+        self._wskey = key
+        request = ConnectionRequest(self.peer, headers, host, path, params, 13, origin,
+                                    protocols, extensions)
+        d = maybeDeferred(self.onConnect, request)
+        d.addCallbacks(self.succeedHandshake, self._connect_refused)
+
+    def _connect_refused(self, failure):
+        """As Autobahn answers a failed ``onConnect``."""
+        if isinstance(failure.value, ConnectionDeny):
+            self.failHandshake(failure.value.reason, failure.value.code)
+            return None
+        self._log.failure("onConnect failed", failure)
+        return self.failHandshake(f"Internal server error: {failure.value}",
+                                  ConnectionDeny.INTERNAL_SERVER_ERROR)

@@ -64,6 +64,9 @@ class Metrics:
                                ["code"], registry=self.registry)
         self._http = Counter("realtime_http_responses", "REST API answers, by status",
                              ["status"], registry=self.registry)
+        # the counters' children by label (the protocol's types and "other": bounded)
+        self._sent_by_type = {}
+        self._received_by_type = {}
         self._gateway = None
         self.registry.register(_GatewayCollector(self))
 
@@ -75,10 +78,18 @@ class Metrics:
 
     def sent(self, kind, count: int = 1) -> None:
         if count > 0:
-            self._sent.labels(type=type_label(kind)).inc(count)
+            label = type_label(kind)
+            child = self._sent_by_type.get(label)
+            if child is None:  # labels() takes a lock and checks the names: once per type
+                child = self._sent_by_type[label] = self._sent.labels(type=label)
+            child.inc(count)
 
     def received(self, kind) -> None:
-        self._received.labels(type=type_label(kind)).inc()
+        label = type_label(kind)
+        child = self._received_by_type.get(label)
+        if child is None:
+            child = self._received_by_type[label] = self._received.labels(type=label)
+        child.inc()
 
     def error(self, code: str) -> None:
         self._errors.labels(code=str(code)[:40]).inc()

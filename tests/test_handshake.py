@@ -14,15 +14,17 @@ from autobahn.websocket.types import ConnectionDeny
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from realtime import config as config_module
 from realtime.transport import handshake
-from realtime.transport.websocket import RealtimeServerProtocol, make_factory
+from realtime.transport.websocket import _CONNECTION_SLOTS, RealtimeServerProtocol, make_factory
 from tests.test_protocol_memory import make_listener, open_connection
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+_MISSING = object()
 
 
 class _Captured(Exception):
@@ -40,7 +42,7 @@ class AutobahnOnly(WebSocketServerProtocol):
 
 
 def autobahn_factory():
-    factory = make_factory(SimpleNamespace(config=config_module.defaults()))
+    factory = make_factory(SimpleNamespace(config=config_module.defaults(), timers=None))
     factory.setProtocolOptions(openHandshakeTimeout=0)
     factory.protocol = AutobahnOnly
     return factory
@@ -237,3 +239,56 @@ class RefusalTests(unittest.TestCase):
         data = request(line="GET /ws HTTP/1.1")  # no token: opens, then asks to authenticate
         self.assertEqual(answer(data, autobahn=False), answer(data, autobahn=True))
         self.assertTrue(answer(data, autobahn=False).startswith(b"HTTP/1.1 101"))
+
+
+class AutobahnConnectionMade(RealtimeServerProtocol):
+    """The gateway's protocol with Autobahn's own _connectionMade."""
+
+    __slots__ = ()
+    _connectionMade = WebSocketServerProtocol._connectionMade
+
+
+class ConnectionMadeTests(unittest.TestCase):
+    def made(self, protocol, factory):
+        factory.protocol = protocol
+        conn = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4321))
+        conn.makeConnection(transport)
+        transport.registerProducer(transport, True)  # as Autobahn's adapter has on TCP
+        self.addCleanup(lambda: conn.openHandshakeTimeoutCall and
+                        conn.openHandshakeTimeoutCall.cancel())
+        return conn, transport
+
+    def test_same_state_as_autobahn(self):
+        """A new connection holds the same attributes as after Autobahn's _connectionMade."""
+        _, listener = make_listener(clock=Clock())
+        factory = listener.ws_factory
+        factory.setProtocolOptions(openHandshakeTimeout=5)
+        ours, _ = self.made(RealtimeServerProtocol, factory)
+        theirs, _ = self.made(AutobahnConnectionMade, factory)
+        self.assertEqual(factory.countConnections, 2)
+        for name in _CONNECTION_SLOTS:
+            mine, other = getattr(ours, name, _MISSING), getattr(theirs, name, _MISSING)
+            if name in ("openHandshakeTimeoutCall", "factory", "transport"):
+                self.assertIsNotNone(mine, name)
+                self.assertIsNotNone(other, name)
+            elif isinstance(other, (bool, int, float, str, bytes, type(None), tuple)) or \
+                    other is _MISSING:
+                self.assertEqual(mine, other, name)
+            else:
+                self.assertIs(type(mine), type(other), name)
+                self.assertIsNot(mine, other, name)
+
+    def test_opening_handshake_deadline_on_the_wheel(self):
+        """A connection that does not finish its handshake in time is dropped."""
+        clock = Clock()
+        _, listener = make_listener(clock=clock)
+        listener.ws_factory.setProtocolOptions(openHandshakeTimeout=5)
+        conn, transport = self.made(RealtimeServerProtocol, listener.ws_factory)
+        conn.dataReceived(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        clock.advance(4)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(2)
+        self.assertTrue(conn.wasOpenHandshakeTimeout)
+        self.assertTrue(transport.disconnected)  # aborted
+        self.assertIsNone(conn.openHandshakeTimeoutCall)

@@ -25,10 +25,17 @@ call with the same :class:`ConnectionRequest`.
 from __future__ import annotations
 
 import re
+from collections import deque
 from typing import Optional
 from urllib import parse
 
-from autobahn.websocket.protocol import _is_same_origin, _url_to_origin
+from autobahn.websocket.protocol import (
+    TrafficStats,
+    Utf8Validator,
+    WebSocketProtocol,
+    _is_same_origin,
+    _url_to_origin,
+)
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import maybeDeferred
 
@@ -131,10 +138,52 @@ def _has_token(value: Optional[str], token: str) -> bool:
 class FastHandshake:
     """
     A mixin of the Autobahn server protocol: the common opening handshake through
-    :func:`parse_common`, everything else through Autobahn's ``processHandshake``.
+    :func:`parse_common`, everything else through Autobahn's ``processHandshake``; and a
+    new connection's state set without Autobahn's per-connection copy of its options.
+
+    The protocol's ``factory.timers`` (the gateway's timer wheel) runs the opening
+    handshake's deadline (Autobahn schedules it on txaio's batched timer).
     """
 
     __slots__ = ()
+
+    def _connectionMade(self):
+        """
+        Autobahn's ``WebSocketServerProtocol._connectionMade``, the same state, less work:
+        Autobahn first looks up each of its ~30 options on the connection and copies the
+        missing ones from the factory, listing them for a debug log; here the options are
+        attributes of the protocol class (``fastpath.options_on_class_factory``), so there
+        is nothing to copy.  A protocol class without them gets Autobahn's own method.
+        ``tests/test_handshake.py`` checks that both leave every attribute alike.
+        """
+        if "openHandshakeTimeout" not in type(self).__dict__:
+            return super()._connectionMade()
+        self._perMessageCompress = None
+        self.trackedTimings = None
+        self.setTrackTimings(self.trackTimings)
+        self.trafficStats = TrafficStats()
+        self.state = WebSocketProtocol.STATE_CONNECTING
+        self.send_state = WebSocketProtocol.SEND_STATE_GROUND
+        self.data = b""
+        self.send_queue = deque()
+        self.triggered = False
+        self.utf8validator = Utf8Validator()
+        self.wasMaxFramePayloadSizeExceeded = False
+        self.wasMaxMessagePayloadSizeExceeded = False
+        self.closedByMe = self.failedByMe = self.droppedByMe = self.wasClean = False
+        self.wasNotCleanReason = None
+        self.wasServerConnectionDropTimeout = self.wasOpenHandshakeTimeout = False
+        self.wasCloseHandshakeTimeout = self.wasServingFlashSocketPolicyFile = False
+        self.localCloseCode = self.localCloseReason = None
+        self.remoteCloseCode = self.remoteCloseReason = None
+        self.openHandshakeTimeoutCall = self.closeHandshakeTimeoutCall = None
+        self.autoPingTimeoutCall = self.autoPingPending = self.autoPingPendingCall = None
+        self.autoPingPendingSeq = 0
+        self.autoPingPendingSent = None
+        if self.openHandshakeTimeout > 0:
+            self.openHandshakeTimeoutCall = self.factory.timers.callLater(
+                self.openHandshakeTimeout, self.onOpenHandshakeTimeout)
+        self.factory.countConnections += 1
 
     def processHandshake(self):
         parsed = parse_common(self.data, self)

@@ -369,6 +369,7 @@ def make_factory(gateway, url: str = "ws://localhost/ws") -> WebSocketServerFact
     factory.protocol = RealtimeServerProtocol
     factory.gateway = gateway
     factory.batcher = fastpath.TurnBatcher()  # flushes on the transports' reactor
+    factory.timers = gateway.timers  # the opening handshake deadline (handshake.py)
     factory.setProtocolOptions(
         webStatus=False,
         maxFramePayloadSize=config.ws_max_message_bytes,

@@ -124,14 +124,21 @@ def parse_common(data: bytes, proto) -> Optional[tuple]:
     if "sec-websocket-extensions" in headers:
         extensions = proto._parseExtensionsHeader(headers["sec-websocket-extensions"])
     path, _, query = uri.partition("?")
-    return (end + 4, text[:text.index("\r\n")], headers, uri, path, parse.parse_qs(query),
-            host, origin, protocols, extensions, key)
+    name, equals, value = query.partition("=")
+    if equals and value and "&" not in query and "%" not in query and "+" not in query:
+        params = {name: [value]}  # what parse_qs makes of one plain ``name=value``
+    else:
+        params = parse.parse_qs(query)
+    return (end + 4, text[:text.index("\r\n")], headers, uri, path, params, host, origin,
+            protocols, extensions, key)
 
 
 def _has_token(value: Optional[str], token: str) -> bool:
     """``value`` (a comma-separated header) holds ``token``, case-insensitively."""
     if value is None:
         return False
+    if value.lower() == token:
+        return True
     return any(part.strip().lower() == token for part in value.split(","))
 
 

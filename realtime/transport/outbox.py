@@ -129,11 +129,19 @@ class Outbox:
         fastpath.write_now(self.transport, outbox[0] if len(outbox) == 1 else b"".join(outbox))
 
     def sendData(self, data, sync=False, chopsize=None):
-        # Autobahn's own writes (pings, pongs, close) go after the frames already due.
+        # Autobahn's own writes (the handshake's answer, pings, pongs, close) go after the
+        # frames already due.
         if self._outbox is not None:
             self._flush_outbox()
         if (sync or chopsize) and self.send_queue is NO_QUEUE:
             self.send_queue = deque()  # the only writes that use Autobahn's send queue
+        if not (sync or chopsize or self.send_queue or self.logOctets) and \
+                fastpath.supports_direct_send(self.transport):
+            # straight to the socket, as the frames are (fastpath.write_now): the handshake's
+            # 101 then costs one send, not Twisted's startWriting, a poll round and a
+            # stopWriting (Autobahn's traffic counters, which nothing reads, are skipped)
+            fastpath.write_now(self.transport, data)
+            return
         super().sendData(data, sync, chopsize)
 
     def _resume(self) -> None:

@@ -298,9 +298,11 @@ class _FirstRequestRouter(Protocol):
         release, self._release = self._release, None
         if release is None:
             return
-        if hasattr(protocol, "release_pending"):  # the site's channel (realtime.http.channel)
+        if hasattr(protocol, "release_pending"):
+            # the site's channel (realtime.http.channel) and the gateway's WebSocket protocol
+            # (realtime.transport.websocket) give it back themselves
             protocol.release_pending = release
-        else:  # Autobahn: its handshake is over once open, or closed
+        else:  # another Autobahn protocol: its handshake is over once open, or closed
             txaio.add_callbacks(protocol.is_open, lambda _: release(), lambda _: release())
             txaio.add_callbacks(protocol.is_closed, lambda _: release(), lambda _: release())
 

@@ -39,10 +39,7 @@ from realtime.transport import fastpath
 from realtime.transport.handshake import FastHandshake
 from realtime.transport.outbox import NO_QUEUE, Outbox, Throttle
 from realtime.transport.session import ISessionTransport, Session
-from realtime.vocabulary import (
-    CLOSE_NORMAL,
-    CLOSE_POLICY,
-)
+from realtime.vocabulary import CLOSE_NORMAL, CLOSE_POLICY
 
 #: largest message an unauthenticated client may send (the ``auth`` message needs ~2 KB)
 PREAUTH_MAX_MESSAGE_BYTES = 8 * 1024
@@ -79,7 +76,7 @@ _AUTOBAHN_SLOTS = (
 _CONNECTION_SLOTS = _AUTOBAHN_SLOTS + (
     "session", "_auth_outcome", "_counted", "_paused", "_queue", "_queued_bytes", "_closed",
     "_fragments", "_outbox", "_outbox_bytes", "_batcher", "_ping_sent_at", "_hold",
-    "_drain_timer",
+    "_drain_timer", "release_pending",
 )
 
 #: Autobahn counts every connection's traffic in a TrafficStats object that nothing here
@@ -126,6 +123,7 @@ class RealtimeServerProtocol(Outbox, FastHandshake, WebSocketServerProtocol):
         self._batcher = None
         self._hold = None  # a resume.Hold while a replay runs: live frames wait in it
         self._drain_timer = None  # closed 4100: the abort if the client does not read
+        self.release_pending = None  # the listener's place (fastpath): freed once open/closed
 
     def set_valid_events(self, valid_events=None):
         # Autobahn's observer events (``.on("message", ...)``) are not used on server
@@ -201,7 +199,13 @@ class RealtimeServerProtocol(Outbox, FastHandshake, WebSocketServerProtocol):
 
         return d.addCallbacks(authenticated, refused)
 
+    def _release_pending(self) -> None:
+        if self.release_pending is not None:
+            release, self.release_pending = self.release_pending, None
+            release()
+
     def onOpen(self):
+        self._release_pending()
         if self._closed:
             # The client went away while the handshake's credentials were being checked:
             # Autobahn still completes the handshake and calls onOpen after onClose.
@@ -291,6 +295,7 @@ class RealtimeServerProtocol(Outbox, FastHandshake, WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self._closed = True
+        self._release_pending()
         if self._drain_timer is not None:
             timer, self._drain_timer = self._drain_timer, None
             if timer.active():
@@ -330,8 +335,6 @@ class RealtimeServerProtocol(Outbox, FastHandshake, WebSocketServerProtocol):
 
 #: the server factory, with the protocol options on the protocol class (realtime.transport.fastpath)
 _Factory = fastpath.options_on_class_factory(WebSocketServerFactory)
-
-
 
 #: the payload of the server's WebSocket pings
 _PING_PAYLOAD = b"realtime"

@@ -1,21 +1,29 @@
 """
-Resume figure: one client resuming after N missed changes of a database (1 % of them its
-own documents), against pouchdb-server's own raw ``_changes`` read of the same range
-(``include_docs``, batches of 1,000: what the replay reads) in the same run.
+Resume figures, with real processes on loopback: pouchdb-server (in memory) and
+``python -m realtime`` with a rule file (``users = ["owner"]``).
 
-    python -m benchmarks.resume_bench            # N = 10,000 and 100,000
-    python -m benchmarks.resume_bench --quick    # N = 2,000 and 10,000
+1. Replay against the floor: one client resuming after N missed changes of a database
+   (1 % of them its own documents), against pouchdb-server's own raw ``_changes`` read of
+   the same range (``include_docs``, batches of 1,000: what the replay reads) in the same
+   run.  The replay time runs from sending ``resume`` to receiving ``resumed``; the ratio
+   is raw read time / replay time (1.0: the replay costs no more than reading the
+   changes; target >= 0.8).
+2. Live delivery under replays: the latency (p50 / p99 / max) of live events (the
+   benchmark hook's ``stamp`` broadcasts, 50/s, :mod:`benchmarks.run`'s C load clients) to
+   1,000 connected clients, while 10 clients resume 10,000 missed changes each, over and
+   over (``REALTIME_RESUME_CONCURRENCY=10``: all 10 read at once), against the same with
+   no replay, interleaved (idle, replays, idle, replays...) in the same gateway process;
+   target: p99 under replays <= 2 x idle p99.
 
-Real processes on loopback: pouchdb-server (in memory) and ``python -m realtime`` with a
-rule file (``users = ["owner"]``).  The replay time runs from sending ``resume`` to
-receiving ``resumed``; the ratio is raw read time / replay time (1.0: the replay costs
-no more than reading the changes).  Not measured here: live delivery p99 to other clients
-while replays run.
+    python -m benchmarks.resume_bench            # N = 10,000 and 100,000; live 8 s x 2
+    python -m benchmarks.resume_bench --quick    # N = 2,000 and 10,000; live 4 s x 2
+    python -m benchmarks.resume_bench --only live   # (or replay) one figure only
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -23,6 +31,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -59,58 +68,76 @@ def raw_read(couch: PouchDBServer, db: str) -> float:
             return time.perf_counter() - started
 
 
-def replay(port: int, db: str, user: str) -> tuple:
-    """(seconds from resume to resumed, messages replayed), with a plain socket client."""
-    import base64
-    import socket
-    token = jwt.encode({"sub": user, "exp": int(time.time()) + 3600}, SECRET,
-                       algorithm="HS256")
-    sock = socket.create_connection(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    buffer = b""
-    while b"\r\n\r\n" not in buffer:
-        buffer += sock.recv(65536)
-    buffer = buffer.split(b"\r\n\r\n", 1)[1]
+class ReplayClient:
+    """One WebSocket connection (a plain socket client) that resumes a database, again and
+    again if asked; frames of any other type (live broadcasts) are read and skipped."""
 
-    def frames():
-        nonlocal buffer
+    def __init__(self, port: int, user: str, secret: str = SECRET):
+        import base64
+        import socket
+        token = jwt.encode({"sub": user, "exp": int(time.time()) + 3600}, secret,
+                           algorithm="HS256")
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=300)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                           ).encode())
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("the gateway closed the handshake")
+            self.buffer += chunk
+        self.buffer = self.buffer.split(b"\r\n\r\n", 1)[1]
+        self.frames = self._frames()
+        for payload in self.frames:
+            if json.loads(payload)["type"] == "connected":
+                break
+
+    def _frames(self):
         while True:
-            while len(buffer) < 2 or len(buffer) < _frame_length(buffer):
-                chunk = sock.recv(1 << 20)
+            while len(self.buffer) < 2 or len(self.buffer) < _frame_length(self.buffer):
+                chunk = self.sock.recv(1 << 20)
                 if not chunk:
                     return
-                buffer += chunk
-            length = _frame_length(buffer)
-            frame, buffer = buffer[:length], buffer[length:]
+                self.buffer += chunk
+            length = _frame_length(self.buffer)
+            frame, self.buffer = self.buffer[:length], self.buffer[length:]
             yield _payload(frame)
 
-    def send(message):
+    def send(self, message: dict) -> None:
         payload = json.dumps(message).encode()
         mask = os.urandom(4)
         header = bytes([0x81, 0x80 | 126]) + struct.pack("!H", len(payload)) \
             if len(payload) > 125 else bytes([0x81, 0x80 | len(payload)])
-        sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
 
-    received = frames()
-    for payload in received:
-        if json.loads(payload)["type"] == "connected":
-            break
-    started = time.perf_counter()
-    send({"type": "resume", "since": {db: 0}})
-    count = 0
-    for payload in received:
-        message = json.loads(payload)
-        if message["type"] == "resumed":
-            elapsed = time.perf_counter() - started
-            sock.close()
-            assert message["recovered"][db] is True, message
-            return elapsed, count
-        if message.get("replay"):
-            count += 1
-    raise RuntimeError("the connection ended before resumed")
+    def resume(self, db: str, since=0) -> tuple:
+        """(seconds from resume to resumed, messages replayed)."""
+        started = time.perf_counter()
+        self.send({"type": "resume", "since": {db: since}})
+        count = 0
+        for payload in self.frames:
+            message = json.loads(payload)
+            if message["type"] == "resumed":
+                assert message["recovered"][db] is True, message
+                return time.perf_counter() - started, count
+            if message.get("replay"):
+                count += 1
+        raise RuntimeError("the connection ended before resumed")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def replay(port: int, db: str, user: str) -> tuple:
+    """(seconds from resume to resumed, messages replayed) on a new connection."""
+    client = ReplayClient(port, user)
+    try:
+        return client.resume(db)
+    finally:
+        client.close()
 
 
 def _frame_length(buffer: bytes) -> int:
@@ -155,17 +182,123 @@ def start_gateway(couch: PouchDBServer, db: str, folder: str):
     raise RuntimeError("the gateway did not start")
 
 
+# -- live delivery while replays run ----------------------------------------------------
+
+LIVE_CLIENTS = 1000
+REPLAYS = 10
+LIVE_CHANGES = 10_000
+
+
+class ReplaysRunning:
+    """``REPLAYS`` clients resuming the same range over and over, each in a thread, while
+    the ``with`` block runs (each finishes the replay it is in when the block ends)."""
+
+    def __init__(self, clients, db: str):
+        self.clients, self.db = clients, db
+        self.stop = threading.Event()
+        self.started = threading.Barrier(len(clients) + 1)
+        self.done = [0] * len(clients)
+        self.errors = []
+
+    def _run(self, index: int) -> None:
+        try:
+            self.started.wait(timeout=60)
+            while not self.stop.is_set():
+                self.clients[index].resume(self.db)
+                self.done[index] += 1
+        except Exception as e:  # reported by __exit__
+            self.errors.append(repr(e))
+
+    def __enter__(self):
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                        for i in range(len(self.clients))]
+        for thread in self.threads:
+            thread.start()
+        self.started.wait(timeout=60)
+        time.sleep(0.5)  # every replay under way (the first batches read)
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=300)
+        if self.errors:
+            raise RuntimeError(f"a replay failed: {self.errors[0]}")
+
+
+@contextlib.contextmanager
+def environment(**values):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def live_figure(couch: PouchDBServer, folder: str, seconds: float, rounds: int) -> dict:
+    """p50/p99/max of live deliveries to LIVE_CLIENTS, idle and while REPLAYS replays run."""
+    from benchmarks import run
+    db = "live"
+    seed(couch, db, LIVE_CHANGES, "ann")
+    rules = os.path.join(folder, "live-rules.toml")
+    with open(rules, "w") as f:
+        f.write(f'[databases.{db}]\nusers = ["owner"]\n')
+    run.raise_fd_limit()
+    binary = run.build_client(os.path.join(HERE, "results"))
+    with environment(REALTIME_CONFIG=rules, REALTIME_RESUME_MAX_CHANGES="10000000",
+                     REALTIME_RESUME_CONCURRENCY=str(REPLAYS)):
+        server = run.Server("gateway", couch, folder)
+    clients = run.Clients(2, binary)
+    replayers = []
+    out = {"idle": [], "replays": [], "replays_done": [], "seconds": seconds}
+    try:
+        parts = run.split(LIVE_CLIENTS, 2)
+        clients.send_all([f"connect {server.port} {part} 100 "
+                          f"{run.token_file(folder, sum(parts[:i]), part)}"
+                          for i, part in enumerate(parts)])
+        connected = sum(int(c[0]) for c in clients.read_all("connected"))
+        assert connected == LIVE_CLIENTS, connected
+        replayers = [ReplayClient(server.port, "ann", run.SECRET) for _ in range(REPLAYS)]
+        time.sleep(1.5)
+        def measured(name):
+            """One latency run, with the CPU share of the gateway and of pouchdb-server."""
+            cpu = server.cpu(), run.cpu_seconds(couch.process.pid), time.monotonic()
+            result = run.latency(server, clients, 50.0, seconds)
+            elapsed = time.monotonic() - cpu[2]
+            result["gateway_cpu"] = (server.cpu() - cpu[0]) / elapsed
+            result["couch_cpu"] = (run.cpu_seconds(couch.process.pid) - cpu[1]) / elapsed
+            out[name].append(result)
+
+        for _ in range(rounds):
+            measured("idle")
+            with ReplaysRunning(replayers, db) as running:
+                measured("replays")
+            out["replays_done"].append(sum(running.done))
+    finally:
+        for client in replayers:
+            client.close()
+        clients.stop()
+        server.stop()
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=("replay", "live"))
     args = parser.parse_args(argv)
     sizes = (2_000, 10_000) if args.quick else (10_000, 100_000)
     folder = tempfile.mkdtemp(prefix="realtime-resume-bench-")
     couch = PouchDBServer().start()
-    rows = []
+    rows, live = [], None
     try:
-        for n in sizes:
+        for n in sizes if args.only != "live" else ():
             db = f"bench{n}"
             seed(couch, db, n, "ann")
             process, port = start_gateway(couch, db, folder)
@@ -180,12 +313,38 @@ def main(argv=None) -> int:
                 rows.append((n, raw, rep, raw / rep))
             finally:
                 stop_process(process)
+        if args.only != "replay":
+            live = live_figure(couch, folder, 4.0 if args.quick else 8.0, 2)
     finally:
         couch.stop()
-    print("| missed changes | raw _changes read (s) | resume replay (s) | raw / replay |")
-    print("|---:|---:|---:|---:|")
-    for n, raw, rep, ratio in rows:
-        print(f"| {n:,} | {raw:.2f} | {rep:.2f} | {ratio:.2f} |")
+    if rows:
+        print("| missed changes | raw _changes read (s) | resume replay (s) | raw / replay |")
+        print("|---:|---:|---:|---:|")
+        for n, raw, rep, ratio in rows:
+            print(f"| {n:,} | {raw:.2f} | {rep:.2f} | {ratio:.2f} |")
+    if live:
+        print()
+        print(f"Live events at 50/s to {LIVE_CLIENTS:,} clients, {live['seconds']:g} s per "
+              f"round, {len(live['idle'])} interleaved rounds (medians):")
+        print()
+        print("| condition | p50 (ms) | p99 (ms) | max (ms) | missing | replays done "
+              "| gateway CPU | pouchdb CPU |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name, label, done in (("idle", "no replay", "-"),
+                                  ("replays", f"{REPLAYS} replays of {LIVE_CHANGES:,}",
+                                   "+".join(map(str, live["replays_done"])))):
+            runs = live[name]
+            med = {key: statistics.median(r[key] for r in runs)
+                   for key in ("p50_ms", "p99_ms", "max_ms", "gateway_cpu", "couch_cpu")}
+            print(f"| {label} | {med['p50_ms']:.1f} | {med['p99_ms']:.1f} | "
+                  f"{med['max_ms']:.1f} | {sum(r['missing'] for r in runs)} | {done} | "
+                  f"{med['gateway_cpu']:.0%} | {med['couch_cpu']:.0%} |")
+        idle = statistics.median(r["p99_ms"] for r in live["idle"])
+        busy = statistics.median(r["p99_ms"] for r in live["replays"])
+        print()
+        print(f"p99 under replays / idle p99: {busy / idle:.2f} (target <= 2); per round: "
+              + ", ".join(f"{r['p99_ms']:.1f}/{i['p99_ms']:.1f}"
+                          for r, i in zip(live["replays"], live["idle"])))
     return 0
 
 

@@ -34,6 +34,7 @@ from realtime.databases.writer import CouchDocuments, DocumentWriter, WriteMetri
 from realtime.feeds.changes import ChangesFollower
 from realtime.feeds.couchreads import ChangesReader
 from realtime.feeds.dispatch import ChangeDispatch
+from realtime.feeds.pacing import Turns
 from realtime.feeds.replay import AppDatabaseReplay, Replayer
 from realtime.feeds.routing import utc_timestamp
 from realtime.http.channel import PendingConnections
@@ -134,9 +135,10 @@ def make_replayer(config, reactor, rules) -> Replayer:
     """Replays of the followed databases for ``resume``, with the gateway's credentials
     (a plain Agent, a pool that keeps no connection: see realtime.feeds.couchreads)."""
     agent = Agent(reactor, pool=QuietPool(reactor, persistent=False))
+    turns = Turns(reactor)  # one piece of replay work per reactor turn (feeds.pacing)
     reader = ChangesReader(agent, config.couchdb_url, reactor,
-                           admin_auth=config.couchdb_admin_auth)
-    return Replayer(reader, reactor, followed=followed_databases(config, rules),
+                           admin_auth=config.couchdb_admin_auth, turns=turns)
+    return Replayer(reader, reactor, followed=followed_databases(config, rules), turns=turns,
                     databases={db: AppDatabaseReplay(db, rule) for db, rule in rules.items()},
                     max_changes=config.resume_max_changes,
                     concurrency=config.resume_concurrency)

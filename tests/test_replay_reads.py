@@ -83,6 +83,24 @@ class ReadAhead(unittest.TestCase):
         self.assertEqual(len(self.reader.reads), 3)
         self.assertEqual(self.reader.cancelled, [])
 
+    def test_each_batch_is_routed_on_a_turn_of_its_own(self):
+        """With pacing (as the gateway runs), a batch that arrived waits for a reactor
+        turn before it is routed and sent; the read ahead is asked for meanwhile."""
+        from realtime.feeds.pacing import Turns
+        from tests.test_pacing import TurnClock
+        clock = TurnClock()
+        self.replayer = Replayer(self.reader, Clock(), followed=("notes",), batch_size=4,
+                                 turns=Turns(clock))
+        d = self.replay()
+        self.reader.answer(0, batch(0, 4))
+        self.assertEqual((self.sent, len(self.reader.reads)), ([], 2))
+        clock.advance(0)
+        self.assertEqual([m["id"] for m in self.sent], ["d2", "d4"])
+        self.reader.answer(1, batch(4, 1))
+        self.assertNoResult(d)
+        clock.advance(0)
+        self.assertEqual(self.successResultOf(d).replayed, 2)
+
     def test_a_client_that_leaves_cancels_the_read_ahead(self):
         """
         Gone while a batch is sent: nothing more is sent, the read ahead is cancelled;

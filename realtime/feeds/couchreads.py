@@ -14,6 +14,9 @@ Decisions:
   so a document that could not be sent on as JSON is refused here, not half-way through a
   replay).
 - A cancelled read (the replay stopped: its client left) is not asked again.
+- An answer is parsed on a reactor turn of its own (``turns``: :mod:`realtime.feeds.pacing`),
+  so that the answers of several replays arriving together do not hold live delivery up
+  for all their parsing at once.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from realtime import jsonutil
+from realtime.feeds.pacing import NoPacing
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -83,6 +87,7 @@ class ChangesReader:
     :param clock: an ``IReactorTime`` (deadlines, retries).
     :param admin_auth: base64 of ``user:password`` (``COUCHDB_ADMIN_AUTH``), or None.
     :param timeout: seconds for one request, headers and body.
+    :param turns: a :class:`realtime.feeds.pacing.Turns` (None: parsed at once).
     """
 
     _log = Logger()
@@ -90,8 +95,9 @@ class ChangesReader:
     RETRIES = 2
 
     def __init__(self, agent, couchdb_url: str, clock, admin_auth: Optional[str] = None,
-                 timeout: float = DEFAULT_TIMEOUT):
+                 timeout: float = DEFAULT_TIMEOUT, turns=None):
         self._agent = agent
+        self._turns = turns if turns is not None else NoPacing()
         self._base = couchdb_url.rstrip("/")
         self._clock = clock
         self._timeout = timeout
@@ -136,6 +142,7 @@ class ChangesReader:
                                    retry=True) from None
         if status == 400:
             raise SeqRefused()
+        yield self._turns.next()
         try:
             parsed = jsonutil.loads(content) if content else None
         except ValueError:

@@ -54,11 +54,13 @@ Load: at most ``concurrency`` replays read CouchDB at once per process
 are in batches of ``batch_size`` changes, each a separate request, so live delivery to
 other connections goes on between them.  The next batch is asked for as soon as one
 arrives, before it is routed: CouchDB reads the next while the gateway routes and sends
-this one (one read ahead per replay, no more).  A client that disconnects stops its read
-at the next batch, and the read ahead is cancelled (it leaves the queue if still
-waiting).  Every request has a deadline; a CouchDB that cannot answer makes the database
-``recovered: false`` reason ``unavailable`` (the client may resume again).  The reads
-themselves (no gzip, retries) are :mod:`realtime.feeds.couchreads`'.
+this one (one read ahead per replay, no more).  Parsing and routing a batch each take a
+reactor turn of their own, shared fairly by the replays of the process
+(:mod:`realtime.feeds.pacing`), so live delivery runs between any two of them.  A client
+that disconnects stops its read at the next batch, and the read ahead is cancelled (it
+leaves the queue if still waiting).  Every request has a deadline; a CouchDB that cannot
+answer makes the database ``recovered: false`` reason ``unavailable`` (the client may
+resume again).  The reads themselves (no gzip, retries): :mod:`realtime.feeds.couchreads`.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ from twisted.logger import Logger
 from realtime.databases.routing import change_rev, doc_change_message, is_internal
 from realtime.databases.rules import AccessRuleFailed, principals_of
 from realtime.feeds.couchreads import ChangesReader, CouchUnavailable, SeqRefused
+from realtime.feeds.pacing import NoPacing
 from realtime.feeds.routing import USER_PREFIX, USERS_DB, route_users_change
 from realtime.vocabulary import utc_timestamp
 
@@ -109,14 +112,17 @@ class Replayer:
     :param databases: name -> replay of that database; ``_users`` is built in.
     :param max_changes: ``REALTIME_RESUME_MAX_CHANGES``.
     :param concurrency: replays reading CouchDB at once.
+    :param turns: a :class:`realtime.feeds.pacing.Turns`: each batch is routed on a
+        reactor turn of its own (None: at once).
     """
 
     _log = Logger()
 
     def __init__(self, reader: ChangesReader, clock, followed=(USERS_DB,), databases=None,
                  max_changes: int = 100_000, concurrency: int = 4,
-                 batch_size: int = DEFAULT_BATCH):
+                 batch_size: int = DEFAULT_BATCH, turns=None):
         self.reader = reader
+        self.turns = turns if turns is not None else NoPacing()
         self._clock = clock
         self._followed = frozenset(followed)
         self._databases = dict(databases or {})
@@ -307,6 +313,9 @@ class AppDatabaseReplay:
                 last = answer.get("last_seq", position)
                 if len(results) >= batch:  # the next batch is read while this one is routed
                     ahead = reader.changes(db, last, batch)
+                yield replayer.turns.next()
+                if not conn.still_open:
+                    return ReplayResult(position, sent, False, "disconnected")
                 out = self._route(results, conn, utc_timestamp(replayer._clock.seconds()))
                 pending = [item for item in out if isinstance(item, tuple)]
                 lost = (yield self._readable_before(reader, conn, pending)) if pending \

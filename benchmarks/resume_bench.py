@@ -240,7 +240,8 @@ def environment(**values):
                 os.environ[key] = value
 
 
-def live_figure(couch: PouchDBServer, folder: str, seconds: float, rounds: int) -> dict:
+def live_figure(couch: PouchDBServer, folder: str, seconds: float, rounds: int,
+                gateway_root=None) -> dict:
     """p50/p99/max of live deliveries to LIVE_CLIENTS, idle and while REPLAYS replays run."""
     from benchmarks import run
     db = "live"
@@ -252,7 +253,7 @@ def live_figure(couch: PouchDBServer, folder: str, seconds: float, rounds: int) 
     binary = run.build_client(os.path.join(HERE, "results"))
     with environment(REALTIME_CONFIG=rules, REALTIME_RESUME_MAX_CHANGES="10000000",
                      REALTIME_RESUME_CONCURRENCY=str(REPLAYS)):
-        server = run.Server("gateway", couch, folder)
+        server = run.Server("gateway", couch, folder, gateway_root)
     clients = run.Clients(2, binary)
     replayers = []
     out = {"idle": [], "replays": [], "replays_done": [], "seconds": seconds}
@@ -292,6 +293,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=("replay", "live"))
+    parser.add_argument("--gateway-root", help="run the gateway of the live figure from "
+                        "another checkout (to compare before and after a change)")
     args = parser.parse_args(argv)
     sizes = (2_000, 10_000) if args.quick else (10_000, 100_000)
     folder = tempfile.mkdtemp(prefix="realtime-resume-bench-")
@@ -314,7 +317,8 @@ def main(argv=None) -> int:
             finally:
                 stop_process(process)
         if args.only != "replay":
-            live = live_figure(couch, folder, 4.0 if args.quick else 8.0, 2)
+            live = live_figure(couch, folder, 4.0 if args.quick else 8.0, 2,
+                               args.gateway_root)
     finally:
         couch.stop()
     if rows:

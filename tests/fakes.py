@@ -180,11 +180,15 @@ class FakeCouchDB(Resource):
     """
     A fake CouchDB 3 over HTTP (a ``twisted.web`` resource), for what pouchdb-server cannot
     show: opaque string seqs (``"7-g1AAAA…"``), compaction (older revisions' bodies gone),
-    answers under test control.  It serves ``GET /db/_changes`` (the "where is now" query
-    and ``feed=continuous`` from ``since``), ``GET /db/id`` (with ``rev=`` and
-    ``revs=true``) and ``GET /db/_all_docs?include_docs=true``.  Documents are written with
-    :meth:`put` and :meth:`delete` (no HTTP); :meth:`compact` drops every non-leaf body, and
-    with ``auto_compact`` every write does (a database compacted before anyone reads back).
+    answers under test control.  It serves ``GET /db`` (``update_seq``), ``GET
+    /db/_changes`` (the "where is now" query, ``feed=continuous`` from ``since``, and
+    batches from ``since`` with ``limit``, ``include_docs`` and ``pending``, each document
+    once at its latest change; 400 for a ``since`` it never gave), ``GET /db/id`` (with
+    ``rev=`` and ``revs=true``), ``POST /db/_bulk_get`` (``revs=true``) and
+    ``GET /db/_all_docs?include_docs=true``; ``requests`` records (method, path, args).
+    Documents are written with :meth:`put` and :meth:`delete` (no HTTP); :meth:`compact`
+    drops every non-leaf body, and with ``auto_compact`` every write does (a database
+    compacted before anyone reads back).
 
     ``listen()`` starts it on a loopback port (``url``, ``admin_auth`` as a PouchDBServer
     has them, so a GatewayHarness can use it); ``stop()`` ends the feeds and the port.
@@ -199,6 +203,7 @@ class FakeCouchDB(Resource):
         self._feeds = []  # (request, db name)
         self.port = None
         self.auto_compact = False
+        self.requests = []
 
     # -- control ------------------------------------------------------------------------
 
@@ -261,10 +266,15 @@ class FakeCouchDB(Resource):
         db_name, rest = unquote(db_name), unquote(rest)
         args = {k.decode(): v[0].decode() for k, v in request.args.items()}
         request.setHeader(b"content-type", b"application/json")
+        self.requests.append(("GET", path, args))
         store = self.dbs.get(db_name)
         if store is None:
             return self._error(request, 404, "not_found", "Database does not exist.")
+        if rest == "":
+            return jsonutil.dumps({"db_name": db_name, "update_seq": store.head()})
         if rest == "_changes":
+            if args.get("feed") != "continuous" and "since" in args:
+                return self._batch(request, store, args)
             if args.get("feed") != "continuous":
                 last = store.changes[-1]["seq"] if store.changes else "0"
                 return jsonutil.dumps({"results": [], "last_seq": last})
@@ -309,6 +319,49 @@ class FakeCouchDB(Resource):
                                   "ids": [r.split("-", 1)[1] for r in reversed(upto)]}
         return jsonutil.dumps(body)
 
+    def _batch(self, request, store, args) -> bytes:
+        """A normal (not continuous) ``_changes`` batch, as CouchDB 3 answers it."""
+        since = args["since"]
+        known = [row["seq"] for row in store.changes]
+        if since != "0" and since not in known:
+            return self._error(request, 400, "bad_request", "Malformed sequence")
+        after = store.changes[known.index(since) + 1 if since in known else 0:]
+        latest = {row["id"]: row for row in after}  # each document at its latest change
+        rows = [row for row in after if latest[row["id"]] is row]
+        page = rows[:int(args.get("limit", len(rows)))]
+        if args.get("include_docs") != "true":
+            page = [{k: v for k, v in row.items() if k != "doc"} for row in page]
+        return jsonutil.dumps({"results": page,
+                               "last_seq": page[-1]["seq"] if page else store.head(),
+                               "pending": len(rows) - len(page)})
+
+    def render_POST(self, request):
+        path = request.path.decode("ascii").lstrip("/")
+        db_name, _, rest = path.partition("/")
+        args = {k.decode(): v[0].decode() for k, v in request.args.items()}
+        request.setHeader(b"content-type", b"application/json")
+        self.requests.append(("POST", path, args))
+        store = self.dbs.get(unquote(db_name))
+        if store is None or rest != "_bulk_get":
+            return self._error(request, 404, "not_found", "missing")
+        results = []
+        for wanted in jsonutil.loads(request.content.read())["docs"]:
+            revisions = store.docs.get(wanted["id"], {})
+            body = revisions.get(wanted["rev"])
+            if body is None:
+                found = {"error": {"id": wanted["id"], "rev": wanted["rev"],
+                                   "error": "not_found", "reason": "missing"}}
+            else:
+                body = dict(body)
+                if args.get("revs") == "true":
+                    ordered = list(revisions)
+                    upto = ordered[:ordered.index(wanted["rev"]) + 1]
+                    body["_revisions"] = {"start": len(upto), "ids": [
+                        r.split("-", 1)[1] for r in reversed(upto)]}
+                found = {"ok": body}
+            results.append({"id": wanted["id"], "docs": [found]})
+        return jsonutil.dumps({"results": results})
+
     def _error(self, request, code: int, error: str, reason: str) -> bytes:
         request.setResponseCode(code)
         return jsonutil.dumps({"error": error, "reason": reason})
@@ -319,3 +372,6 @@ class _FakeDB:
         self.docs = {}  # id -> {rev: body or None (compacted)}, in revision order
         self.changes = []  # rows, in seq order (every revision, as the feed showed it)
         self.counter = 0
+
+    def head(self):
+        return self.changes[-1]["seq"] if self.changes else "0"

@@ -11,6 +11,7 @@ import socket
 import treq.client
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import reactor, task
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -26,6 +27,7 @@ from realtime.vocabulary import CLOSE_TOO_SLOW
 from tests import harness
 from tests.fakes import SECRET, make_token
 from tests.harness import GatewayHarness
+from tests.test_protocol_memory import make_listener
 
 
 class FakeSocket:
@@ -418,3 +420,32 @@ class FirstRequestRouterTests(unittest.TestCase):
         """Once the request line is in, the timeout is gone."""
         self.route([b"GET /ws HTTP/1.1\r\n\r\n"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class HandshakeAnswerTests(unittest.TestCase):
+    def test_101_and_connected_in_one_send(self):
+        """On plain TCP the handshake's answer and ``connected`` reach the socket in one send."""
+        clock = Clock()
+        gateway, listener = make_listener(clock=clock)
+        factory = listener.ws_factory
+        factory.batcher = fastpath.TurnBatcher(clock)
+        sock = FakeSocket()
+        transport = FakeTCPTransport(sock)
+        transport.producer = None
+        transport.streamingProducer = False
+        transport.client = ("127.0.0.1", 4321)
+        transport._addressType = IPv4Address
+        conn = factory.buildProtocol(None)
+        conn.makeConnection(transport)
+        conn.dataReceived((f"GET /ws?token={make_token('alice')} HTTP/1.1\r\nHost: x\r\n"
+                           "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        self.assertEqual(sock.sent, [])  # until the turn ends
+        clock.advance(0)
+        self.assertEqual(len(sock.sent), 1, sock.sent)
+        self.assertTrue(sock.sent[0].startswith(b"HTTP/1.1 101 "))
+        self.assertIn(b'"type":"connected"', sock.sent[0])
+        self.assertEqual(transport.written, [])  # nothing went through Twisted's buffer
+        conn.session._watch.stop()
+        conn.onClose(False, 1006, "")

@@ -137,9 +137,16 @@ class Outbox:
             self.send_queue = deque()  # the only writes that use Autobahn's send queue
         if not (sync or chopsize or self.send_queue or self.logOctets) and \
                 fastpath.supports_direct_send(self.transport):
-            # straight to the socket, as the frames are (fastpath.write_now): the handshake's
-            # 101 then costs one send, not Twisted's startWriting, a poll round and a
-            # stopWriting (Autobahn's traffic counters, which nothing reads, are skipped)
+            # straight to the socket, as the frames are (fastpath.write_now), not through
+            # Twisted's startWriting, a poll round and a stopWriting (Autobahn's traffic
+            # counters, which nothing reads, are skipped).  The handshake's 101 waits in
+            # the outbox for the end of the turn: ``connected``, written in the same turn
+            # when admission needs no Redis, goes in the same send.
+            if self.state == self.STATE_CONNECTING and data.startswith(b"HTTP/1.1 101 "):
+                self._outbox = [data]
+                self._outbox_bytes = len(data)
+                self.factory.batcher.due(self)
+                return
             fastpath.write_now(self.transport, data)
             return
         super().sendData(data, sync, chopsize)

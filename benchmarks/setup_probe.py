@@ -2,13 +2,17 @@
 A short probe of connection setup and idle memory only (no fan-out): for developing.
 
     python -m benchmarks.setup_probe [--n 3000] [--rounds 3] [--servers gateway,node]
-                                     [--profile]
+                                     [--profile] [--before ROOT]
 
 The same processes, load clients and tokens as ``benchmarks.run`` (whose classes it uses),
 interleaved as there; per session: connections per second, idle KB per connection and the
-server's CPU while accepting.  ``--profile`` records a py-spy profile of each gateway
-session's setup (``benchmarks/results/probe-<stamp>/``).  It is not the benchmark: the
+server's CPU while accepting (both processes' for gateway2).  ``--profile`` records a py-spy
+profile of each gateway session's setup (``benchmarks/results/probe-<stamp>/``).  It is not the benchmark: the
 figures of record come from ``make bench``.
+
+``--before ROOT`` also runs each gateway kind from another checkout (``git worktree add
+--detach ../before <commit>``), interleaved with this tree's, and prints both: a before /
+after comparison made in one sitting, as the shared machine's load drifts.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ runpy.run_module("realtime", run_name="__main__", alter_sys=True)
     clients = run.Clients(opts.client_procs, opts.client_binary)
     try:
         time.sleep(0.5)
-        rss0 = run.rss_kb(server.pid)
+        rss0 = server.rss()
         parts = run.split(n, len(clients.procs))
         starts = [first_user + sum(parts[:i]) for i in range(len(parts))]
         files = [run.token_file(log_dir, s, p) if kind in run.GATEWAYS else "-"
@@ -60,7 +64,7 @@ runpy.run_module("realtime", run_name="__main__", alter_sys=True)
         if opts.profile and kind != "node":
             spy = run.start_profile(server.pid, os.path.join(
                 log_dir, f"profile-{kind}-setup-{n}-{index}.txt"))
-        cpu0 = run.cpu_seconds(server.pid)
+        cpu0 = server.cpu()
         try:
             clients.send_all([f"connect {server.port} {part} {opts.concurrency} {path}"
                               for part, path in zip(parts, files)])
@@ -70,9 +74,9 @@ runpy.run_module("realtime", run_name="__main__", alter_sys=True)
                 run.stop_profile(spy)
         ok = sum(int(c[0]) for c in connected)
         seconds = max(float(c[3]) for c in connected) - min(float(c[2]) for c in connected)
-        cpu = run.cpu_seconds(server.pid) - cpu0
+        cpu = server.cpu() - cpu0
         time.sleep(opts.settle)
-        kb = (run.rss_kb(server.pid) - rss0) / max(ok, 1)
+        kb = (server.rss() - rss0) / max(ok, 1)
         return {"server": kind, "ok": ok, "rate": ok / seconds, "kb": kb,
                 "cpu_per_conn_us": cpu / max(ok, 1) * 1e6}
     finally:
@@ -90,6 +94,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cprofile", action="store_true",
                         help="run the gateway under cProfile (call counts; slower)")
     parser.add_argument("--gateway-root")
+    parser.add_argument("--before", help="another checkout whose gateway runs beside this "
+                        "tree's (kinds named <kind>@before in the output)")
     opts = parser.parse_args(argv)
     opts.concurrency = 100
     opts.settle = 1.5
@@ -103,17 +109,24 @@ def main(argv=None) -> int:
     rows = []
     try:
         first = 0
+        runs = [(kind, opts.gateway_root, kind) for kind in opts.servers.split(",")]
+        if opts.before:
+            runs = [run_ for kind, root, label in runs for run_ in
+                    ([(kind, opts.before, kind + "@before")] if kind in run.GATEWAYS else [])
+                    + [(kind, root, label)]]
         for r in range(opts.rounds):
-            for kind in opts.servers.split(","):
+            for kind, root, label in runs:
+                opts.gateway_root = root
                 row = probe(kind, opts.n, couch, opts, log_dir, first, r)
+                row["server"] = label
                 first += opts.n
                 rows.append(row)
-                print(f"  {kind:8s} {row['ok']:6d} conns  {row['rate']:8.0f}/s  "
+                print(f"  {label:8s} {row['ok']:6d} conns  {row['rate']:8.0f}/s  "
                       f"{row['kb']:5.2f} KB/conn  {row['cpu_per_conn_us']:6.0f} us CPU/conn",
                       file=sys.stderr, flush=True)
     finally:
         couch.stop()
-    for kind in opts.servers.split(","):
+    for kind in [label for _, _, label in runs]:
         mine = [r for r in rows if r["server"] == kind]
         print(f"{kind:8s} median {statistics.median(r['rate'] for r in mine):8.0f}/s  "
               f"{statistics.median(r['kb'] for r in mine):5.2f} KB/conn  "

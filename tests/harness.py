@@ -249,10 +249,13 @@ class GatewayHarness:
     :param feeds: False: no changes feed is followed (the status says ``off``).
     :param start_feeds: False: the feeds are built but not started (``harness.followers``).
     :param rules: the application databases' RuleSet (default: the ``config`` override's).
+    :param parts: more arguments of :func:`realtime.assembly.make_parts` (fault injection:
+        ``session_checker``, ``cluster_parts``).
     :param overrides: Config fields.
     """
 
-    def __init__(self, couchdb=None, feeds=True, rules=None, start_feeds=True, **overrides):
+    def __init__(self, couchdb=None, feeds=True, rules=None, start_feeds=True, parts=None,
+                 **overrides):
         self.couchdb = couchdb if couchdb is not None else pouchdb()
         base = dict(
             listen=("tcp:0:interface=127.0.0.1",),
@@ -266,6 +269,7 @@ class GatewayHarness:
         self.feeds = feeds
         self.start_feeds = start_feeds
         self.rules = rules
+        self.parts_arguments = dict(parts or {})
         self.clients = []
         self._pools = []
 
@@ -288,7 +292,8 @@ class GatewayHarness:
             feeds_agent = Agent(reactor, pool=feed_pool)
         self.seen_ids = set()
         parts = make_parts(self.config, reactor, http=self.http, feeds_agent=feeds_agent,
-                           rules=self.rules, observe_changes=self._recording)
+                           rules=self.rules, observe_changes=self._recording,
+                           **self.parts_arguments)
         self.parts = parts
         self.gateway = parts.gateway
         self.followers = parts.followers

@@ -26,10 +26,21 @@ class AuthCase(unittest.TestCase):
 
     @inlineCallbacks
     def setUp(self):
+        yield self.start_gateway()
+        self.addCleanup(lambda: self.gw.stop())  # the gateway of the moment (see rebuild)
+
+    def start_gateway(self, **parts):
         self.gw = GatewayHarness(feeds=False, jwt_secret=SECRET,
-                                 cors_origins=("https://app.example",), **self.overrides)
-        yield self.gw.start()
-        self.addCleanup(self.gw.stop)
+                                 cors_origins=("https://app.example",), parts=parts,
+                                 **self.overrides)
+        return self.gw.start()
+
+    @inlineCallbacks
+    def rebuild(self, **parts):
+        """This test's gateway again, built with ``parts`` in place (fault injection:
+        arguments of ``make_parts``, such as ``session_checker``)."""
+        yield self.gw.stop()
+        yield self.start_gateway(**parts)
 
     @inlineCallbacks
     def connected(self, user=None, **claims):
@@ -227,7 +238,7 @@ class RevocationTests(AuthCase):
         dead = RedisClient(reactor, parse_redis_url(harness.RedisServer().url), timeout=0.5)
         dead.start()
         self.addCleanup(dead.stop)
-        self.gw.gateway.authenticator.revocations = RedisRevocationStore(dead, reactor)
+        yield self.rebuild(cluster_parts={"revocations": RedisRevocationStore(dead, reactor)})
         client = yield self.gw.connect(query={"token": make_token(unique("user"))})
         self.assertEqual((yield client.next("auth_failed"))["reason"], "unavailable")
         yield self.assertClosed(client, 4101)
@@ -544,7 +555,7 @@ class ReviewRegressionTests(AuthCase):
                 asked.callback(None)
                 return pending
 
-        self.gw.gateway.authenticator.session_checker = SlowSessions()
+        yield self.rebuild(session_checker=SlowSessions())
         user = unique("gone")
         handshake = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
                      b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"

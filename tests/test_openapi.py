@@ -12,8 +12,6 @@ from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 from twisted.web.test.requesthelper import DummyRequest
 
-from realtime.auth.revocation import Revoker
-from realtime.auth.stores import MemoryRevocationStore
 from realtime.http.endpoint import Endpoint
 from realtime.http.openapi import DOCUMENT
 from realtime.http.rest import make_api
@@ -117,8 +115,6 @@ class OpenAPITests(RESTTestCase):
         answers the documented 404.
         """
         FakeConnection(self.gateway, "alice", topics=["public:news"])
-        clock = self.gateway.clock
-        self.gateway.revoker = Revoker(MemoryRevocationStore(clock), self.gateway.broker, clock)
         calls = [(m, p, b, ADMIN) for m, p, b in ADMIN_CALLS] + [
             ("POST", "/websocket/tokens/revoke",
              {"jti": "t-1", "exp": int(self.gateway.now()) + 600}, ADMIN),

@@ -59,7 +59,7 @@ class CountingConnection:
     """What the registry needs of a connection; deliveries are only counted."""
 
     __slots__ = ("connection_id", "user_id", "roles", "topics", "frames", "token_id",
-                 "session_seq", "admitted_at")
+                 "session_seq", "admitted_at", "selections")
 
     def __init__(self, connection_id, user_id):
         self.connection_id = connection_id
@@ -67,6 +67,7 @@ class CountingConnection:
         self.token_id = None
         self.session_seq = 0
         self.admitted_at = 0.0
+        self.selections = None
         self.roles = ()
         self.topics = set()
         self.frames = 0

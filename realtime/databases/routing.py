@@ -128,7 +128,7 @@ class _BoundedSet(set):
 
 def selection_of(conn, db: str):
     """The connection's selector subscription to ``db:<db>``, if any (and still held)."""
-    selections = getattr(conn, "selections", None)
+    selections = conn.selections
     if not selections or db not in selections:
         return None
     if not selections[db].pending and db_topic(db) not in conn.topics:

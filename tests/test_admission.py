@@ -8,7 +8,7 @@ from twisted.trial import unittest
 from realtime.auth.identity import Identity
 from realtime.hub.gateway import ADMITTED, REPLACED, TOO_MANY_CONNECTIONS
 from realtime.hub.registry import Registry
-from tests.fakes import DownBroker, FakeConnection, make_gateway
+from tests.fakes import SECRET, DownBroker, FakeConnection, make_gateway, make_token
 
 
 class AdmissionTests(unittest.TestCase):
@@ -102,7 +102,7 @@ class HeldMessagesTests(unittest.TestCase):
 
     def setUp(self):
         from tests.harness import GatewayHarness
-        self.gw = GatewayHarness(jwt_secret="admission-test-secret-0123456789abcdef",
+        self.gw = GatewayHarness(jwt_secret=SECRET,
                                  feeds=False)
         self.addCleanup(self.gw.stop)
         return self.gw.start()
@@ -112,9 +112,6 @@ class HeldMessagesTests(unittest.TestCase):
         A client that sends requests before admission completes is not closed: its
         messages are held and answered, in order, once it is admitted.
         """
-        import time
-
-        import jwt
         from twisted.internet.defer import Deferred, inlineCallbacks
 
         from tests.harness import wait_for
@@ -129,8 +126,7 @@ class HeldMessagesTests(unittest.TestCase):
             return d
 
         gateway.presence.connection_opened = delayed
-        token = jwt.encode({"sub": "held", "exp": int(time.time()) + 60},
-                           "admission-test-secret-0123456789abcdef", algorithm="HS256")
+        token = make_token("held", lifetime=60)
 
         @inlineCallbacks
         def run():

@@ -13,14 +13,12 @@ to be ``{"type": <type>, "data": <data>, "timestamp": …}`` and for ``publish``
 ``{"type": "publication", "topic", "data", "from", "timestamp"}`` (docs/rest.rst).
 """
 
-import time
 import uuid
 
-import jwt
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 
-from tests.fakes import SECRET, make_token
+from tests.fakes import make_token
 from tests.harness import RedisServer, unique
 from tests.test_redis_cluster import ClusterTestCase
 
@@ -157,8 +155,7 @@ class RestAcrossProcessesTests(ClusterTestCase):
         """
         user = unique("u")
         jti = uuid.uuid4().hex
-        revoked = jwt.encode({"sub": user, "jti": jti, "exp": int(time.time()) + 600},
-                             SECRET, algorithm="HS256")
+        revoked = make_token(user, jti=jti)
         on0 = yield self.connected(0, user, jwt=revoked)
         on2 = yield self.connected(2, user, jwt=revoked)
         code, _ = yield self.cluster.post(1, "/websocket/tokens/revoke", {"token": revoked})

@@ -8,9 +8,7 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
-import jwt
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial import unittest
@@ -18,7 +16,7 @@ from twisted.trial import unittest
 from realtime.dev import demo
 from realtime.dev.embedded import REPO_ROOT, find_pouchdb_server, free_port, stop_process
 from tests import harness
-from tests.fakes import SECRET
+from tests.fakes import SECRET, make_token
 
 
 class DemoDatabaseTests(unittest.TestCase):
@@ -52,9 +50,7 @@ class DemoDatabaseTests(unittest.TestCase):
         expected = {"demo": {"welcome", "mine", "team"},
                     "demo2": {"welcome", "theirs", "team"}}
         for user, ids in expected.items():
-            token = jwt.encode({"sub": user, "roles": ["member"], "exp": int(time.time()) + 600},
-                               SECRET,
-                               algorithm="HS256")
+            token = make_token(user, roles=["member"])
             client = yield harness.connect(port, query={"token": token})
             self.addCleanup(client.close)
             yield client.next("connected")

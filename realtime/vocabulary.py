@@ -62,6 +62,32 @@ DOC_PREFIX = "doc:"
 #: ``db:<db>``: the changes of an application database a user may read
 DB_PREFIX = "db:"
 
+# -- requests ----------------------------------------------------------------------------
+
+#: the longest ``ref`` a client request may carry
+MAX_REF_LENGTH = 64
+
+
+def request_ref(message) -> Optional[str]:
+    """
+    The ``ref`` of a client request when it has one (a string of at most
+    :data:`MAX_REF_LENGTH` characters), else None.  The direct answer to a request
+    (``pong``, ``subscribed``, ``unsubscribed``, ``resumed``, ``doc.*``, ``error``) carries
+    it; a ``ref`` of another type or longer is not echoed.
+    """
+    ref = message.get("ref") if isinstance(message, dict) else None
+    if isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH:
+        return ref
+    return None
+
+
+def with_ref(answer: dict, ref: Optional[str]) -> dict:
+    """``answer`` with ``ref`` set when there is one."""
+    if ref is not None:
+        answer["ref"] = ref
+    return answer
+
+
 # -- timestamps --------------------------------------------------------------------------
 
 

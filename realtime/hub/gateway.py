@@ -21,7 +21,14 @@ from realtime.hub.history import MemoryHistory
 from realtime.hub.presence import LocalPresence
 from realtime.metrics import Metrics
 from realtime.timerwheel import TimerWheel
-from realtime.vocabulary import CLOSE_REPLACED, all_event, disconnect_event, utc_timestamp
+from realtime.vocabulary import (
+    CLOSE_REPLACED,
+    all_event,
+    disconnect_event,
+    request_ref,
+    utc_timestamp,
+    with_ref,
+)
 
 #: answers of :meth:`Gateway.admit`
 ADMITTED = "admitted"
@@ -203,8 +210,9 @@ class Gateway:
     def subscribe_database_topic(self, conn, topic: str, message: dict) -> None:
         """``subscribe`` to ``doc:`` / ``db:`` (answered on ``conn``)."""
         if self.databases is None:
-            conn.send_json({"type": "error", "code": "forbidden",
-                            "message": "you may not subscribe to this topic", "topic": topic})
+            conn.send_json(with_ref({"type": "error", "code": "forbidden",
+                                     "message": "you may not subscribe to this topic",
+                                     "topic": topic}, request_ref(message)))
             self.metrics.error("forbidden")
             return
         self.databases.subscribe(conn, topic, message)

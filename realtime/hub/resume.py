@@ -49,27 +49,14 @@ from twisted.logger import Logger
 
 from realtime import jsonutil
 from realtime.hub.history import BROADCAST_STREAM, topic_stream, user_stream
+from realtime.vocabulary import request_ref  # noqa: F401 (part of this module's API)
+from realtime.vocabulary import with_ref as _with_ref
 
 MESSAGES = "messages"
 MAX_SINCE_KEYS = 64
 MAX_POSITION_LENGTH = 256
-MAX_REF_LENGTH = 64
 
 _log = Logger()
-
-
-def request_ref(message: dict) -> Optional[str]:
-    """The request's ``ref`` when it is a string of at most 64 characters."""
-    ref = message.get("ref")
-    if isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH:
-        return ref
-    return None
-
-
-def _with_ref(answer: dict, ref: Optional[str]) -> dict:
-    if ref is not None:
-        answer["ref"] = ref
-    return answer
 
 
 def _position_ok(value) -> bool:

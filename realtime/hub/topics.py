@@ -32,6 +32,8 @@ the subscriptions its new identity allows: each one dropped is answered
 ``{"type":"unsubscribed","topic":T,"reason":"forbidden"}``.
 
 Refusals carry the ``topic`` (when it was a string) besides ``code`` and ``message``.
+Every answer (``subscribed``, ``unsubscribed``, ``error``) carries the request's ``ref``
+when it had one (:func:`realtime.vocabulary.request_ref`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from realtime.auth.access import (  # noqa: F401 (grant_matches: part of this mo
     may_subscribe,
 )
 from realtime.hub import history, resume
-from realtime.vocabulary import PUBLIC_PREFIX, USER_PREFIX, topic_event  # noqa: F401
+from realtime.vocabulary import PUBLIC_PREFIX, USER_PREFIX, request_ref, topic_event, with_ref  # noqa: F401
 
 MAX_TOPIC_LENGTH = 200
 
@@ -91,45 +93,48 @@ def publication_event_text(topic: str, text: str) -> dict:
 
 # -- client requests (called by the protocol with itself as ``conn``) ---------------------
 
-def _refuse(conn, code: str, text: str, topic) -> None:
+def _refuse(conn, code: str, text: str, topic, ref=None) -> None:
     message = {"type": "error", "code": code, "message": text}
     if isinstance(topic, str) and len(topic) <= MAX_TOPIC_LENGTH:
         message["topic"] = topic
-    conn.send_json(message)
+    conn.send_json(with_ref(message, ref))
     conn.gateway.metrics.error(code)
 
 
 def handle_subscribe(conn, message: dict) -> None:
     topic = message.get("topic")
+    ref = request_ref(message)
     problem = topic_error(topic)
     if problem is not None:
-        _refuse(conn, "bad_request", problem, topic)
+        _refuse(conn, "bad_request", problem, topic, ref)
         return
     if is_database_topic(topic):
         conn.gateway.subscribe_database_topic(conn, topic, message)
         return
     if not may_subscribe(conn.identity, topic):
-        _refuse(conn, "forbidden", "you may not subscribe to this topic", topic)
+        _refuse(conn, "forbidden", "you may not subscribe to this topic", topic, ref)
         return
     registry = conn.gateway.registry
     if not registry.subscribe(conn, topic):
         _refuse(conn, "too_many_topics",
-                f"at most {registry.max_topics_per_connection} topics per connection", topic)
+                f"at most {registry.max_topics_per_connection} topics per connection", topic,
+                ref)
         return
     if message.get("since") is not None:  # replay the topic's history first
-        resume.resume_topic(conn, topic, message["since"], resume.request_ref(message))
+        resume.resume_topic(conn, topic, message["since"], ref)
         return
-    conn.send_json({"type": "subscribed", "topic": topic})
+    conn.send_json(with_ref({"type": "subscribed", "topic": topic}, ref))
 
 
 def handle_unsubscribe(conn, message: dict) -> None:
     topic = message.get("topic")
+    ref = request_ref(message)
     problem = topic_error(topic)
     if problem is not None:
-        _refuse(conn, "bad_request", problem, topic)
+        _refuse(conn, "bad_request", problem, topic, ref)
         return
     conn.gateway.registry.unsubscribe(conn, topic)
-    conn.send_json({"type": "unsubscribed", "topic": topic})
+    conn.send_json(with_ref({"type": "unsubscribed", "topic": topic}, ref))
 
 
 def recheck_subscriptions(conn) -> None:
@@ -144,15 +149,16 @@ def recheck_subscriptions(conn) -> None:
 
 def handle_publish(conn, message: dict) -> None:
     topic = message.get("topic")
+    ref = request_ref(message)
     problem = topic_error(topic)
     if problem is not None:
-        _refuse(conn, "bad_request", problem, topic)
+        _refuse(conn, "bad_request", problem, topic, ref)
         return
     if "data" not in message:
-        _refuse(conn, "bad_request", "publish needs data", topic)
+        _refuse(conn, "bad_request", "publish needs data", topic, ref)
         return
     if not may_publish(conn.identity, topic):
-        _refuse(conn, "forbidden", "you may not publish to this topic", topic)
+        _refuse(conn, "forbidden", "you may not publish to this topic", topic, ref)
         return
     gateway = conn.gateway
     d = gateway.history.append(
@@ -164,6 +170,6 @@ def handle_publish(conn, message: dict) -> None:
         _log.warn("a client publication was refused by the broker: {error}",
                   error=failure.getErrorMessage())
         _refuse(conn, "unavailable", "the publication could not be delivered; try again",
-                topic)
+                topic, ref)
 
     d.addErrback(failed)

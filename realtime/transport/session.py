@@ -53,6 +53,8 @@ from realtime.transport.session_auth import SessionAuthentication
 from realtime.vocabulary import (
     CLOSE_POLICY,
     CLOSE_UNAUTHORIZED,
+    request_ref,
+    with_ref,
 )
 
 #: all an unauthenticated client may send before authenticating; past it, close 4008
@@ -260,7 +262,8 @@ class Session(SessionAuthentication):
             return
         kind = message.get("type")
         if not isinstance(kind, str):
-            self.send_error("bad_request", "a message needs a string type")
+            self.send_error("bad_request", "a message needs a string type",
+                            request_ref(message))
             return
         self.gateway.metrics.received(kind)
         if kind == "auth":
@@ -269,6 +272,7 @@ class Session(SessionAuthentication):
         if kind == "ping":
             self.handle_ping(message)
             return
+        ref = request_ref(message)
         if self.identity is None and self._admitting:
             # Authenticated, admission pending (presence in Redis): hold a few messages.
             # Not with signed messages (they could not have been signed yet: the secret
@@ -276,15 +280,15 @@ class Session(SessionAuthentication):
             if not self.gateway.config.ws_signed_messages and len(self._held) < MAX_HELD_MESSAGES:
                 self._held += (message,)
             else:
-                self.send_error("not_ready", "wait for `connected` before sending this")
+                self.send_error("not_ready", "wait for `connected` before sending this", ref)
             return
         if self.identity is None:
-            self.send_error("not_authenticated", "authenticate first")
+            self.send_error("not_authenticated", "authenticate first", ref)
             self.close_with(CLOSE_UNAUTHORIZED, "not authenticated")
             return
         handler_name = _HANDLERS.get(kind)
         if handler_name is None:
-            self.send_error("unknown_type", f"unknown message type {kind[:64]!r}")
+            self.send_error("unknown_type", f"unknown message type {kind[:64]!r}", ref)
             return
         getattr(self, handler_name)(message)
 
@@ -335,7 +339,8 @@ class Session(SessionAuthentication):
     # -- message types ------------------------------------------------------------------
 
     def handle_ping(self, message: dict) -> None:
-        self.send_json({"type": "pong", "timestamp": self.gateway.timestamp()})
+        self.send_json(with_ref({"type": "pong", "timestamp": self.gateway.timestamp()},
+                                request_ref(message)))
 
     def handle_subscribe(self, message: dict) -> None:
         topics.handle_subscribe(self, message)

@@ -18,7 +18,7 @@ from realtime.auth.identity import AuthFailure, Identity
 from realtime.auth.signing import new_session_secret
 from realtime.hub import resume, topics
 from realtime.hub.gateway import ADMITTED, REPLACED
-from realtime.vocabulary import CLOSE_REPLACED, CLOSE_TOO_MANY_CONNECTIONS
+from realtime.vocabulary import CLOSE_REPLACED, CLOSE_TOO_MANY_CONNECTIONS, request_ref
 
 
 class SessionAuthentication:
@@ -116,10 +116,11 @@ class SessionAuthentication:
     def handle_auth(self, message: dict):
         token = message.get("token")
         if not isinstance(token, str) or not token:
-            self.send_error("bad_request", "auth needs a token")
+            self.send_error("bad_request", "auth needs a token", request_ref(message))
             return
         if self._authenticating or self._admitting:
-            self.send_error("bad_request", "authentication already in progress")
+            self.send_error("bad_request", "authentication already in progress",
+                            request_ref(message))
             return
         self._authenticating = True
         try:
@@ -140,7 +141,8 @@ class SessionAuthentication:
         if self.identity is None:
             self._accept(identity)
         elif identity.user_id != self.identity.user_id:
-            self.send_error("forbidden", "a refreshed token must name the same user")
+            self.send_error("forbidden", "a refreshed token must name the same user",
+                            request_ref(message))
         else:
             old_roles = self.roles
             self.identity = identity

@@ -33,7 +33,10 @@
  *   not secrets).
  * - **Re-subscription** of every topic after a reconnect, with its options.
  * - **Request/answer matching by `ref`**: every request carries a fresh `ref`, and its
- *   promise settles with the answer that carries it.  A server that does not echo `ref` for
+ *   promise settles with the answer that carries it.  A `ref` is a random part drawn once
+ *   per client instance (64 bits from `crypto.getRandomValues`) and a counter, so two page
+ *   loads never send the same one: the gateway makes a create idempotent by (db, user,
+ *   ref, document), and a reused `ref` would answer a new create with an old document.  A server that does not echo `ref` for
  *   `subscribe`/`unsubscribe` is matched by topic.  Document writes still unanswered when the
  *   connection drops are sent again, with the same `ref`, after the reconnect.
  * - **Signed messages**: when `connected` carries `sessionSecret`, every later message is an
@@ -218,6 +221,7 @@ export class Realtime {
     this._stopped = true;
     this._everConnected = false;
     this._refCount = 0;
+    this._refPrefix = `r${randomHex(8)}-`; // unique per instance: see _nextRef
     /** ref -> pending request */
     this._pending = new Map();
     /** topic -> subscription */
@@ -696,7 +700,7 @@ export class Realtime {
 
   _nextRef() {
     this._refCount = (this._refCount % MAX_REF) + 1;
-    return `r${this._refCount}`;
+    return this._refPrefix + this._refCount;
   }
 
   /** Send now (signed once the session has a secret), in order; false if not open. */
@@ -932,10 +936,15 @@ function importKey(secret) {
     "raw", new TextEncoder().encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
 }
 
+/** `bytes` random bytes as hex (`getRandomValues` works on plain http:// pages too). */
+function randomHex(bytes) {
+  const values = globalThis.crypto.getRandomValues(new Uint8Array(bytes));
+  return Array.from(values, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 function randomNonce() {
   if (typeof globalThis.crypto.randomUUID === "function") return globalThis.crypto.randomUUID();
-  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(16));
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return randomHex(16);
 }
 
 /**

@@ -91,3 +91,22 @@ test("a write whose answer is lost with the connection is sent again, with the s
   const { body } = await couch.request("GET", `/notes/${encodeURIComponent(created.id)}`);
   assert.equal(body.title, "after the cut");
 });
+
+test("two page loads' first creates of the same document are two documents: refs never repeat", async () => {
+  const owner = unique("reload");
+  const ids = [];
+  const refs = [];
+  for (let load = 0; load < 2; load += 1) { // a page load: a new client, its first create
+    const rt = await open(gateway.wsUrl, owner);
+    const created = await within(rt.create("notes", { title: "same text" }), T, `created ${load}`);
+    ids.push(created.id);
+    refs.push(rt.sent.find((m) => m.type === "doc.create").ref);
+    rt.close();
+  }
+  assert.notEqual(refs[0], refs[1]);
+  assert.ok(refs.every((ref) => ref.length <= 64), refs.join(" "));
+  assert.notEqual(ids[0], ids[1], "the second page's create was answered with the first's document");
+  const { body } = await couch.request("GET", "/notes/_all_docs?include_docs=true");
+  const mine = body.rows.filter((row) => row.doc.owner === owner);
+  assert.equal(mine.length, 2);
+});

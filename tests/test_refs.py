@@ -99,17 +99,23 @@ owner  = "owner"
             message = request(answers) if callable(request) else dict(request)
             ref = f"ref-{number}"
             client.send_json({**message, "ref": ref})
-            while True:
-                answer = yield client.next()
-                if answer["type"] != "doc-change":  # snapshots and the writes' changes
-                    break
+            answer = yield self.answer(client)
             self.assertEqual((answer["type"], answer.get("code"), answer.get("ref")),
                              (kind, code, ref), f"{name}: {answer}")
             answers[name] = answer
         client.send_json({"type": "ping"})
-        answer = yield client.next()
+        answer = yield self.answer(client)
         self.assertEqual(answer["type"], "pong")
         self.assertNotIn("ref", answer)
         client.send_json({"type": "ping", "ref": "r" * 65})  # too long: not echoed
-        answer = yield client.next()
+        answer = yield self.answer(client)
+        self.assertEqual(answer["type"], "pong")
         self.assertNotIn("ref", answer)
+
+    @inlineCallbacks
+    def answer(self, client):
+        """The next message that is not a doc-change (snapshots, the writes' changes)."""
+        while True:
+            message = yield client.next()
+            if message["type"] != "doc-change":
+                return message

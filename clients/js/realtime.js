@@ -379,7 +379,10 @@ export class Realtime {
     this._ws = null;
     this._clearWatchdog();
     if (ws) {
-      ws.onmessage = ws.onclose = ws.onerror = null;
+      ws.onmessage = ws.onclose = null;
+      // Not null: closing a socket still connecting makes it report an error, which a
+      // WebSocket without an error handler (Node's ws) throws as an uncaught exception.
+      ws.onerror = ignore;
       try {
         ws.close(code, reason);
       } catch {
@@ -935,6 +938,8 @@ function importKey(secret) {
   return globalThis.crypto.subtle.importKey(
     "raw", new TextEncoder().encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
 }
+
+function ignore() {}
 
 /** `bytes` random bytes as hex (`getRandomValues` works on plain http:// pages too). */
 function randomHex(bytes) {

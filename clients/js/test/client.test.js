@@ -1,5 +1,6 @@
 // The client against a real gateway (python -m realtime) on a real pouchdb-server.
 import assert from "node:assert/strict";
+import net from "node:net";
 import { after, before, describe, test } from "node:test";
 
 import { Realtime, RealtimeError } from "../realtime.js";
@@ -174,6 +175,35 @@ describe("close()", () => {
     await assert.rejects(rt.publish("public:x", 1), (e) => e.code === "closed");
     assert.equal(rt.state, "closed");
     assert.equal(ws.sockets.length, 1);
+  });
+});
+
+describe("close() while connecting", () => {
+  test("a socket still connecting is closed without an uncaught error", async (t) => {
+    // A server that accepts the TCP connection and never answers the handshake.
+    const accepted = [];
+    const server = net.createServer((socket) => accepted.push(socket));
+    await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+    t.after(() => new Promise((resolve) => {
+      for (const socket of accepted) socket.destroy();
+      server.close(resolve);
+    }));
+    const uncaught = [];
+    const onUncaught = (error) => uncaught.push(error);
+    process.on("uncaughtException", onUncaught);
+    t.after(() => process.off("uncaughtException", onUncaught));
+    const ws = recordingWebSocket();
+    const rt = client(`ws://127.0.0.1:${server.address().port}/ws`, { token: jwt("lea"), WebSocket: ws.WebSocket });
+    await within(new Promise((resolve) => {
+      const poll = () => (accepted.length ? resolve() : setTimeout(poll, 5));
+      poll();
+    }), T, "the TCP connection");
+    // The socket reports its error (if any), then its close: wait for the close.
+    const gone = new Promise((resolve) => ws.sockets[0].on("close", resolve));
+    rt.close();
+    await within(gone, T, "the socket to close");
+    assert.deepEqual(uncaught.map(String), []);
+    assert.equal(rt.state, "closed");
   });
 });
 

@@ -369,3 +369,63 @@ class ClusterResume(unittest.TestCase):
         notes = [m["offset"] for m in replayed if m["type"] == "note"]
         self.assertEqual((docs, notes), (revs, offsets))
         self.assertEqual(resumed["recovered"], {db: True, "messages": True})
+
+
+@inlineCallbacks
+def process_caught_up(cluster, index, db, head):
+    """Wait until process ``index``'s feed of ``db`` stands at ``head`` (its status)."""
+    for _ in range(1000):
+        response = yield treq.get(
+            f"http://127.0.0.1:{cluster.processes[index].port}/websocket/status",
+            persistent=False)
+        status = yield response.json()
+        if (status["couchdb"]["lastSeq"].get(db) or 0) >= head:
+            return
+        yield harness.sleep(0.02)
+    raise AssertionError(f"process {index} did not catch up with {db}")
+
+
+class ClusterScenarioResume(DatabaseCase):
+    """The 200 changes of every kind, on a three-process Redis cluster: away from process
+    0, back on process 2."""
+
+    timeout = 180
+
+    @inlineCallbacks
+    def setUp(self):
+        self.couch = harness.pouchdb()
+        self.db = unique("cluster").lower().replace("-", "_")
+        self.create_db(self.db)
+        rules = os.path.join(tempfile.mkdtemp(prefix="realtime-resume-"), "rules.toml")
+        with open(rules, "w") as f:
+            f.write(f"[databases.{self.db}]\n{DatabaseResume.TABLE}")
+        self.cluster = Cluster(size=3, redis_url=harness.redis().url,
+                               REDIS_PREFIX=unique("rs") + ":", REALTIME_CONFIG=rules)
+        yield self.cluster.start()
+        self.addCleanup(self.cluster.stop)
+
+    def head(self):
+        return json.loads(self.couch.request("GET", "/" + self.db)[1])["update_seq"]
+
+    @inlineCallbacks
+    def test_two_hundred_changes_resumed_on_another_process(self):
+        """Exactly the latest revision of each readable document, removed/deleted where
+        due, nothing of the others, recovered: the same as on one process."""
+        user = unique("ann")
+        scenario = Scenario(self, user, unique("bob"))
+        scenario.before()
+        yield process_caught_up(self.cluster, 0, self.db, self.head())
+        token = make_token(user, roles=["team"])
+        client = yield self.cluster.connect(0, query={"token": token})
+        since = (yield client.next("connected"))["seqs"][self.db]
+        yield client.close()
+        scenario.away()
+        yield process_caught_up(self.cluster, 2, self.db, self.head())
+        client = yield self.cluster.connect(2, query={"token": token})
+        yield client.next("connected")
+        client.send_json({"type": "resume", "since": {self.db: since}, "ref": "c"})
+        replayed, resumed = yield replayed_until_resumed(client, "c")
+        scenario.check(replayed)
+        self.assertEqual(resumed["recovered"], {self.db: True})
+        self.assertEqual(resumed["replayed"], {self.db: len(scenario.expected)})
+        yield client.close()

@@ -46,14 +46,19 @@ from realtime.dev.embedded import PouchDBServer, free_port, stop_process  # noqa
 SECRET = "resume-benchmark-secret-0123456789"
 
 
-def seed(couch: PouchDBServer, db: str, n: int, user: str) -> None:
+def seed(couch: PouchDBServer, db: str, n: int, user: str, revisions: int = 1) -> None:
+    """``n`` documents, 1 % of them ``user``'s, each written ``revisions`` times."""
     couch.request("PUT", "/" + db)
     for start in range(0, n, 1000):
         docs = [{"_id": f"d{i:07d}", "owner": user if i % 100 == 0 else f"u{i % 977}",
                  "title": f"document {i}", "body": "x" * 200}
                 for i in range(start, min(n, start + 1000))]
-        status, body = couch.request("POST", f"/{db}/_bulk_docs", json.dumps({"docs": docs}))
-        assert status == 201, body[:200]
+        for _ in range(revisions):
+            status, body = couch.request("POST", f"/{db}/_bulk_docs",
+                                         json.dumps({"docs": docs}))
+            assert status == 201, body[:200]
+            for doc, answer in zip(docs, json.loads(body)):
+                doc["_rev"] = answer["rev"]
 
 
 def raw_read(couch: PouchDBServer, db: str) -> float:
@@ -104,13 +109,21 @@ class ReplayClient:
                 self.buffer += chunk
             length = _frame_length(self.buffer)
             frame, self.buffer = self.buffer[:length], self.buffer[length:]
-            yield _payload(frame)
+            opcode = frame[0] & 0x0F
+            if opcode == 0x9:  # a ping (the server's keep-alive): answered, as a browser does
+                self._write(0x8A, _payload(frame))
+            elif opcode == 0x8:
+                return
+            elif opcode < 0x8:
+                yield _payload(frame)
 
     def send(self, message: dict) -> None:
-        payload = json.dumps(message).encode()
+        self._write(0x81, json.dumps(message).encode())
+
+    def _write(self, first: int, payload: bytes) -> None:
         mask = os.urandom(4)
-        header = bytes([0x81, 0x80 | 126]) + struct.pack("!H", len(payload)) \
-            if len(payload) > 125 else bytes([0x81, 0x80 | len(payload)])
+        header = bytes([first, 0x80 | 126]) + struct.pack("!H", len(payload)) \
+            if len(payload) > 125 else bytes([first, 0x80 | len(payload)])
         self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
 
     def resume(self, db: str, since=0) -> tuple:
@@ -156,7 +169,7 @@ def _payload(frame: bytes) -> bytes:
     return frame[4:] if n == 126 else frame[10:] if n == 127 else frame[2:]
 
 
-def start_gateway(couch: PouchDBServer, db: str, folder: str):
+def start_gateway(couch: PouchDBServer, db: str, folder: str, root=None):
     rules = os.path.join(folder, "rules.toml")
     with open(rules, "w") as f:
         f.write(f'[databases.{db}]\nusers = ["owner"]\n')
@@ -164,9 +177,10 @@ def start_gateway(couch: PouchDBServer, db: str, folder: str):
     env = dict(os.environ, REALTIME_LISTEN=f"tcp:{port}:interface=127.0.0.1",
                REALTIME_EMBEDDED_COUCHDB="no", COUCHDB_URL=couch.url,
                COUCHDB_ADMIN_AUTH=couch.admin_auth, JWT_SECRET=SECRET,
-               REALTIME_CONFIG=rules, REALTIME_RESUME_MAX_CHANGES="10000000")
+               REALTIME_CONFIG=rules, REALTIME_RESUME_MAX_CHANGES="10000000",
+               WS_HEARTBEAT_MS="3600000")  # (no keep-alive ping inside a measurement)
     log = open(os.path.join(folder, "gateway.log"), "wb")
-    process = subprocess.Popen([sys.executable, "-m", "realtime"], cwd=ROOT, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "realtime"], cwd=root or ROOT, env=env,
                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -293,27 +307,41 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=("replay", "live"))
-    parser.add_argument("--gateway-root", help="run the gateway of the live figure from "
-                        "another checkout (to compare before and after a change)")
+    parser.add_argument("--revisions", type=int, default=1, help="replay figure: every "
+                        "document written this many times (others' documents then need "
+                        "their earlier revisions read back: removed or not?)")
+    parser.add_argument("--sizes", help="replay figure: comma-separated N")
+    parser.add_argument("--gateway-root", help="run the gateway from another checkout (to "
+                        "compare before and after a change)")
     args = parser.parse_args(argv)
     sizes = (2_000, 10_000) if args.quick else (10_000, 100_000)
+    if args.sizes:
+        sizes = tuple(int(n) for n in args.sizes.split(","))
     folder = tempfile.mkdtemp(prefix="realtime-resume-bench-")
     couch = PouchDBServer().start()
     rows, live = [], None
     try:
         for n in sizes if args.only != "live" else ():
             db = f"bench{n}"
-            seed(couch, db, n, "ann")
-            process, port = start_gateway(couch, db, folder)
+            seed(couch, db, n, "ann", args.revisions)
+            process, port = start_gateway(couch, db, folder, args.gateway_root)
             try:
-                raws, replays = [], []
+                from benchmarks.run import cpu_seconds
+                raws, replays, cpu = [], [], {"raw": [], "couch": [], "gateway": []}
                 for _ in range(args.rounds):
+                    before = cpu_seconds(couch.process.pid), time.process_time()
                     raws.append(raw_read(couch, db))
+                    cpu["raw"].append(cpu_seconds(couch.process.pid) - before[0]
+                                      + time.process_time() - before[1])
+                    before = cpu_seconds(couch.process.pid), cpu_seconds(process.pid)
                     seconds, count = replay(port, db, "ann")
+                    cpu["couch"].append(cpu_seconds(couch.process.pid) - before[0])
+                    cpu["gateway"].append(cpu_seconds(process.pid) - before[1])
                     assert count == (n + 99) // 100, count
                     replays.append(seconds)
                 raw, rep = statistics.median(raws), statistics.median(replays)
-                rows.append((n, raw, rep, raw / rep))
+                rows.append((n, raw, rep, raw / rep,
+                             *(statistics.median(cpu[k]) for k in ("raw", "couch", "gateway"))))
             finally:
                 stop_process(process)
         if args.only != "replay":
@@ -322,10 +350,12 @@ def main(argv=None) -> int:
     finally:
         couch.stop()
     if rows:
-        print("| missed changes | raw _changes read (s) | resume replay (s) | raw / replay |")
-        print("|---:|---:|---:|---:|")
-        for n, raw, rep, ratio in rows:
-            print(f"| {n:,} | {raw:.2f} | {rep:.2f} | {ratio:.2f} |")
+        print("| missed changes | raw _changes read (s) | resume replay (s) | raw / replay "
+              "| CPU s: raw read (pouchdb + reader) | replay (pouchdb + gateway) |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for n, raw, rep, ratio, raw_cpu, couch_cpu, gateway_cpu in rows:
+            print(f"| {n:,} | {raw:.2f} | {rep:.2f} | {ratio:.2f} | {raw_cpu:.2f} | "
+                  f"{couch_cpu:.2f} + {gateway_cpu:.2f} |")
     if live:
         print()
         print(f"Live events at 50/s to {LIVE_CLIENTS:,} clients, {live['seconds']:g} s per "

@@ -4,8 +4,9 @@ JSON in one place, so that the codec can be swapped for a faster one without tou
 ``dumps`` returns compact UTF-8 bytes with non-ASCII left as is (the bytes a browser's
 ``JSON.stringify`` would send); ``loads`` accepts bytes or str, and refuses (``ValueError``)
 anything that could not be sent on as JSON text: bytes that are not UTF-8, ``NaN`` and
-``Infinity``, numbers beyond a double's range (``1e400``), nesting too deep for the parser,
-and lone UTF-16 surrogates (``"\\ud800"``: valid JSON syntax, but no UTF-8 can carry it).
+``Infinity``, numbers beyond a double's range (``1e400``), nesting too deep for the parser
+(:class:`TooDeep`, a ``ValueError``), and lone UTF-16 surrogates (``"\\ud800"``: valid
+JSON syntax, but no UTF-8 can carry it).
 Refusing them on the way in means every message that was accepted can be encoded again.
 """
 
@@ -39,6 +40,24 @@ def dumps_text(obj) -> str:
     return _encoder.encode(obj)
 
 
+class TooDeep(ValueError):
+    """JSON nested deeper than the parser can go (about 950 levels, less on a deep stack)."""
+
+
+def decode_at(text: str, start: int):
+    """
+    The JSON value that starts at ``text[start]`` (no whitespace before it), and the index
+    where it ends; refused as :func:`loads` refuses (:class:`TooDeep` when nested too deep).
+    """
+    try:
+        value, end = _decoder.raw_decode(text, start)
+    except RecursionError:
+        raise TooDeep("JSON nested too deeply") from None
+    if "\\u" in text[start:end] and has_lone_surrogate(value):
+        raise ValueError("a string holds a lone surrogate (not valid Unicode)")
+    return value, end
+
+
 def loads(data):
     """Parse JSON text (see the module docstring for what is refused with ValueError)."""
     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -50,7 +69,7 @@ def loads(data):
     try:
         value = _decoder.decode(data)
     except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
+        raise TooDeep("JSON nested too deeply") from None
     if "\\u" in data and has_lone_surrogate(value):
         raise ValueError("a string holds a lone surrogate (not valid Unicode)")
     return value

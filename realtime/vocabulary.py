@@ -62,6 +62,14 @@ DOC_PREFIX = "doc:"
 #: ``db:<db>``: the changes of an application database a user may read
 DB_PREFIX = "db:"
 
+# -- change rows -------------------------------------------------------------------------
+
+#: set (True) by a changes follower on a change row whose document was nested too deep to
+#: parse: the row holds the fields before it (``seq``, ``id``, ``changes``, ``deleted``)
+#: and no ``doc``; nobody is sent that revision
+TOO_DEEP = "tooDeep"
+
+
 # -- requests ----------------------------------------------------------------------------
 
 #: the longest ``ref`` a client request may carry

@@ -10,12 +10,16 @@ from urllib.parse import parse_qs, urlsplit
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
 
+from realtime.feeds import rows
 from realtime.feeds.changes import ChangesFollower
+from realtime.feeds.rows import shallow_row
 from realtime.feeds.stream import Backoff, LineParser
+from realtime.vocabulary import TOO_DEEP
 
 
 class LineParserTests(unittest.TestCase):
@@ -297,6 +301,52 @@ class FollowerTests(unittest.TestCase):
         self.assertEqual(len(failures), 1)
         self.assertEqual(self.follower.last_seq, 5)
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_change_nested_too_deep_goes_on_without_its_document(self):
+        """A change whose document nests deeper than the parser can go reaches the
+        callback without it, marked too deep, and the feed moves past it; the log line
+        names the seq, never the content.  A line that is not a change at all is dropped."""
+        response = self.agent.respond()
+        deep = b"[" * 5000 + b'"' + b"]" * 10 + b'"' + b"]" * 5000
+        with capturedLogs() as events:
+            response.send(b'{"seq":"7-abc","id":"org.couchdb.user:a","changes":[{"rev":'
+                          b'"2-x"}],"deleted":false,"doc":{"_id":"org.couchdb.user:a",'
+                          b'"x":' + deep + b',"after":1}}\n' + deep + b'\n'
+                          b'{"seq":"8-def","id":"org.couchdb.user:b","changes":[]}\n')
+        self.assertEqual(self.changes[0], {"seq": "7-abc", "id": "org.couchdb.user:a",
+                                           "changes": [{"rev": "2-x"}], "deleted": False,
+                                           TOO_DEEP: True})
+        self.assertEqual([c["seq"] for c in self.changes], ["7-abc", "8-def"])
+        self.assertEqual(self.follower.last_seq, "8-def")
+        text = " ".join(formatEvent(event) for event in events)
+        self.assertIn("7-abc", text)
+        self.assertEqual(len(events), 2, text)
+        self.assertNotIn("[[", text)
+        self.assertNotIn("org.couchdb.user", text)
+
+    def test_shallow_rows(self):
+        """shallow_row reads the fields before the first one too deep, and refuses what
+        is not a JSON object."""
+        deep = "[" * 3000 + "]" * 3000
+        cases = [
+            ('{"seq":1,"id":"a","doc":%s}' % deep, {"seq": 1, "id": "a"}),
+            (' { "seq" : 1 , "id" : "a" , "doc" : %s } ' % deep, {"seq": 1, "id": "a"}),
+            ('{"seq":1,"x":%s,"id":"after"}' % deep, {"seq": 1, "id": "after"}),
+            ('{"id":"a","doc":{"s":"]}\\"]","d":%s},"seq":2}' % deep, {"id": "a", "seq": 2}),
+            ('{"id":"a","doc":%s,"seq":2}' % ("[" * 3000 + " " * rows.MAX_SKIPPED_CHARS +
+                                              "]" * 3000), {"id": "a"}),
+            ('{"id":"a","doc":%s' % deep[:-1], None),  # unterminated
+            ('{"seq":1,"id":"\\ud800","doc":%s}' % deep, None),  # lone surrogate
+            ('{"seq":1e400,"doc":%s}' % deep, None),
+            ('[%s]' % deep, None),
+            ('{"seq":1 "id":2}', None),
+            ('{"seq":1}', {"seq": 1}),
+            ('{}', {}),
+            ('{"seq":', None),
+        ]
+        for line, expected in cases:
+            self.assertEqual(shallow_row(line.encode()), expected, line[:40])
+        self.assertIsNone(shallow_row(b"\xff{}"))
 
     def test_last_seq_line(self):
         """A final last_seq line moves the resume point."""

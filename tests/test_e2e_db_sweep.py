@@ -32,13 +32,15 @@ class ReservedIdsOfPublicDatabase(DatabaseCase):
         missing = yield client.next()
         self.assertEqual(missing["type"], "error", missing)
         for doc_id in ("_security", "_all_docs", "_changes", "_design_docs", "_local_docs",
-                       "_revs_limit", "_explain", "_index"):
+                       "_revs_limit", "_explain", "_index", ".", "..", "./_security",
+                       "../_users", "../_all_dbs", "%2e%2e", "x/..", "x/../.."):
             topic = f"doc:{self.db}/{doc_id}"
             client.send_json({"type": "subscribe", "topic": topic, "snapshot": True})
             answer = yield client.next()
             self.assertEqual(answer, {**missing, "topic": topic})
         received = json.dumps(client.received)
-        for word in ("boss", "insider", "listed-doc", "marker", "s3cret"):
+        for word in ("boss", "insider", "listed-doc", "marker", "s3cret", "doc_count",
+                     "update_seq", "Welcome", "version", "uuid"):
             self.assertNotIn(word, received)
 
 

@@ -240,3 +240,30 @@ class UpdateDeleteTests(unittest.TestCase):
     def test_same_content(self):
         self.assertTrue(writes.same_content({"_id": "x", "_rev": "1-a", "t": 1}, {"t": 1}))
         self.assertFalse(writes.same_content({"_id": "x", "t": 1, "u": 2}, {"t": 1}))
+
+
+HIDDEN = parse_rules("""
+[databases.notes]
+users  = ["owner"]
+hidden = ["secret", "meta.token"]
+write  = ["owner"]
+fields = ["title"]
+""", "rules.toml")["notes"]
+
+
+class HiddenFieldsTests(unittest.TestCase):
+    def test_update_size_tells_nothing_of_hidden_fields(self):
+        """An update is measured without the hidden fields: the same update is accepted,
+        or refused with the same text, whatever their length."""
+        def current(hidden_bytes):
+            return {"_id": "n1", "_rev": "1-a", "owner": "alice", "title": "t",
+                    "secret": "s" * hidden_bytes, "meta": {"token": "k" * hidden_bytes}}
+
+        fits = update(rev="1-a", title="y" * (writes.MAX_DOCUMENT_BYTES // 2))
+        for hidden_bytes in (10, writes.MAX_DOCUMENT_BYTES // 2):
+            body = writes.updated_document(HIDDEN, "alice", current(hidden_bytes), fits)
+            self.assertEqual(len(body["secret"]), hidden_bytes)  # kept as it was
+        too_big = update(rev="1-a", title="y" * writes.MAX_DOCUMENT_BYTES)
+        texts = {refused(self, writes.updated_document, HIDDEN, "alice", current(n),
+                         too_big).message for n in (10, 20000)}
+        self.assertEqual(len(texts), 1, texts)

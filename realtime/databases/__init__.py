@@ -8,5 +8,8 @@ Application databases: each user gets, live, exactly the documents that user may
   selectors of ``db:`` subscriptions;
 - :mod:`realtime.databases.readers`: the readers index (who could read the revision the
   gateway last delivered), with CouchDB as the fallback after a restart;
-- :mod:`realtime.databases.routing`: from a change to the ``doc-change`` deliveries.
+- :mod:`realtime.databases.routing`: from a change to the ``doc-change`` deliveries;
+- :mod:`realtime.databases.subscriptions`: ``doc:`` and ``db:`` subscriptions, snapshots;
+- :mod:`realtime.databases.application`: the routers, subscriptions and role changes of
+  a gateway's databases.
 """

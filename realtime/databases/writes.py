@@ -35,7 +35,9 @@ Decisions:
   delete afterwards (nor one that only others may write, on their behalf).
 - **Ids.**  Ids are strings of 1 to :data:`MAX_ID_LENGTH` characters.  ``_design/`` and
   ``_local/`` ids are ``forbidden`` (the gateway never writes them); any other id starting
-  with ``_`` is ``invalid`` (CouchDB reserves them).  Without ``_id``, ``doc.create``
+  with ``_`` is ``invalid`` (CouchDB reserves them), and so are ``.`` and ``..`` (a URL
+  normaliser between the gateway and CouchDB, a proxy, would turn ``/db/.`` into the
+  database itself).  Without ``_id``, ``doc.create``
   derives the id from ``(db, user, ref, the document as sent)`` (:func:`derived_id`): a
   retried create with the same ``ref`` meets the document the first one wrote, and is
   answered ``doc.created`` again, with no second document (while that document is
@@ -43,7 +45,10 @@ Decisions:
   random (and a retry is not recognised).
 - **Size.**  The document as written (the merged document for an update), as compact JSON
   without its ``_``-fields, is at most :data:`MAX_DOCUMENT_BYTES` (64 KiB); more is
-  ``invalid``.  The WebSocket message limit (1 MiB) bounds the request before that.
+  ``invalid``.  An update is measured without the rule's ``hidden`` fields (written by
+  other means than the gateway): a writer who may not read them could otherwise find
+  their length, from the size in the refusal or by growing a field of its own until
+  refused.  The WebSocket message limit (1 MiB) bounds the request before that.
   Objects and lists nest at most :data:`MAX_DEPTH` levels deep (the document itself is
   level 1); deeper is ``invalid``: the gateway's own JSON and the checks are recursive,
   and a document it could not encode again would fail every reader's delivery.
@@ -170,6 +175,8 @@ def check_id(doc_id) -> None:
                                       "through the gateway")
     if doc_id.startswith("_"):
         raise WriteRefused(INVALID, "an id must not start with _")
+    if doc_id in (".", ".."):  # a URL normaliser on the way would make /db/.. of it /
+        raise WriteRefused(INVALID, "an id must not be . or ..")
 
 
 # -- the rule -------------------------------------------------------------------------------
@@ -328,7 +335,7 @@ def updated_document(rule: DatabaseRule, user_id: str, current, request: WriteRe
     body = {key: value for key, value in current.items()
             if not key.startswith("_") or key in _KEPT_META}
     body.update(request.changes)
-    check_size(body)
+    check_size(rule.sanitise(body))  # hidden fields: not measured (see the docstring)
     return body
 
 

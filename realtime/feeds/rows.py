@@ -5,6 +5,16 @@ with each line of its stream.
 - A line is parsed with ``jsonutil.loads`` (an unparsable line is logged and dropped); a
   change row (``id`` and ``seq``) goes to the follower's callback, a ``last_seq`` row moves
   the resume point, an ``error`` row is reported in ``lastError``.
+- A change whose document nests deeper than the parser can go (about 950 levels) is not
+  dropped: its other fields are read one by one (:func:`shallow_row`: CouchDB writes
+  ``seq``, ``id``, ``changes`` and ``deleted`` before ``doc``, pouchdb-server ``seq``
+  after it; past :data:`MAX_SKIPPED_CHARS` after the deep field, the line is dropped as
+  unparsable, its cost bounded) and the row goes to the callback without its document,
+  marked
+  :data:`realtime.vocabulary.TOO_DEEP`, so the feed moves past it (its ``seq``) and a
+  deletion is still a deletion; the routing sends that revision to nobody and counts it
+  (``realtime_db_undecidable_total``).  It is logged with the database and the ``seq``,
+  never the content.
 - The callback may return a Deferred (an application database reading an older revision
   from CouchDB): the change counts as processed when it fires, and the lines read
   meanwhile are held and processed after it, in order (past :data:`MAX_HELD_LINES` the
@@ -24,15 +34,75 @@ not used alone): it owns the processing state (``_busy``, ``_held``, ``_paused``
 
 from __future__ import annotations
 
+import re
 from collections import deque
+from json.decoder import scanstring
 from typing import Optional
 
 from twisted.internet.defer import Deferred
 
 from realtime import jsonutil
+from realtime.vocabulary import TOO_DEEP
 
 #: lines held while a change is being processed asynchronously; past it, the feed pauses
 MAX_HELD_LINES = 1000
+
+#: a field too deep to parse is skipped (to read the fields after it: pouchdb-server
+#: writes ``seq`` after ``doc``) when at most this many characters follow it
+MAX_SKIPPED_CHARS = 1024 * 1024
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
+
+
+def _value_end(text: str, start: int) -> int:
+    """Where the object or list at ``text[start]`` ends (iterative: any depth)."""
+    depth = 0
+    for token in _TOKEN.finditer(text, start):
+        char = token.group()[0]
+        if char in "[{":
+            depth += 1
+        elif char != '"':
+            depth -= 1
+            if depth == 0:
+                return token.end()
+    raise ValueError("unterminated value")
+
+
+def shallow_row(line: bytes) -> Optional[dict]:
+    """
+    A change row that :func:`jsonutil.loads` refused as nested too deep: its top-level
+    fields, each parsed on its own, without those nested too deep (skipped to read the
+    fields after them, unless more than :data:`MAX_SKIPPED_CHARS` follow: then the row
+    ends there); None when the line is not a JSON object.  No recursion beyond one
+    field's own: any depth is safe.
+    """
+    try:
+        text = bytes(line).decode("utf-8")
+        at = _SPACE.match(text).end()
+        if text[at:at + 1] != "{":
+            return None
+        row = {}
+        at = _SPACE.match(text, at + 1).end()
+        while text[at:at + 1] == '"':
+            key, at = scanstring(text, at + 1)
+            at = _SPACE.match(text, at).end()
+            if text[at:at + 1] != ":":
+                return None
+            at = _SPACE.match(text, at + 1).end()
+            try:
+                row[key], at = jsonutil.decode_at(text, at)
+            except jsonutil.TooDeep:
+                if len(text) - at > MAX_SKIPPED_CHARS:
+                    return row  # the fields after it (if any) are lost
+                at = _value_end(text, at)
+            at = _SPACE.match(text, at).end()
+            if text[at:at + 1] != ",":
+                break
+            at = _SPACE.match(text, at + 1).end()
+        return row if text[at:at + 1] == "}" else None
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError included
+        return None
 
 
 class ChangeRows:
@@ -57,6 +127,17 @@ class ChangeRows:
     def _line(self, line: bytes) -> None:
         try:
             row = jsonutil.loads(line)
+        except jsonutil.TooDeep:
+            row = shallow_row(line)
+            if row is None or "seq" not in row or "id" not in row:
+                self._log.warn("changes feed of {db}: a line nested too deep to parse, "
+                               "dropped", db=self.db)
+                return
+            row.pop("doc", None)
+            row[TOO_DEEP] = True
+            self._log.warn("changes feed of {db}: the document of the change at seq {seq} "
+                           "is nested too deep to parse: nobody is sent it", db=self.db,
+                           seq=str(row["seq"])[:200])
         except ValueError:
             self._log.warn("changes feed of {db}: unparsable line dropped", db=self.db)
             return

@@ -1,0 +1,69 @@
+"""
+Documents written to CouchDB (by another application, not through the gateway) nested
+deeper than Python's JSON parser can go (about 950 levels), end to end on pouchdb-server:
+the feed goes on past them, they reach nobody (live, in a ``db:`` snapshot, through a
+``doc:`` subscription), and each is counted as undecidable.
+"""
+
+import json
+
+from twisted.internet.defer import inlineCallbacks
+
+from tests.harness import unique
+from tests.test_e2e_databases import DatabaseCase
+
+DEPTH = 3000
+
+
+class DeepDocuments(DatabaseCase):
+
+    def put_deep(self, doc_id, **fields):
+        # The current rev from _all_docs: the document itself is too deep for json.loads.
+        status, body = self.couch.request("GET", f'/{self.db}/_all_docs?key="{doc_id}"')
+        doc = {"_id": doc_id, **fields}
+        for row in json.loads(body)["rows"]:
+            doc["_rev"] = row["value"]["rev"]
+        text = json.dumps(doc)[:-1] + ', "deep": ' + "[" * DEPTH + "]" * DEPTH + "}"
+        status, body = self.couch.request("PUT", f"/{self.db}/{doc_id}", text)
+        self.assertIn(status, (201, 202), body)
+
+    def undecidable(self):
+        return self.gw.gateway.databases.stats()[self.db]["undecidable"]
+
+    @inlineCallbacks
+    def test_deep_documents_reach_nobody_and_are_counted(self):
+        """A deep document of alice's: not live, not in her snapshot (the other documents
+        are), refused as a missing id for doc:, counted; the feed goes on after it."""
+        fine, deep = unique("fine"), unique("deep")
+        alice = yield self.client("alice")
+        self.put(fine, owner="alice", title="fine")
+        yield self.next_change(alice, fine)
+        self.put_deep(deep, owner="alice", title="deep")
+        yield self.gw.wait_for_change(deep)
+        self.assertEqual(self.undecidable(), 1)
+        yield self.assertNothingBefore(alice, "alice")  # the feed went on; deep: nothing
+
+        alice.send_json({"type": "subscribe", "topic": f"db:{self.db}", "snapshot": True,
+                         "ref": "s"})
+        snapshot = []
+        while True:
+            message = yield alice.next()
+            if message["type"] == "subscribed":
+                break
+            snapshot.append(message["id"])
+        self.assertNotIn(deep, snapshot)
+        self.assertIn(fine, snapshot)
+        self.assertEqual(message["snapshot"], len(snapshot))
+        self.assertEqual(self.undecidable(), 2)
+
+        alice.send_json({"type": "subscribe", "topic": f"doc:{self.db}/no-such-doc"})
+        missing = yield alice.next("error")
+        alice.send_json({"type": "subscribe", "topic": f"doc:{self.db}/{deep}"})
+        refused = yield alice.next("error")
+        self.assertEqual(refused, {**missing, "topic": f"doc:{self.db}/{deep}"})
+
+        self.assertEqual(self.undecidable(), 3)
+        self.put_deep(deep, owner="alice", title="deeper")  # live again: nothing
+        yield self.assertNothingBefore(alice, "alice")  # the feed is ordered
+        self.assertEqual(self.undecidable(), 4)
+        self.assertNotIn("[[", json.dumps(alice.received))

@@ -246,6 +246,7 @@ class AutobahnConnectionMade(RealtimeServerProtocol):
 
     __slots__ = ()
     _connectionMade = WebSocketServerProtocol._connectionMade
+    connectionMade = WebSocketServerProtocol.connectionMade
 
 
 class ConnectionMadeTests(unittest.TestCase):
@@ -267,9 +268,11 @@ class ConnectionMadeTests(unittest.TestCase):
         ours, _ = self.made(RealtimeServerProtocol, factory)
         theirs, _ = self.made(AutobahnConnectionMade, factory)
         self.assertEqual(factory.countConnections, 2)
+        self.assertEqual(ours.peer, "tcp4:127.0.0.1:4321")
+        self.assertFalse(ours._transport_details.is_secure)
         for name in _CONNECTION_SLOTS:
             mine, other = getattr(ours, name, _MISSING), getattr(theirs, name, _MISSING)
-            if name in ("openHandshakeTimeoutCall", "factory", "transport"):
+            if name in ("openHandshakeTimeoutCall", "factory", "transport", "_transport_details"):
                 self.assertIsNotNone(mine, name)
                 self.assertIsNotNone(other, name)
             elif isinstance(other, (bool, int, float, str, bytes, type(None), tuple)) or \

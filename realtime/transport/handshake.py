@@ -29,6 +29,8 @@ from collections import deque
 from typing import Optional
 from urllib import parse
 
+from autobahn.twisted.util import peer2str
+from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import (
     TrafficStats,
     Utf8Validator,
@@ -38,6 +40,7 @@ from autobahn.websocket.protocol import (
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import ISSLTransport
 
 #: a whole header block that Autobahn's strict parser (``parseHttpHeader``) accepts line by
 #: line: ``GET <printable ASCII> HTTP/1.1``, then ``token:value`` lines whose values hold
@@ -48,6 +51,12 @@ _COMMON_BLOCK = re.compile(
 
 #: a Sec-WebSocket-Key as Autobahn checks it: 22 base64 characters then ``==``
 _KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
+
+
+#: the transport details of every connection without TLS (see FastHandshake.connectionMade)
+_PLAIN_DETAILS = TransportDetails(channel_type=TransportDetails.CHANNEL_TYPE_TCP,
+                                  channel_framing=TransportDetails.CHANNEL_FRAMING_WEBSOCKET,
+                                  is_server=True, is_secure=False, channel_id={})
 
 
 def parse_common(data: bytes, proto) -> Optional[tuple]:
@@ -153,6 +162,24 @@ class FastHandshake:
     """
 
     __slots__ = ()
+
+    def connectionMade(self):
+        """
+        Autobahn's Twisted ``connectionMade``: on a connection without TLS, the transport
+        details (what Autobahn reads of them: not secure) are one object shared by every
+        such connection instead of one built per connection (the gateway drops them once
+        open anyway); with TLS, Autobahn's own (its details carry the certificate).
+        """
+        transport = self.transport
+        if ISSLTransport.providedBy(transport):
+            return super().connectionMade()
+        self._transport_details = _PLAIN_DETAILS
+        self.peer = peer2str(transport)
+        try:
+            transport.setTcpNoDelay(self.tcpNoDelay)
+        except Exception:  # noqa: BLE001 - as Autobahn: Unix sockets and test transports
+            pass
+        self._connectionMade()
 
     def _connectionMade(self):
         """

@@ -14,6 +14,13 @@ Decisions:
   so a document that could not be sent on as JSON is refused here, not half-way through a
   replay).
 - A cancelled read (the replay stopped: its client left) is not asked again.
+- A document nested deeper than the parser can go (:class:`realtime.jsonutil.TooDeep`:
+  written by another application, not through the gateway) would make its whole batch
+  unreadable, and so every resume across it fail: such a batch of ``_changes`` is read
+  again without documents and its documents one by one (``GET /db/id?rev=``); the deep
+  one comes marked :data:`realtime.vocabulary.TOO_DEEP`, without its body (nobody is sent
+  it: the replay counts it undecidable).  The same for a ``_bulk_get`` answer: the deep
+  revision is answered as missing.
 - An answer is parsed on a reactor turn of its own (``turns``: :mod:`realtime.feeds.pacing`),
   so that the answers of several replays arriving together do not hold live delivery up
   for all their parsing at once.
@@ -35,6 +42,7 @@ from zope.interface import implementer
 
 from realtime import jsonutil
 from realtime.feeds.pacing import NoPacing
+from realtime.vocabulary import TOO_DEEP
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -42,9 +50,14 @@ DEFAULT_TIMEOUT = 30.0
 class CouchUnavailable(Exception):
     """CouchDB did not answer a replay read (in time, or sensibly)."""
 
-    def __init__(self, message: str, retry: bool = False):
+    def __init__(self, message: str, retry: bool = False, status: Optional[int] = None):
         super().__init__(message)
         self.retry = retry  # worth asking again (a 5xx, a dropped connection)
+        self.status = status  # CouchDB's HTTP status, when it answered
+
+
+class AnswerTooDeep(Exception):
+    """A 200 whose JSON nests deeper than the parser can go (a deep document in it)."""
 
 
 class SeqRefused(Exception):
@@ -145,10 +158,15 @@ class ChangesReader:
         yield self._turns.next()
         try:
             parsed = jsonutil.loads(content) if content else None
+        except jsonutil.TooDeep:
+            if status == 200:
+                raise AnswerTooDeep() from None
+            parsed = None
         except ValueError:
             parsed = None
         if status != 200 or not isinstance(parsed, dict):
-            raise CouchUnavailable(f"CouchDB answered {status}", retry=status >= 500)
+            raise CouchUnavailable(f"CouchDB answered {status}", retry=status >= 500,
+                                   status=status)
         return parsed
 
     def info(self, db: str):
@@ -165,10 +183,67 @@ class ChangesReader:
             # and then with a 500 "reading 'getSecurity'")
             query += "&filter=_doc_ids&doc_ids=" + quote(jsonutil.dumps_text(list(doc_ids)),
                                                          safe="")
-        return self.request("GET", self.db_url(db) + "/_changes" + query)
+        d = self.request("GET", self.db_url(db) + "/_changes" + query)
+        if include_docs:
+            d.addErrback(self._changes_doc_by_doc, db, since, limit, doc_ids)
+        return d
 
     def bulk_get(self, db: str, docs, revs: bool = False):
         """``_bulk_get`` of (id, rev) pairs: old revisions (until compaction)."""
         query = "?revs=true" if revs else ""
-        return self.request("POST", self.db_url(db) + "/_bulk_get" + query,
-                            {"docs": [{"id": i, "rev": r} for i, r in docs]})
+        docs = list(docs)
+        d = self.request("POST", self.db_url(db) + "/_bulk_get" + query,
+                         {"docs": [{"id": i, "rev": r} for i, r in docs]})
+        d.addErrback(self._bulk_get_doc_by_doc, db, docs, revs)
+        return d
+
+    # -- a batch holding a document too deep to parse (see the module docstring) --------
+
+    def _revision(self, db: str, doc_id: str, rev: str, revs: bool = False):
+        """One revision's body: ``(body, False)``; ``(None, True)`` when too deep to
+        parse; ``(None, False)`` when CouchDB has it no more (404)."""
+        url = f"{self.db_url(db)}/{quote(doc_id, safe='')}?rev={quote(rev, safe='')}"
+        if revs:
+            url += "&revs=true"
+        d = self.request("GET", url)
+        d.addCallback(lambda body: (body, False))
+
+        def unreadable(failure):
+            if failure.check(AnswerTooDeep):
+                return None, True
+            failure.trap(CouchUnavailable)
+            if failure.value.status != 404:
+                return failure
+            return None, False
+        return d.addErrback(unreadable)
+
+    @inlineCallbacks
+    def _changes_doc_by_doc(self, failure, db, since, limit, doc_ids):
+        failure.trap(AnswerTooDeep)
+        answer = yield self.changes(db, since, limit, include_docs=False, doc_ids=doc_ids)
+        for row in answer.get("results") or ():
+            if not isinstance(row, dict) or row.get("deleted"):
+                continue
+            changes = row.get("changes")
+            rev = changes[0].get("rev") if isinstance(changes, list) and changes and \
+                isinstance(changes[0], dict) else None
+            if not isinstance(row.get("id"), str) or not isinstance(rev, str):
+                continue
+            doc, deep = yield self._revision(db, row["id"], rev)
+            if deep:
+                row[TOO_DEEP] = True
+            elif isinstance(doc, dict):
+                row["doc"] = doc
+        self._log.warn("replay read of {db}: a document nested too deep to parse in the "
+                       "changes after {since}: read one by one", db=db, since=str(since)[:200])
+        return answer
+
+    @inlineCallbacks
+    def _bulk_get_doc_by_doc(self, failure, db, docs, revs):
+        failure.trap(AnswerTooDeep)
+        results = []
+        for doc_id, rev in docs:
+            doc, _ = yield self._revision(db, doc_id, rev, revs=revs)
+            results.append({"id": doc_id, "docs": [{"ok": doc} if isinstance(doc, dict)
+                                                   else {"error": {"id": doc_id}}]})
+        return {"results": results}

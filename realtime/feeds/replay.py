@@ -78,7 +78,7 @@ from realtime.databases.rules import AccessRuleFailed, principals_of
 from realtime.feeds.couchreads import ChangesReader, CouchUnavailable, SeqRefused
 from realtime.feeds.pacing import NoPacing
 from realtime.feeds.routing import USER_PREFIX, USERS_DB, route_users_change
-from realtime.vocabulary import utc_timestamp
+from realtime.vocabulary import TOO_DEEP, utc_timestamp
 
 #: a CouchDB 2/3 sequence: the sum of shard seqs, a dash, an opaque base64url string
 _COUCH_SEQ = re.compile(r"[0-9]{1,20}(-[A-Za-z0-9_\-]{1,4096})?\Z")
@@ -354,6 +354,9 @@ class AppDatabaseReplay:
         for change in results:
             doc_id, rev = change.get("id"), change_rev(change)
             if not isinstance(doc_id, str) or is_internal(doc_id) or rev is None:
+                continue
+            if change.get(TOO_DEEP):  # its readers cannot be known: nobody is sent it
+                self.undecidable += 1
                 continue
             doc = change.get("doc")
             deleted = bool(change.get("deleted")) or \

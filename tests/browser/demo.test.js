@@ -159,6 +159,10 @@ test("a cut network: back online, the page shows what changed while it was away"
   await page.waitForFunction(() => document.getElementById("log").textContent.includes("alice-diary changed (missed while away)"),
     null, { timeout: T });
   assert.match(await page.textContent("#log"), /resumed after a reconnect/);
-  assert.deepEqual(errorsOf(page), []);
+  // While the network is cut, a reconnect that fires is refused, and Chromium logs that
+  // refusal as a console error: it is what a cut network is, not a fault of the page (it
+  // comes or not with the reconnect's jitter).  Every other error still fails the test.
+  const cutOff = new RegExp(`^WebSocket connection to 'ws://127\\.0\\.0\\.1:${proxy.port}/ws' failed: .*ERR_CONNECTION_REFUSED`);
+  assert.deepEqual(errorsOf(page).filter((error) => !cutOff.test(error)), []);
   await page.context().close();
 });

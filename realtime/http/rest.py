@@ -98,6 +98,7 @@ from realtime.http.summary import AdminSummary
 from realtime.hub import topics
 from realtime.hub.broker import UNAVAILABLE
 from realtime.hub.history import BROADCAST_STREAM, topic_stream, user_stream
+from realtime.hub.presence import PresenceIncomplete
 from realtime.vocabulary import (
     CLOSE_FORBIDDEN,
     MESSAGE_TYPES,
@@ -193,8 +194,14 @@ class API:
 
 
 def _presence_unavailable(error) -> HTTPError:
+    """503 with Retry-After: Redis is away, or presence is being rebuilt after it lost its data."""
     _log.warn("presence could not answer: {error}", error=type(error).__name__)
-    return HTTPError(503, "unavailable", "who is connected cannot be told now; try again")
+    if isinstance(error, PresenceIncomplete):
+        message = ("who is connected cannot be told yet: presence is being rebuilt after "
+                   "Redis lost its data; retry in a second")
+    else:
+        message = "who is connected cannot be told now; try again"
+    return HTTPError(503, "unavailable", message, headers={"Retry-After": "1"})
 
 
 def message_type(body: dict) -> str:

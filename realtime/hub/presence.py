@@ -12,11 +12,23 @@ from typing import Dict, Optional
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import Attribute, Interface, implementer
 
+from realtime.hub.broker import Unavailable
+
+
+class PresenceIncomplete(Unavailable):
+    """
+    Presence is known to miss some connections now (Redis lost its data and not every
+    process has written its connections back yet: :mod:`realtime.redis.presence_recovery`),
+    so "not connected" cannot be told.  Retry later.
+    """
+
 
 class IPresence(Interface):
     """
     Which users are connected, with how many connections, across every process.  Every
-    answer is a Deferred; one that Redis cannot give fails with an ``Unavailable``.
+    answer is a Deferred; one that Redis cannot give fails with an ``Unavailable``, and
+    one that could be false because presence is known to be incomplete (a count of 0, the
+    users) with :class:`PresenceIncomplete`.
     """
 
     process_id = Attribute("this process's id in the deployment")

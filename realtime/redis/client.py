@@ -35,6 +35,21 @@ class RedisUnavailable(Unavailable):
     """Redis cannot be reached now, or did not answer in time."""
 
 
+def _factory_class():
+    import txredisapi
+
+    class _Factory(txredisapi.RedisFactory):
+        def stopTrying(self):
+            # txredisapi stops for good when AUTH or SELECT fails, even when it failed
+            # because the connection was lost (a proxy or load balancer in front of a Redis
+            # that is down accepts, then closes): only a refusal from Redis stops us.
+            if self.owner._lost_in_handshake:
+                return succeed(None)
+            return super().stopTrying()
+
+    return _Factory
+
+
 def _protocol_class():
     import txredisapi
 
@@ -54,6 +69,8 @@ def _protocol_class():
             return d
 
         def connectionLost(self, why):
+            # Before the parent fails the pending AUTH/SELECT (which calls stopTrying).
+            self.factory.owner._lost_in_handshake = not self._ready
             super().connectionLost(why)
             self.factory.owner._disconnected(self)
 
@@ -88,17 +105,16 @@ class RedisClient:
         self.state = "stopped"  # stopped | connecting | connected | down
         self.connections_made = 0
         self.last_error: Optional[str] = None  # a refusal (bad password, db): no retrying
+        self._lost_in_handshake = False  # the connection closed before AUTH/SELECT answered
 
     @property
     def connected(self) -> bool:
         return self.protocol is not None
 
     def start(self) -> None:
-        import txredisapi
-
         if self._factory is not None:
             return
-        factory = txredisapi.RedisFactory(
+        factory = _factory_class()(
             None, self.address.db, 1, isLazy=True, password=self.address.password,
             replyTimeout=self._reply_timeout, convertNumbers=False,
             username=self.address.username)
@@ -126,6 +142,11 @@ class RedisClient:
         return d
 
     def _connection_error(self, message: str) -> None:
+        if self._lost_in_handshake:  # not a refusal: txredisapi keeps trying (_Factory)
+            self._lost_in_handshake = False
+            self._log.warn("redis {name}: connection closed before it was ready; "
+                           "reconnecting", name=self.name)
+            return
         # txredisapi's message may quote the server's answer; it never holds the password.
         self.last_error = message
         self.state = "error"

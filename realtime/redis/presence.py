@@ -43,7 +43,9 @@ other exactly as separate scripts would (an open counts the other live processes
 plus this process's own connections, the reservations of the same batch included), and
 atomically, so the per-user limit holds across processes as before.  When a write fails (Redis away)
 or the lease is found missing (Redis restarted), the next renewal rewrites the whole hash
-from the local counts: presence comes back by itself within ``ttl / 3`` after Redis does.
+from the local counts: presence comes back by itself within ``ttl / 3`` after Redis does
+(at once on a reconnection).  Until every process has done so, a "not connected" answer
+could be false: :mod:`realtime.redis.presence_recovery` answers it ``PresenceIncomplete``.
 
 While Redis is away: reads fail with :class:`RedisUnavailable` (a REST call answers 503);
 ``connection_opened`` still answers, from this process's counts only (the per-user limit is
@@ -72,6 +74,7 @@ from zope.interface import implementer
 from realtime.hub.presence import ConnectionCounts, IPresence, SessionNumbers
 from realtime.redis import presence_scripts as lua
 from realtime.redis.client import RedisUnavailable
+from realtime.redis.presence_recovery import PresenceRecovery
 
 
 @implementer(IPresence)
@@ -105,6 +108,9 @@ class RedisPresence:
         self.renewals = 0
         self._pending = []  # (operation, (Deferred, conn id, user, limit) or None) this turn
         self._flush_call = None
+        # after Redis lost the data: which processes are not back yet (503, not 404)
+        self.recovery = PresenceRecovery(client, clock, prefix, self.process_id, ttl,
+                                         lua.PROCESSES)
 
     @property
     def _ttl_ms(self) -> str:
@@ -134,6 +140,8 @@ class RedisPresence:
 
     def _reconnected(self, _protocol) -> None:
         self._dirty = True
+        if self.renewals:  # we had a lease: is it still there?
+            self.recovery.reconnected()
         self._renew()
 
     def _renew(self) -> Deferred:
@@ -146,10 +154,11 @@ class RedisPresence:
         else:
             d = self._client.eval(lua.RENEW, args=(self.prefix, self.process_id, self._ttl_ms,
                                                 self._lease))
-            d.addCallback(lambda kept: None if int(kept) else self._resync())
+            d.addCallback(lambda kept: None if int(kept) else self._lease_lost())
 
         def done(result):
             self.renewals += 1
+            self.recovery.refresh()
             return result
 
         def failed(failure):
@@ -159,6 +168,10 @@ class RedisPresence:
         # A LoopingCall stops on an error: swallow (and log) everything.
         return d.addCallbacks(done, failed).addErrback(
             lambda f: self._log.failure("renewing the presence lease failed", f))
+
+    def _lease_lost(self) -> Deferred:
+        self.recovery.lost()
+        return self._resync()
 
     def _resync(self) -> Deferred:
         self._dirty = False
@@ -252,17 +265,19 @@ class RedisPresence:
 
     def users(self) -> Deferred:
         d = self._client.eval(lua.USERS, args=(self.prefix, ""))
-        return d.addCallback(_pairs_to_dict)
+        return d.addCallback(_pairs_to_dict).addCallback(self.recovery.check)
 
     def connection_count(self, user_id) -> Deferred:
         d = self._client.eval(lua.USERS, args=(self.prefix, user_id))
-        return d.addCallback(lambda flat: _pairs_to_dict(flat).get(user_id, 0))
+        d.addCallback(lambda flat: _pairs_to_dict(flat).get(user_id, 0))
+        return d.addCallback(lambda n: self.recovery.check(n, trusted=n > 0))
 
     def total(self) -> Deferred:
         return self.users().addCallback(lambda users: sum(users.values()))
 
     def processes(self) -> Deferred:
-        return self._client.eval(lua.PROCESSES, args=(self.prefix,)).addCallback(sorted)
+        d = self._client.eval(lua.PROCESSES, args=(self.prefix,))
+        return d.addCallback(lambda live: self.recovery.seen(live) or sorted(live))
 
     def process_counts(self) -> Deferred:
         def counts(flat):

@@ -23,6 +23,7 @@ Admin endpoints (credentials: :mod:`realtime.http.endpoint`), body -> answer::
          -> 200 {userId, connected, connections}
   DELETE /websocket/users/{userId}/disconnect
          -> 200 {userId, disconnected: <connections closed>}
+            (users/*, me/status and status: realtime.http.users)
   GET    /websocket/admin/summary
          -> 200 {process, processes: [{id, authenticated, users}], connections, topics}
             (realtime.http.summary)
@@ -32,6 +33,7 @@ Other endpoints::
   GET    /websocket/me/status   the caller's own {userId, connected, connections}
                                 (their JWT as Bearer, or the AuthSession cookie)
   GET    /websocket/status      public; with admin credentials adds connections.perUser
+  GET    /websocket/openapi.json  public: this API as OpenAPI 3.1 (realtime.http.openapi)
 
 Counts (``connections``, ``users``) are what presence said just before the event was sent.
 
@@ -53,9 +55,6 @@ history, connected or not; ``broadcast`` once, for every user; ``publish`` in th
 A client resumes them with ``resume {since: {messages: offset}}`` (users) or ``subscribe
 {topic, since}`` (topics).  When the history cannot be written (Redis away), nothing is
 sent: 503.
-- ``disconnect``: the user's connections, on every process, are closed with 4003
-  ("disconnected by admin"; 4003 is in the do-not-reconnect range: the client should not
-  come straight back with the same credentials).
 
 "Connected" is asked of the gateway's presence (cluster-wide with a Redis presence): a
 message to a user with no connection anywhere is 404 ``not_connected``, and nothing is sent
@@ -65,9 +64,13 @@ names the others, and keeps it for all of them.  A message is encoded
 once, handed to the broker as one event, and the answer is 2xx only once the broker has
 accepted it (503 ``unavailable`` when it refuses).
 
-User ids taken from the path are percent-decoded once (by Twisted, per segment, so ``%2F``
-is a ``/`` inside the id), decoded as UTF-8, and used only as dictionary keys: an odd id
-(``..%2F``, ``%00``, any Unicode) is just a user who is not connected.
+While presence is known to be incomplete (Redis lost its data and not every process has
+written its connections back: :mod:`realtime.redis.presence_recovery`), an answer that
+could be a false "not connected" is 503 with ``Retry-After`` instead.
+
+The users endpoints (``users/*``, ``me/status``, ``status``) are in
+:mod:`realtime.http.users`; this module holds what every endpoint shares (:class:`API`),
+the message endpoints, the token revocation and :func:`make_api`.
 """
 
 from __future__ import annotations
@@ -95,15 +98,14 @@ from realtime.http.endpoint import (
 from realtime.http.openapi import OpenAPIDocument
 from realtime.http.resource import DEFAULT_MAX_BODY_BYTES, JSONResource
 from realtime.http.summary import AdminSummary
+from realtime.http.users import MyStatus, Status, UsersResource
 from realtime.hub import topics
 from realtime.hub.broker import UNAVAILABLE
 from realtime.hub.history import BROADCAST_STREAM, topic_stream, user_stream
 from realtime.hub.presence import PresenceIncomplete
 from realtime.vocabulary import (
-    CLOSE_FORBIDDEN,
     MESSAGE_TYPES,
     all_event,
-    disconnect_event,
     users_event,
     utc_timestamp,
 )
@@ -330,110 +332,6 @@ class RevokeToken(Endpoint):
             raise HTTPError(503, "unavailable", "the revocation store cannot be reached") from None
         return (200, {"revoked": True, "tokenId": token_id,
                            "expiresAt": utc_timestamp(expires_at), "closedConnections": closed})
-
-
-# -- users ---------------------------------------------------------------------------------
-
-class ConnectedUsers(Endpoint):
-    @inlineCallbacks
-    def handle_GET(self, request):
-        api = self.api
-        yield api.credentials.require_admin(request)
-        users = yield api.users()
-        return (200, {
-            "users": [{"userId": u, "connections": n} for u, n in sorted(users.items())],
-            "totalUsers": len(users),
-            "totalConnections": sum(users.values()),
-        })
-
-
-def _path_user_id(segment: bytes) -> str:
-    """A user id from one path segment (already percent-decoded by Twisted)."""
-    try:
-        text = segment.decode("utf-8")
-    except UnicodeDecodeError:
-        raise bad_field("userId", "userId is not valid UTF-8") from None
-    return user_id_field(text)
-
-
-class UserStatus(Endpoint):
-    def __init__(self, api, segment: bytes):
-        super().__init__(api)
-        self._segment = segment
-
-    @inlineCallbacks
-    def handle_GET(self, request):
-        api = self.api
-        yield api.credentials.require_admin(request)
-        status = yield api.user_status(_path_user_id(self._segment))
-        return (200, status)
-
-
-class Disconnect(Endpoint):
-    def __init__(self, api, segment: bytes):
-        super().__init__(api)
-        self._segment = segment
-
-    @inlineCallbacks
-    def handle_DELETE(self, request):
-        api = self.api
-        yield api.credentials.require_admin(request)
-        user_id = _path_user_id(self._segment)
-        count = yield api.connection_count(user_id)
-        if not count:
-            raise HTTPError(404, "not_connected", "the user is not connected")
-        # "at": a process replaying the event after a Redis blip must not close the
-        # connections the user opened after it (see Registry.dispatch).
-        yield api.publish(disconnect_event(user_id, CLOSE_FORBIDDEN, "disconnected by admin",
-                                           at=api.gateway.now()))
-        return (200, {"userId": user_id, "disconnected": count})
-
-
-class UserResource(JSONResource):
-    """``/websocket/users/{userId}/``: ``status`` and ``disconnect``."""
-
-    def __init__(self, api, segment: bytes):
-        super().__init__()
-        self.putChild(b"status", UserStatus(api, segment))
-        self.putChild(b"disconnect", Disconnect(api, segment))
-
-
-class UsersResource(JSONResource):
-    """``/websocket/users/``: ``connected``, or a user id (even one named ``connected``)."""
-
-    def __init__(self, api):
-        super().__init__()
-        self._api = api
-
-    def getChild(self, path, request):
-        if path == b"connected" and not request.postpath:
-            return ConnectedUsers(self._api)
-        return UserResource(self._api, path)
-
-
-class MyStatus(Endpoint):
-    @inlineCallbacks
-    def handle_GET(self, request):
-        identity = yield self.api.credentials.require_user(request)
-        status = yield self.api.user_status(identity.user_id)
-        return (200, status)
-
-
-class Status(Endpoint):
-    """Public health; with admin credentials, ``connections.perUser`` (all processes)."""
-
-    @inlineCallbacks
-    def handle_GET(self, request):
-        api = self.api
-        admin = yield api.credentials.is_admin(request)
-        body = api.gateway.status(detail=admin)
-        if admin:
-            users = yield api.users()
-            body["connections"]["perUser"] = [
-                # deviceCount: seed 001's name; connections: every other endpoint's
-                {"userId": u, "deviceCount": n, "connections": n}
-                for u, n in sorted(users.items())]
-        return (200, body)
 
 
 def make_api(gateway, max_body_bytes: int = None) -> Resource:

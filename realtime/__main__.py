@@ -1,25 +1,22 @@
 """
-``python -m realtime [options]``: the same as ``twistd --pidfile= -n realtime [options]``,
-except that an option that cannot be used ends the process with one line on stderr
-(``realtime: <option>: <why>``) and exit status 2, instead of twistd's whole help text.
+``python -m realtime [options]``: the same as ``twistd --pidfile= -n realtime [options]``.
+The options are checked here first, so that a usage error (one line on stderr, exit
+status 2: :meth:`realtime.tap.Options.parseOptions`) names ``python -m realtime --help``.
 """
 
 import sys
 
-from twisted.python import usage
 from twisted.scripts.twistd import run
 
 from realtime import tap
-from realtime.service import EXIT_STARTUP_FAILED
 
 
 def main(argv=None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        tap.Options().parseOptions(args)  # --help and --version print and exit here
-    except usage.UsageError as e:
-        sys.stderr.write(f"realtime: {e} (python -m realtime --help lists the options)\n")
-        sys.exit(EXIT_STARTUP_FAILED)
+    options = tap.Options()
+    options.help_command = "python -m realtime --help"
+    # --help and --version print and exit here; a usage error is one line and exit 2
+    options.parseOptions(args)
     sys.argv = ["twistd", "--pidfile=", "-n", "realtime", *args]
     run()
 

@@ -10,7 +10,8 @@ share it, and a ``ready`` line follows once the feeds are connected.
 
 Start-up failures an operator can cause end the process with one line on stderr,
 ``realtime: <what>: <why>``, and exit status 2 (:data:`realtime.service.EXIT_STARTUP_FAILED`):
-an option that cannot be used (here, or by ``python -m realtime`` before twistd runs), a
+an unknown option or a missing value (with a hint naming ``--help``, instead of twistd's
+whole help text), an option that cannot be used, a
 rule file that cannot be used, an endpoint string, a listener that cannot listen
 (:class:`realtime.service.Startup`: the embedded CouchDB is then not started, or stopped).
 With ``REDIS_URL`` set (several processes) the embedded CouchDB is refused unless asked
@@ -60,6 +61,22 @@ class Options(usage.Options):
         [option.flag, None, None, f"{option.help} [{option.env}; default: {option.default}]"]
         for option in config_module.OPTIONS
     ]
+
+    #: the command a usage error's hint names (``python -m realtime`` sets its own)
+    help_command = "twistd realtime --help"
+
+    def parseOptions(self, options=None):
+        """
+        A usage error (an unknown option, a missing value, an option that cannot be used)
+        is one line on stderr, ``realtime: <what> (<command> --help lists the options)``,
+        and exit status 2: not twistd's whole help text (about 160 lines) above it.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            sys.stderr.write(f"realtime: {e} ({self.help_command} lists the options)\n")
+            sys.stderr.flush()
+            raise SystemExit(EXIT_STARTUP_FAILED) from None
 
     def opt_version(self):
         """Print realtime's version (and Twisted's, Autobahn's, Python's) and exit."""

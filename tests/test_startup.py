@@ -112,6 +112,20 @@ class StartupFailureTests(unittest.TestCase):
         result = _run(["-m", "realtime", "--no-such-option"], _env())
         self.assertOneLineFailure(result, "no-such-option")
 
+    def test_usage_errors_under_twistd_are_one_line(self):
+        """
+        `twistd realtime --bogus`, or an option without its value: one line naming the
+        option and pointing at --help, exit status 2, and not twistd's whole help text.
+        """
+        for args, words in ((["--bogus"], ["--bogus", "twistd realtime --help"]),
+                            (["--admin-key"], ["admin-key", "requires argument"])):
+            result = _run([*TWISTD, "--pidfile=", "-n", "realtime", *args], _env())
+            self.assertOneLineFailure(result, *words)
+            self.assertEqual(result.stdout, "")
+        result = _run(["-m", "realtime", "--bogus"], _env())
+        self.assertOneLineFailure(result, "--bogus", "python -m realtime --help")
+        self.assertEqual(result.stdout, "")
+
     def test_bad_endpoint_string(self):
         """An endpoint string that is not one: one line naming REALTIME_LISTEN and it."""
         result = _run(["-m", "realtime"], _env(REALTIME_LISTEN="tpc:8080",

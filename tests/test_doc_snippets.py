@@ -15,7 +15,8 @@ itself) must say so: an RST comment right before its ``.. code-block::`` directi
 
 and nothing else skips a command (a command-like block without it is run; a comment
 without a reason fails).  The JavaScript snippets run in Chromium with the browser tests
-(tests/browser/snippets.test.js), which reads the same pages with the same rules.
+(tests/browser/snippets.test.js), which asks :func:`snippets` for them; this module runs
+the shell and Python ones.
 
 How shell commands run.  The shell blocks of one page run in order in one ``bash``
 (variables set by one block are there for the next, as in a terminal), with

@@ -381,6 +381,12 @@ class RoutingTests(RESTTestCase):
                      "/websocket/users/alice/nope", "/websocket/message/"):
             self.assertError(self.admin("GET", path), 404, "not_found")
 
+    def test_favicon_is_204(self):
+        """/favicon.ico (which browsers ask for on any URL they show) is 204, not a 404."""
+        status, body, headers = self.call("GET", "/favicon.ico")
+        self.assertEqual((status, body), (204, ""))
+        self.assertIn(b"max-age", headers.getRawHeaders(b"cache-control")[0])
+
 
 class CORSTests(RESTTestCase):
     def test_preflight_and_answers_for_allowed_origin(self):

@@ -41,6 +41,21 @@ class MetricsResource(JSONResource):
         return self._gateway.metrics.render()
 
 
+class NoFavicon(JSONResource):
+    """
+    ``GET /favicon.ico``: 204, cached for a day.  A browser asks for it on every gateway URL
+    it shows (``/websocket/status``, ``/metrics``, ``/``); a 404 there is an error in the
+    page's console for nothing.  The pages declare their own icon.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setResponseCode(204)
+        request.setHeader(b"Cache-Control", b"public, max-age=86400")
+        return b""
+
+
 class CappedRequest(Request):
     """
     A request whose body may not exceed the site's ``max_body_bytes``.
@@ -193,6 +208,7 @@ def make_site(gateway, ws_factory, api_resource, pages=None) -> Site:
     root.putChild(b"ws", WebSocketResource(ws_factory))
     root.putChild(b"websocket", api_resource)
     root.putChild(b"metrics", MetricsResource(gateway))
+    root.putChild(b"favicon.ico", NoFavicon())
     for name, resource in (pages or {}).items():
         root.putChild(name, resource)
     root.putChild(b"", RootPointer(root_links(pages)))

@@ -4,14 +4,19 @@ reason in words and the token named by its jti or a hash prefix, never the token
 """
 
 import jwt
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from realtime.auth.authenticator import Authenticator
 from realtime.auth.identity import token_id
+from realtime.auth.jwks import JWKSKeySource
 from realtime.auth.jwt_verifier import JWTVerifier, token_reference
+from tests import keys
 from tests.fakes import SECRET, claims, make_token
 from tests.keys import raw_token
+from tests.test_jwks import URL, JWKSResource, rs_token
 
 
 class RevokedStore:
@@ -63,6 +68,22 @@ class RefusalLogTests(unittest.TestCase):
             text = self.refused_line(authenticator, token, reason)
             self.assertIn(f"JWT refused ({reason})", text)
             self.assertIn(words, text)
+
+    def test_unknown_kid_is_named(self):
+        """A token whose kid is not in the JWKS: the line says so, naming the kid."""
+        stub = StubTreq(JWKSResource({"keys": [keys.jwk(keys.RSA_KEY, "k1", "RS256")]}))
+        source = JWKSKeySource(stub, URL, Clock())
+        authenticator = Authenticator(JWTVerifier(None, ["RS256"], key_source=source))
+        token = rs_token(kid="nope-7")
+        d = authenticator.verify_token(token)
+        stub.flush()
+        self.failureResultOf(d)
+        lines = [formatEvent(e) for e in self.events
+                 if formatEvent(e).startswith("JWT refused")]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("JWT refused (auth-failed)", lines[0])
+        self.assertIn("unknown kid 'nope-7'", lines[0])
+        self.assertNotIn(token.split(".")[2], lines[0])
 
     def test_token_named_by_jti_or_hash_prefix(self):
         """The line names the token as revocation does: its jti, or its hash's first digits."""

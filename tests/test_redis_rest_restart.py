@@ -95,7 +95,8 @@ class RestAfterRedisRestartTests(unittest.TestCase):
     @inlineCallbacks
     def test_message_to_a_user_of_a_process_not_back_yet_is_503_then_200(self):
         """
-        Right after Redis restarts, a message through A to a user connected to B (which
+        Right after Redis restarts, a message through A to a user connected to A itself is
+        200 and arrives; one to a user connected to B (which
         has not written its connections back yet) is 503 with Retry-After, and so is one to
         a user connected nowhere (presence cannot tell them apart yet), never 404.  Once B
         is back: 200, the user gets the message, and a user connected nowhere is 404 again
@@ -103,8 +104,15 @@ class RestAfterRedisRestartTests(unittest.TestCase):
         """
         yield self.start(ttl_ms=30000)
         user, client = yield self.connected_on_b()
+        local = unique("local")
+        local_client = yield self.a.connect(query={"token": make_token(local)})
+        yield local_client.next("connected")
         yield self.restart_redis_with_b_held_back()
 
+        # A wrote its own connections back first thing on reconnecting: its user is known
+        code, body, _ = yield self.message(local, "at once")
+        self.assertEqual(code, 200, body)
+        self.assertEqual((yield local_client.next("chat"))["data"], "at once")
         self.assertRetryLater((yield self.message(user, "during")))
         self.assertRetryLater((yield self.message(unique("nobody"), "during")))
 

@@ -1,6 +1,7 @@
 """
-Pure tests of the rule file (realtime.databases.rules): parsing, validation errors, the
-readers of a document, matching users with their current roles, sanitising, writers.
+Pure tests of the rule file (realtime.databases.rulefile: parsing, validation errors) and
+of the rules (realtime.databases.rules: the readers of a document, matching users with
+their current roles, sanitising, writers).
 """
 
 import os

@@ -1,5 +1,6 @@
 """
-Mango selectors (realtime.databases.selector): CouchDB's semantics, checked three ways.
+Mango selectors (realtime.databases.selector, selector_match, collation): CouchDB's
+semantics, checked three ways.
 
 - Against pouchdb-server's own ``_find`` on the same documents, for every selector where
   pouchdb-server follows CouchDB; where it does not (its matcher mishandles ``null``,

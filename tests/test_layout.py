@@ -1,6 +1,7 @@
 """
 The shape of the tree (docs/DEVELOPING.rst, "Layout of the code"): no import cycle among
-the modules of ``realtime``, nor among its packages.
+the modules of ``realtime``, nor among its packages; no module of ``realtime`` over
+:data:`MAX_MODULE_LINES` lines.
 
 The import graph is read from the source with :mod:`ast` (every ``import`` statement,
 at module level or inside a function), so a cycle hidden in a function-level import is
@@ -127,3 +128,50 @@ class ImportGraphTests(unittest.TestCase):
         self.assertEqual(cycles(graph), [["a", "b", "c"]])
         self.assertEqual(cycles({"a": {"b"}, "b": set()}), [])
 
+
+
+#: the most lines a module of realtime may have (docs/DEVELOPING.rst: a module of a few
+#: hundred lines with one job; past it, split along a real seam)
+MAX_MODULE_LINES = 400
+
+
+def oversized(modules: dict, limit: int = MAX_MODULE_LINES) -> list:
+    """``(path relative to the repository, lines)`` of every module over ``limit`` lines,
+    the longest first."""
+    found = []
+    for path in modules.values():
+        with open(path, encoding="utf-8") as f:
+            lines = sum(1 for _ in f)
+        if lines > limit:
+            found.append((os.path.relpath(path, REPO), lines))
+    return sorted(found, key=lambda item: (-item[1], item[0]))
+
+
+class ModuleSizeTests(unittest.TestCase):
+    def test_no_module_over_the_limit(self):
+        """
+        No module of realtime is over MAX_MODULE_LINES (400) lines; the failure names every
+        offender with its size.
+        """
+        modules = source_modules()
+        self.assertIn("realtime.service", modules)  # the walk found the package
+        offenders = oversized(modules)
+        self.assertEqual(offenders, [], f"modules over {MAX_MODULE_LINES} lines: " + ", ".join(
+            f"{path} ({lines} lines)" for path, lines in offenders))
+
+    def test_size_check_names_each_offender(self):
+        """The checker itself: modules over the limit are named with their sizes, longest
+        first; one at the limit is not."""
+        folder = self.mktemp()
+        os.makedirs(folder)
+        sizes = {"big": 12, "bigger": 30, "at_limit": 10, "small": 1}
+        modules = {}
+        for name, lines in sizes.items():
+            path = os.path.join(folder, name + ".py")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("x = 1\n" * lines)
+            modules[name] = path
+        relative = os.path.relpath(folder, REPO)
+        self.assertEqual(oversized(modules, limit=10),
+                         [(os.path.join(relative, "bigger.py"), 30),
+                          (os.path.join(relative, "big.py"), 12)])

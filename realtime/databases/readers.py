@@ -50,6 +50,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
 from realtime import jsonutil
+from realtime.couchheaders import couch_headers
 
 Principals = FrozenSet[str]
 
@@ -175,9 +176,7 @@ class CouchRevisions:
                  timeout: float = 10.0, clock=None):
         self._http = http
         self._base = couchdb_url.rstrip("/")
-        self._headers = {b"Accept": [b"application/json"]}
-        if admin_auth:
-            self._headers[b"Authorization"] = [b"Basic " + admin_auth.encode("ascii")]
+        self._headers = couch_headers(admin_auth)
         self._timeout = timeout
         self._clock = clock
         self.requests = 0

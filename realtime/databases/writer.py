@@ -59,6 +59,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
 from realtime import jsonutil
+from realtime.couchheaders import couch_headers
 from realtime.databases import writes
 from realtime.databases.rules import AccessRuleFailed, may_read
 from realtime.databases.writes import (
@@ -107,10 +108,7 @@ class CouchDocuments:
         self._base = couchdb_url.rstrip("/")
         self._clock = clock
         self._timeout = timeout
-        self._headers = {b"Accept": [b"application/json"],
-                         b"Content-Type": [b"application/json"]}
-        if admin_auth:
-            self._headers[b"Authorization"] = [b"Basic " + admin_auth.encode("ascii")]
+        self._headers = couch_headers(admin_auth, json_body=True)
 
     def _url(self, db: str, doc_id: Optional[str] = None) -> str:
         url = f"{self._base}/{quote(db, safe='')}"

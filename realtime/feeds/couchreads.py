@@ -41,6 +41,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from realtime import jsonutil
+from realtime.couchheaders import couch_headers
 from realtime.feeds.pacing import NoPacing
 from realtime.vocabulary import TOO_DEEP
 
@@ -114,10 +115,7 @@ class ChangesReader:
         self._base = couchdb_url.rstrip("/")
         self._clock = clock
         self._timeout = timeout
-        self._headers = {b"Accept": [b"application/json"],
-                         b"Content-Type": [b"application/json"]}
-        if admin_auth:
-            self._headers[b"Authorization"] = [b"Basic " + admin_auth.encode("ascii")]
+        self._headers = couch_headers(admin_auth, json_body=True)
 
     def db_url(self, db: str) -> str:
         return f"{self._base}/{quote(db, safe='')}"

@@ -11,6 +11,7 @@ from twisted.internet.defer import inlineCallbacks
 
 from tests.harness import unique
 from tests.test_e2e_databases import DatabaseCase
+from tests.test_replay_databases import caught_up
 
 DEPTH = 3000
 
@@ -84,6 +85,7 @@ class DeepDocuments(DatabaseCase):
         self.put(before, owner="alice", title="v1")
         self.put_deep(given, owner="alice", title="deep, hers")
         self.put(unique("first"), owner="alice", title="already seen")
+        yield caught_up(self, self.gw, self.db)  # connected.seqs then stands after them
         alice = yield self.client("alice")
         since = [m for m in alice.received if m["type"] == "connected"][0]["seqs"][self.db]
         yield alice.close()

@@ -265,6 +265,47 @@ hidden = ["secret"]
                              f"{doc_id}: a revision twice or out of order: {revisions}")
 
     @inlineCallbacks
+    def test_live_feed_behind_the_replay_sends_nothing_twice(self):
+        """
+        The replay reads CouchDB itself, ahead of a live feed that is slow to route (here
+        held for 0.3 s): the live copy of the replayed revision is left out, and what the
+        live feed routes after it still arrives, after ``resumed``.
+        """
+        user = unique("ann")
+        doc_id, later = unique("d"), unique("d")
+        self.put(doc_id, owner=user, n=0)
+        yield caught_up(self, self.gw, self.db)
+        client = yield self.gw.connect(query={"token": make_token(user)})
+        since = (yield client.next("connected"))["seqs"][self.db]
+        yield client.close()
+        follower = next(f for f in self.gw.followers if f.db == self.db)
+        route = follower._on_change
+        gate = []
+
+        def slow(db, change):  # the live feed routes nothing until the gate opens
+            d = harness.sleep(0.3) if not gate else None
+            gate.append(change["id"])
+            if d is None:
+                return route(db, change)
+            return d.addCallback(lambda _: route(db, change))
+
+        follower._on_change = slow
+        self.addCleanup(setattr, follower, "_on_change", route)
+        rev = self.put(doc_id, owner=user, n=1)
+        yield wait_for(lambda: doc_id in gate, what="the live feed to read the change")
+        client = yield self.gw.connect(query={"token": make_token(user)})
+        yield client.next("connected")
+        client.send_json({"type": "resume", "since": {self.db: since}, "ref": "r"})
+        replayed, resumed = yield replayed_until_resumed(client, "r")
+        self.assertEqual([(m["id"], m["rev"]) for m in replayed], [(doc_id, rev)])
+        self.assertEqual(resumed["recovered"], {self.db: True})
+        later_rev = self.put(later, owner=user, n=2)
+        message = yield client.next("doc-change")
+        self.assertEqual((message["id"], message["rev"]), (later, later_rev))
+        self.assertEqual([m for m in client.received if m.get("id") == doc_id],
+                         replayed)
+
+    @inlineCallbacks
     def test_disconnect_mid_replay_stops_the_read(self):
         """A client that leaves during its replay: the read stops at the next batch."""
         user = unique("ann")

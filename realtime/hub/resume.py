@@ -21,6 +21,14 @@ read); after ``resumed`` they are sent, less those the replay already gave: the 
 ``offset``, or, for documents, a revision no newer than the one replayed for that
 ``(db, id)``.  Nothing is lost (held, not dropped) and nothing is sent twice.
 
+The replay reads CouchDB itself, which may be a little ahead of this process's live feed
+(a change is routed a few milliseconds after CouchDB has it, longer while routing waits
+for earlier revisions): so the hold lasts until the live feed of every replayed database
+has passed the position the replay read up to (``until``), at most
+:data:`CATCH_UP_SECONDS`; the live copies of what the replay gave are then all in the
+hold, and left out.  Positions are compared by their number (pouchdb-server's integer
+seqs; the leading number of CouchDB 2/3 seqs); one that has none is not waited for.
+
 ``recovered`` per key, with ``reason`` when false:
 
 - ``messages``: ``history_trimmed`` (the history no longer reaches back that far, or the
@@ -45,6 +53,7 @@ import struct
 from typing import Optional
 
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from realtime import jsonutil
@@ -53,6 +62,11 @@ from realtime.vocabulary import request_ref  # noqa: F401 (part of this module's
 from realtime.vocabulary import with_ref as _with_ref
 
 MESSAGES = "messages"
+
+#: the longest a resume waits for the live feed to reach what its replay read (a feed that
+#: is down or far behind: the hold then ends anyway, see the module docstring)
+CATCH_UP_SECONDS = 2.0
+CATCH_UP_POLL_SECONDS = 0.01
 MAX_SINCE_KEYS = 64
 MAX_POSITION_LENGTH = 256
 
@@ -222,6 +236,7 @@ def _resume(conn, hold: Hold, since: dict, ref):
             missed[key] = lost
 
     replayer = gateway.replayer
+    read_up_to = {}  # db -> the position its replay read up to
     for db, seq in since.items():
         if db == MESSAGES:
             continue
@@ -232,6 +247,8 @@ def _resume(conn, hold: Hold, since: dict, ref):
         if not conn.still_open:
             return
         outcome(db, result.until, result.replayed, result.recovered, result.reason)
+        if result.replayed:
+            read_up_to[db] = result.until
     if MESSAGES in since:
         offset = since[MESSAGES]
         try:
@@ -249,12 +266,49 @@ def _resume(conn, hold: Hold, since: dict, ref):
                 sent += 1
             outcome(MESSAGES, replay.until, sent, replay.recovered, "history_trimmed",
                     replay.missed)
+    yield live_caught_up(gateway, read_up_to)
     if reasons:
         answer["reason"] = reasons
     if missed:
         answer["missed"] = missed
     if conn.still_open:
         conn.send_json(_with_ref(answer, ref))
+
+
+def seq_number(seq) -> Optional[int]:
+    """The number of a position: an integer seq, or the leading number of a string one
+    (``"12-g1AA..."`` -> 12); None when it has none."""
+    if isinstance(seq, bool):
+        return None
+    if isinstance(seq, int):
+        return seq
+    if isinstance(seq, str):
+        head = seq.split("-", 1)[0]
+        if head.isascii() and head.isdigit() and len(head) <= 20:
+            return int(head)
+    return None
+
+
+@inlineCallbacks
+def live_caught_up(gateway, read_up_to: dict):
+    """
+    Wait (at most :data:`CATCH_UP_SECONDS`) until the live feed of each database in
+    ``read_up_to`` (db -> position) has processed the changes up to that position.
+    """
+    wanted = {}
+    for follower in gateway.followers:
+        number = seq_number(read_up_to.get(follower.db))
+        if number is not None:
+            wanted[follower] = number
+    deadline = gateway.clock.seconds() + CATCH_UP_SECONDS
+    while wanted:
+        for follower, number in list(wanted.items()):
+            at = seq_number(follower.last_seq)
+            if at is None or at >= number:
+                del wanted[follower]
+        if not wanted or gateway.clock.seconds() >= deadline:
+            return
+        yield deferLater(gateway.clock, CATCH_UP_POLL_SECONDS, lambda: None)
 
 
 # -- subscribe {topic, since} ----------------------------------------------------------------

@@ -470,3 +470,89 @@ class ClusterScenarioResume(DatabaseCase):
         self.assertEqual(resumed["recovered"], {self.db: True})
         self.assertEqual(resumed["replayed"], {self.db: len(scenario.expected)})
         yield client.close()
+
+
+class RolesLostWhileAway(DatabaseCase):
+    """The user's own _users document drops a role while the client is away: the resume
+    removes what only that role opened, changed or not (realtime.feeds.replay_roles)."""
+
+    TABLE = 'users = ["owner"]\nroles = ["roles", "team.roles"]\n'
+
+    @inlineCallbacks
+    def setUp(self):
+        yield super().setUp()
+        self.name = unique("staffer")
+        self.couch.create_user(self.name, unique("pw"), roles=["staff", "crew"])
+        yield self.gw.wait_for_change("org.couchdb.user:" + self.name)
+        self.kept, self.changed, self.nested = unique("k"), unique("c"), unique("n")
+        self.both, self.mine, self.never = unique("b"), unique("m"), unique("z")
+        self.put(self.kept, roles=["staff"], title="unchanged while away")
+        self.put(self.changed, roles="staff", title="v1")
+        self.put(self.nested, team=[{"roles": ["staff"]}], title="nested path")
+        self.put(self.both, roles=["staff", "crew"], title="crew still opens it")
+        self.put(self.mine, owner=self.name, roles=["staff"])
+        self.put(self.never, roles=["zzz"])
+
+    def set_roles(self, roles):
+        status, body = self.couch.request("GET", "/_users/org.couchdb.user:" + self.name)
+        doc = json.loads(body)
+        doc["roles"] = roles
+        status, body = self.couch.request("PUT", "/_users/org.couchdb.user:" + self.name,
+                                          json.dumps(doc))
+        self.assertIn(status, (201, 202), body)
+
+    @inlineCallbacks
+    def leave(self, roles):
+        yield caught_up(self, self.gw, self.db)
+        yield caught_up(self, self.gw, "_users")
+        client = yield self.gw.connect(query={"token": make_token(self.name, roles=roles)})
+        seqs = (yield client.next("connected"))["seqs"]
+        yield client.close()
+        return {self.db: seqs[self.db], "_users": seqs["_users"]}
+
+    @inlineCallbacks
+    def come_back(self, since, roles):
+        yield caught_up(self, self.gw, self.db)
+        yield caught_up(self, self.gw, "_users")
+        client = yield self.gw.connect(query={"token": make_token(self.name, roles=roles)})
+        yield client.next("connected")
+        client.send_json({"type": "resume", "since": since, "ref": "r"})
+        replayed, resumed = yield replayed_until_resumed(client, "r")
+        self.assertEqual(resumed["recovered"], {key: True for key in since})
+        return client, replayed
+
+    @inlineCallbacks
+    def test_documents_only_the_lost_role_opened_are_removed(self):
+        since = yield self.leave(["staff", "crew"])
+        self.set_roles(["crew"])
+        changed_rev = self.put(self.changed, roles="staff", title="v2")
+        client, replayed = yield self.come_back(since, ["crew"])
+        docs = {m["id"]: m for m in replayed if m["type"] == "doc-change"}
+        self.assertEqual(set(docs), {self.kept, self.changed, self.nested})
+        for message in docs.values():
+            self.assertIs(message["removed"], True, message)
+            self.assertNotIn("doc", message)
+        self.assertEqual(docs[self.changed]["rev"], changed_rev)
+        self.assertEqual([m["type"] for m in replayed if m["type"] != "doc-change"],
+                         ["user-change"])
+        yield self.assertNothingBefore(client, self.name)
+
+    @inlineCallbacks
+    def test_a_role_lost_before_leaving_is_not_told_again(self):
+        self.set_roles(["crew"])
+        since = yield self.leave(["crew"])
+        self.put(self.changed, roles="staff", title="v2")
+        self.put(self.mine, owner=self.name, title="still mine")
+        client, replayed = yield self.come_back(since, ["crew"])
+        self.assertEqual([(m["type"], m["id"]) for m in replayed],
+                         [("doc-change", self.mine)])
+        self.assertNotIn("removed", replayed[0])
+
+    @inlineCallbacks
+    def test_without_users_in_since_nothing_is_guessed(self):
+        """No _users position: when the role went is unknown, so nothing is sent of the
+        documents it opened (the JavaScript client always sends _users)."""
+        since = yield self.leave(["staff", "crew"])
+        self.set_roles(["crew"])
+        client, replayed = yield self.come_back({self.db: since[self.db]}, ["crew"])
+        self.assertEqual(replayed, [])

@@ -20,7 +20,9 @@ What is replayed:
   the user may no longer read, when the user could read one of its earlier revisions (the
   last three before the current one are read back from CouchDB, in bulk: ``_bulk_get``);
   nothing at all about a document none of whose known revisions the user could read.  The
-  user's current roles decide for old revisions too.  An earlier revision that CouchDB no
+  user's current roles decide for old revisions, with the roles the user lost while away
+  (:mod:`realtime.feeds.replay_roles`, which also removes the unchanged documents only
+  those roles opened).  An earlier revision that CouchDB no
   longer has (compacted) cannot be decided: nothing is sent for it (no leak), and it is
   counted (``undecidable``).  CouchDB's ``_selector`` filter is not used here: it would
   hide exactly the revisions that make a ``removed`` or a ``deleted``.
@@ -75,8 +77,11 @@ from twisted.logger import Logger
 
 from realtime.databases.routing import change_rev, doc_change_message, is_internal
 from realtime.databases.rules import AccessRuleFailed, principals_of
+from realtime.feeds import replay_roles
 from realtime.feeds.couchreads import ChangesReader, CouchUnavailable, SeqRefused
 from realtime.feeds.pacing import NoPacing
+from realtime.feeds.replay_roles import ANCESTORS_READ
+from realtime.feeds.replay_roles import ancestors as _ancestors
 from realtime.feeds.routing import USER_PREFIX, USERS_DB, route_users_change
 from realtime.vocabulary import TOO_DEEP, utc_timestamp
 
@@ -150,15 +155,17 @@ class Replayer:
         return out
 
     @inlineCallbacks
-    def replay(self, conn, db: str, since, send: Callable[[dict], bool]):
-        """Replay ``db`` since ``since`` (see the module docstring): a ReplayResult."""
-        result = yield self._queued(conn, db, since, send)
+    def replay(self, conn, db: str, since, send: Callable[[dict], bool],
+               former: frozenset = frozenset()):
+        """Replay ``db`` since ``since`` (see the module docstring): a ReplayResult.
+        ``former``: roles the user lost while away (:meth:`former_roles`)."""
+        result = yield self._queued(conn, db, since, send, former)
         self.outcomes[db, "recovered" if result.recovered else result.reason] += 1
         self.replayed[db] += result.replayed
         return result
 
     @inlineCallbacks
-    def _queued(self, conn, db: str, since, send):
+    def _queued(self, conn, db: str, since, send, former=frozenset()):
         if not seq_shape_ok(since):
             until = yield self._head(db, since)
             return ReplayResult(until, 0, False, "unknown_seq")
@@ -171,7 +178,7 @@ class Replayer:
         try:
             if not conn.still_open:
                 return ReplayResult(since, 0, False, "disconnected")
-            return (yield self._replay(conn, db, since, send))
+            return (yield self._replay(conn, db, since, send, former))
         except SeqRefused:
             until = yield self._head(db, since)
             return ReplayResult(until, 0, False, "unknown_seq")
@@ -210,14 +217,20 @@ class Replayer:
         return False, head
 
     @inlineCallbacks
-    def _replay(self, conn, db: str, since, send):
+    def _replay(self, conn, db: str, since, send, former=frozenset()):
         too_far, head = yield self._behind(db, since)
         if too_far:
             return ReplayResult(head if head is not None else since, 0, False,
                                 "too_far_behind")
         if db == USERS_DB:
             return (yield self._replay_users(conn, since, head, send))
-        return (yield self._databases[db].replay(self, conn, since, send))
+        return (yield self._databases[db].replay(self, conn, since, send, former))
+
+    def former_roles(self, conn, since_users):
+        """The roles the user lost since ``since_users`` (a Deferred frozenset, see
+        :func:`realtime.feeds.replay_roles.former_roles`)."""
+        ok = bool(self._databases) and seq_shape_ok(since_users)
+        return replay_roles.former_roles(self.reader, conn, since_users if ok else None)
 
     @inlineCallbacks
     def _replay_users(self, conn, since, head, send):
@@ -247,26 +260,9 @@ def _results(answer: dict):
     return [r for r in results if isinstance(r, dict)]
 
 
-#: earlier revisions read back to decide ``removed`` / ``deleted`` for a document the user
-#: may not read now
-ANCESTORS_READ = 3
-
-
 def _generation(rev) -> int:
     head = str(rev).split("-", 1)[0]
     return int(head) if head.isdigit() else 0
-
-
-def _ancestors(doc: dict):
-    """The revisions before ``doc``'s, newest first, from its ``_revisions``."""
-    revisions = doc.get("_revisions")
-    if not isinstance(revisions, dict):
-        return []
-    start, ids = revisions.get("start"), revisions.get("ids")
-    if not isinstance(start, int) or not isinstance(ids, list):
-        return []
-    return [f"{start - i}-{rev_id}" for i, rev_id in enumerate(ids)
-            if i > 0 and isinstance(rev_id, str)][:ANCESTORS_READ]
 
 
 def _readable(rule, doc: dict, mine) -> bool:
@@ -301,15 +297,17 @@ class AppDatabaseReplay:
         self.undecidable = 0  # earlier revisions CouchDB no longer had
 
     @inlineCallbacks
-    def replay(self, replayer, conn, since, send):
+    def replay(self, replayer, conn, since, send, former=frozenset()):
         reader, db, batch = replayer.reader, self.db, replayer.batch_size
-        position, sent, ahead = since, 0, None
+        position, sent, ahead, seen = since, 0, None, set()
         try:
             answer = yield reader.changes(db, position, batch)
             while True:
                 if not conn.still_open:
                     return ReplayResult(position, sent, False, "disconnected")
                 results = _results(answer)
+                if former:  # (documents the changes name: decided here, not after)
+                    seen.update(change.get("id") for change in results)
                 last = answer.get("last_seq", position)
                 if len(results) >= batch:  # the next batch is read while this one is routed
                     ahead = reader.changes(db, last, batch)
@@ -318,8 +316,8 @@ class AppDatabaseReplay:
                     return ReplayResult(position, sent, False, "disconnected")
                 out = self._route(results, conn, utc_timestamp(replayer._clock.seconds()))
                 pending = [item for item in out if isinstance(item, tuple)]
-                lost = (yield self._readable_before(reader, conn, pending)) if pending \
-                    else ()
+                lost = (yield self._readable_before(reader, conn, pending, former)) \
+                    if pending else ()
                 if not conn.still_open:
                     return ReplayResult(position, sent, False, "disconnected")
                 for item in out:
@@ -334,6 +332,10 @@ class AppDatabaseReplay:
                     sent += 1
                 position = last
                 if ahead is None:
+                    if former:
+                        sent += yield replay_roles.send_removed(
+                            self, reader, conn, former, seen, position, send,
+                            utc_timestamp(replayer._clock.seconds()))
                     return ReplayResult(position, sent, True)
                 d, ahead = ahead, None
                 answer = yield d
@@ -369,13 +371,13 @@ class AppDatabaseReplay:
         return out
 
     @inlineCallbacks
-    def _readable_before(self, reader, conn, pending):
+    def _readable_before(self, reader, conn, pending, former=frozenset()):
         """The ids among ``pending`` one of whose last earlier revisions the user may read."""
         current = _bulk_docs((yield reader.bulk_get(
             self.db, [(doc_id, rev) for doc_id, rev, *_ in pending], revs=True)))
         chains = {doc_id: _ancestors(doc) for doc_id, doc in current.items()
                   if doc is not None}
-        mine = principals_of(conn.user_id, conn.roles)
+        mine = principals_of(conn.user_id, tuple(conn.roles) + tuple(former))
         lost = set()
         for level in range(ANCESTORS_READ):
             wanted = [(doc_id, revs[level]) for doc_id, revs in chains.items()

@@ -43,6 +43,7 @@ from twisted.web.client import ResponseDone, readBody
 from twisted.web.http_headers import Headers
 
 from realtime import jsonutil
+from realtime.couchheaders import couch_headers
 from realtime.feeds.rows import ChangeRows
 from realtime.feeds.stream import Backoff, LineParser, describe_failure
 
@@ -212,9 +213,7 @@ class ChangesFollower(ChangeRows):
             return
         self._stall_abort = False
         self._set_state(self.CONNECTING if self.reconnects == 0 else self.RECONNECTING)
-        headers = Headers({b"Accept": [b"application/json"]})
-        if self._admin_auth:
-            headers.addRawHeader(b"Authorization", b"Basic " + self._admin_auth.encode("ascii"))
+        headers = Headers(couch_headers(self._admin_auth))
         self._arm_watchdog()
         if self.last_seq == "now":  # our own marker: CouchDB never names a seq "now"
             url, answered = self.position_url(), self._got_position

@@ -549,6 +549,20 @@ class RolesLostWhileAway(DatabaseCase):
         self.assertNotIn("removed", replayed[0])
 
     @inlineCallbacks
+    def test_a_document_written_after_the_role_went_is_never_named(self):
+        """The role went before the client left; a document it opens was written after
+        that (the user never could read it); the user's document changes again while the
+        client is away: nothing of that role is told, that document least of all."""
+        self.set_roles([])
+        fresh = unique("f")
+        self.put(fresh, roles=["staff"], title="never theirs")
+        since = yield self.leave([])
+        self.set_roles(["crew"])
+        client, replayed = yield self.come_back(since, ["crew"])
+        self.assertEqual([m["type"] for m in replayed], ["user-change"])
+        self.assertNotIn(fresh, json.dumps(client.received))
+
+    @inlineCallbacks
     def test_without_users_in_since_nothing_is_guessed(self):
         """No _users position: when the role went is unknown, so nothing is sent of the
         documents it opened (the JavaScript client always sends _users)."""

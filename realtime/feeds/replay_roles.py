@@ -10,12 +10,18 @@ documents may not have changed at all while the client was away, so the changes 
 role.  So:
 
 - **Former roles.** When ``since`` names ``_users`` and the user's own document
-  (``org.couchdb.user:NAME``) changed after that position, the roles of its earlier
-  revisions (the last :data:`realtime.feeds.replay.ANCESTORS_READ`, read back from CouchDB)
-  that the connection does not hold now are the user's *former roles*.  Without ``_users``
-  in ``since`` (the JavaScript client always sends it: it keeps every ``seqs`` entry), or
-  when the document did not change after it, there are none: a role lost before the
-  client's position was told to it then, and is not told again.
+  (``org.couchdb.user:NAME``) changed after that position, the roles of its previous
+  revision (read back from CouchDB) that the connection does not hold now are the user's
+  *former roles*.  Only the previous one: its latest revision came after ``since``, so the
+  previous one was the user's at some moment since then (at ``since``, or later), and the
+  documents unchanged since ``since`` were as they are now at that moment: the user could
+  read them.  An older revision may predate ``since``, and a document written after the
+  user lost that role (still before ``since``) was never theirs: its id must not be told.
+  (So a role held at ``since`` and dropped in the second of two changes while away is not
+  known: nothing is sent of it.)  Without ``_users`` in ``since`` (the JavaScript client
+  always sends it: it keeps every ``seqs`` entry), or when the document did not change
+  after it, there are none: a role lost before the client's position was told to it then
+  (live), and is not told again.
 - **Changed documents.** An earlier revision is judged with the current roles and the
   former ones: one the user could read through a former role makes a ``removed``.
 - **Unchanged documents.** After the replay of a database, the documents whose role fields
@@ -109,10 +115,10 @@ def _former_roles(reader, user_id: str, since_users, roles_now: Iterable[str]):
         return frozenset()
     current = _revisions((yield reader.bulk_get(
         USERS_DB, [(doc_id, change_rev(changes[-1]))], revs=True)))
-    chain = ancestors(current[0]) if current else []
+    chain = ancestors(current[0])[:1] if current else []
     if not chain:
         return frozenset()
-    earlier = _revisions((yield reader.bulk_get(USERS_DB, [(doc_id, r) for r in chain])))
+    earlier = _revisions((yield reader.bulk_get(USERS_DB, [(doc_id, chain[0])])))
     held = set()
     for doc in earlier:
         held |= _role_names(doc)

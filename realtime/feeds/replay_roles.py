@@ -30,8 +30,8 @@ role.  So:
   with its former roles, and that the replay did not already give, is ``removed`` (at its
   current revision, ``seq`` the replay's ``until``).  A rule with an ``access`` function
   names no fields, so these cannot be found: each such resume counts one ``undecidable``
-  and nothing is sent (the documentation says so).  At most :data:`MAX_FOUND` documents
-  are read.
+  and nothing is sent (the documentation says so); so does a ``_find`` that fails (the
+  replay is still recovered).  At most :data:`MAX_FOUND` documents are read.
 
 Nobody learns of a document that they could not read at some point: a ``removed`` is only
 ever for a revision readable with roles the user's own document gave them.
@@ -150,9 +150,16 @@ def send_removed(replay, reader, conn, former: frozenset, seen, until, send,
     if replay.rule.access is not None:
         replay.undecidable += 1  # an access function names no field to look for
         return 0
+    try:
+        messages = yield _removed(reader, replay.db, replay.rule, conn, former, seen, until,
+                                  timestamp)
+    except (CouchUnavailable, SeqRefused) as e:  # (a CouchDB without _find): not known
+        _log.warn("resume of {db}: documents of former roles unknown ({error})",
+                  db=replay.db, error=type(e).__name__)
+        replay.undecidable += 1
+        return 0
     sent = 0
-    for message in (yield _removed(reader, replay.db, replay.rule, conn, former, seen,
-                                   until, timestamp)):
+    for message in messages:
         if not conn.still_open or not send(message):
             break
         sent += 1

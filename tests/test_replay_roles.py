@@ -8,13 +8,14 @@ tests.test_replay_databases.RolesLostWhileAway.
 
 import json
 
-from twisted.internet.defer import fail, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from realtime.databases.rulefile import parse_rules
 from realtime.databases.rules import DatabaseRule
 from realtime.feeds.couchreads import CouchUnavailable
-from realtime.feeds.replay import AppDatabaseReplay
+from realtime.feeds.replay import AppDatabaseReplay, Replayer
 from realtime.feeds.replay_roles import role_selectors, send_removed
 from tests import harness
 from tests.harness import unique
@@ -101,3 +102,41 @@ class Undecidable(unittest.TestCase):
         self.assertEqual(count, 1)
         self.assertEqual(sent, [{"type": "doc-change", "db": "notes", "id": "gone",
                                  "rev": "2-a", "seq": 7, "removed": True, "timestamp": "t"}])
+
+
+class SlotReader(Reader):
+    """``info`` waits for the test; ``changes`` (the former-roles read) is counted."""
+
+    def __init__(self):
+        super().__init__(None)
+        self.info_waiting, self.changes_asked = [], []
+
+    def info(self, db):
+        d = Deferred()
+        self.info_waiting.append(d)
+        return d
+
+    def changes(self, db, since, limit, include_docs=True, doc_ids=None):
+        self.changes_asked.append((db, since, doc_ids))
+        return succeed({"results": [], "last_seq": since})
+
+
+class Bounded(unittest.TestCase):
+
+    def test_former_roles_wait_for_a_replay_slot(self):
+        """Reading a user's former roles takes one of the process's replay slots: a
+        reconnect storm cannot ask CouchDB for more at once than the replays may."""
+        reader = SlotReader()
+        replayer = Replayer(reader, Clock(), followed=("_users", "notes"),
+                            databases={"notes": AppDatabaseReplay("notes", RULE)},
+                            concurrency=1)
+        replayer.replay(Conn(), "notes", 0, lambda m: True)  # holds the only slot
+        self.assertEqual(len(reader.info_waiting), 1)
+        roles = replayer.former_roles(Conn(), 5)
+        self.assertEqual(reader.changes_asked, [])
+        reader.info_waiting[0].callback({"update_seq": 0})  # the replay reads, ends
+        self.assertEqual(reader.changes_asked,
+                         [("notes", 0, None), ("_users", 5, ["org.couchdb.user:ann"])])
+        self.assertEqual(self.successResultOf(roles), frozenset())
+        self.assertEqual(self.successResultOf(replayer.former_roles(Conn(), "bad seq")),
+                         frozenset())

@@ -72,7 +72,7 @@ import dataclasses
 import re
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import DeferredSemaphore, inlineCallbacks
+from twisted.internet.defer import DeferredSemaphore, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from realtime.databases.routing import change_rev, doc_change_message, is_internal
@@ -228,9 +228,10 @@ class Replayer:
 
     def former_roles(self, conn, since_users):
         """The roles the user lost since ``since_users`` (a Deferred frozenset, see
-        :func:`realtime.feeds.replay_roles.former_roles`)."""
-        ok = bool(self._databases) and seq_shape_ok(since_users)
-        return replay_roles.former_roles(self.reader, conn, since_users if ok else None)
+        :func:`realtime.feeds.replay_roles.former_roles`), read in a replay's slot."""
+        if not self._databases or not seq_shape_ok(since_users):
+            return succeed(frozenset())
+        return self._slots.run(replay_roles.former_roles, self.reader, conn, since_users)
 
     @inlineCallbacks
     def _replay_users(self, conn, since, head, send):

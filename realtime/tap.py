@@ -41,7 +41,7 @@ from realtime import config as config_module
 from realtime.databases.rulefile import RuleFileError
 from realtime.dev import demo
 from realtime.dev.embedded import PouchDBServer
-from realtime.service import EXIT_STARTUP_FAILED, Startup, make_service
+from realtime.service import EXIT_STARTUP_FAILED, Startup, make_service, tune_gc
 
 
 def version_text() -> str:
@@ -253,11 +253,13 @@ def makeService(options) -> service.MultiService:
     used ends the process here: one line on stderr, exit status 2.
     """
     try:
-        return _make_service(options)
+        top = _make_service(options)
     except (config_module.ConfigError, RuleFileError) as e:
         sys.stderr.write(f"realtime: {e}\n")
         sys.stderr.flush()
         raise SystemExit(EXIT_STARTUP_FAILED) from None
+    tune_gc()
+    return top
 
 
 def _make_service(options) -> service.MultiService:

@@ -270,3 +270,23 @@ class TokenCommandTests(unittest.TestCase):
         self.assertEqual(result.returncode, 2)
         self.assertIn("JWT_SECRET is not set", result.stderr)
         self.assertEqual(result.stdout, "")
+
+
+class CollectorTuningTests(unittest.TestCase):
+    """The server process's collector (:func:`realtime.service.tune_gc`), in a process of its
+    own: the test process's collector is left as it is."""
+
+    def test_make_service_freezes_and_raises_the_threshold(self):
+        script = (
+            "import gc, sys\n"
+            "from realtime import tap\n"
+            "before = gc.get_threshold()\n"
+            "options = tap.Options()\n"
+            "options.parseOptions(['--couchdb-url', 'http://127.0.0.1:9',"
+            " '--listen', 'tcp:0:interface=127.0.0.1'])\n"
+            "tap.makeService(options)\n"
+            "print(before, gc.get_threshold(), gc.get_freeze_count() > 1000)\n")
+        result = _run(["-c", script], _env())
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.split("\n")[0],
+                         f"(700, 10, 10) {service_module.GC_THRESHOLDS} True")

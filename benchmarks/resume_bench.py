@@ -13,7 +13,12 @@ Resume figures, with real processes on loopback: pouchdb-server (in memory) and
    1,000 connected clients, while 10 clients resume 10,000 missed changes each, over and
    over (``REALTIME_RESUME_CONCURRENCY=10``: all 10 read at once), against the same with
    no replay, interleaved (idle, replays, idle, replays...) in the same gateway process;
-   target: p99 under replays <= 2 x idle p99.
+   target: p99 under replays <= 2 x idle p99.  A third condition, interleaved with those,
+   runs the same CouchDB reads without the gateway (``REPLAYS`` threads reading the range
+   from pouchdb-server directly, over and over): what the machine's shared cores alone do
+   to the live p99 while pouchdb-server serves replays (on 2 cores, it runs beside the
+   gateway and the load clients; in production CouchDB has cores of its own).  The ratio
+   of the replays' p99 to that one is the gateway's own part.
 
     python -m benchmarks.resume_bench            # N = 10,000 and 100,000; live 8 s x 2
     python -m benchmarks.resume_bench --quick    # N = 2,000 and 10,000; live 4 s x 2
@@ -240,6 +245,35 @@ class ReplaysRunning:
             raise RuntimeError(f"a replay failed: {self.errors[0]}")
 
 
+class CouchReadsRunning(ReplaysRunning):
+    """The reads of ``REPLAYS`` replays without the gateway: threads reading the range from
+    pouchdb-server directly (``_changes``, include_docs, batches of 1,000, as the replay
+    reads it), over and over, while the ``with`` block runs."""
+
+    def __init__(self, couch: PouchDBServer, db: str, threads: int = REPLAYS):
+        super().__init__([None] * threads, db)
+        self.couch = couch
+
+    def _run(self, index: int) -> None:
+        try:
+            self.started.wait(timeout=60)
+            while not self.stop.is_set():
+                since = 0
+                while True:
+                    status, body = self.couch.request(
+                        "GET", f"/{self.db}/_changes?since={since}&limit=1000"
+                        "&include_docs=true")
+                    assert status == 200, body[:200]
+                    # (last_seq read off the end: the reading costs this process little)
+                    last = json.loads(body[body.rindex(b'"last_seq":') + 11:].strip()[:-1])
+                    if body.count(b'"seq":') < 1000:
+                        break
+                    since = last
+                self.done[index] += 1
+        except Exception as e:  # reported by __exit__
+            self.errors.append(repr(e))
+
+
 @contextlib.contextmanager
 def environment(**values):
     saved = {key: os.environ.get(key) for key in values}
@@ -270,7 +304,8 @@ def live_figure(couch: PouchDBServer, folder: str, seconds: float, rounds: int,
         server = run.Server("gateway", couch, folder, gateway_root)
     clients = run.Clients(2, binary)
     replayers = []
-    out = {"idle": [], "replays": [], "replays_done": [], "seconds": seconds}
+    out = {"idle": [], "replays": [], "couch": [], "replays_done": [], "couch_done": [],
+           "seconds": seconds}
     try:
         parts = run.split(LIVE_CLIENTS, 2)
         clients.send_all([f"connect {server.port} {part} 100 "
@@ -294,6 +329,9 @@ def live_figure(couch: PouchDBServer, folder: str, seconds: float, rounds: int,
             with ReplaysRunning(replayers, db) as running:
                 measured("replays")
             out["replays_done"].append(sum(running.done))
+            with CouchReadsRunning(couch, db) as running:
+                measured("couch")
+            out["couch_done"].append(sum(running.done))
     finally:
         for client in replayers:
             client.close()
@@ -366,7 +404,10 @@ def main(argv=None) -> int:
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name, label, done in (("idle", "no replay", "-"),
                                   ("replays", f"{REPLAYS} replays of {LIVE_CHANGES:,}",
-                                   "+".join(map(str, live["replays_done"])))):
+                                   "+".join(map(str, live["replays_done"]))),
+                                  ("couch", f"their reads only, without the gateway "
+                                   f"({REPLAYS} threads)",
+                                   "+".join(map(str, live["couch_done"])))):
             runs = live[name]
             med = {key: statistics.median(r[key] for r in runs)
                    for key in ("p50_ms", "p99_ms", "max_ms", "gateway_cpu", "couch_cpu")}
@@ -376,9 +417,13 @@ def main(argv=None) -> int:
         idle = statistics.median(r["p99_ms"] for r in live["idle"])
         busy = statistics.median(r["p99_ms"] for r in live["replays"])
         print()
+        couch_only = statistics.median(r["p99_ms"] for r in live["couch"])
         print(f"p99 under replays / idle p99: {busy / idle:.2f} (target <= 2); per round: "
               + ", ".join(f"{r['p99_ms']:.1f}/{i['p99_ms']:.1f}"
                           for r, i in zip(live["replays"], live["idle"])))
+        print(f"p99 with pouchdb-server serving the same reads to no gateway / idle p99: "
+              f"{couch_only / idle:.2f} (the machine's part); p99 under replays / that: "
+              f"{busy / couch_only:.2f} (the gateway's part)")
     return 0
 
 

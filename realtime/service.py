@@ -230,7 +230,7 @@ class FeedsReady:
                 _log.failure("announcing readiness failed")
 
 
-#: the collector's generation-0 threshold in a server process (CPython's default: 700)
+#: the collector's thresholds in a server process (CPython's defaults: 700, 10, 10)
 GC_THRESHOLDS = (50_000, 50, 100)
 
 
@@ -242,13 +242,15 @@ def tune_gc() -> None:
     young generation is collected every 50,000 allocations instead of 700.
 
     Why: a connection's setup allocates a few hundred container objects (Autobahn's
-    handshake, the session, the JWT claims) and keeps a few dozen; with the default
-    threshold, a reconnect storm of 10,000 clients ran a young collection every two or three
-    connections and an older one every twenty, each walking objects that will live as long
-    as their connection.  Measured with ``python -m benchmarks.setup_probe --servers gateway
-    --n 10000``, interleaved: about 15 % less CPU per connection set up, and the same idle
-    memory per connection (reference cycles are still collected, only in larger batches:
-    at most the garbage of 50,000 allocations waits, a few MB).
+    handshake, the session, the JWT claims) and keeps a few dozen; with the defaults, a
+    reconnect storm of 10,000 clients ran a young collection every two or three connections,
+    and a gateway holding 1,000 connections ran a full collection about once a second while
+    resume replays parsed their batches, each up to about 100 ms of a stopped reactor.
+    Measured, interleaved: about 15 % less CPU per connection set up (``python -m
+    benchmarks.setup_probe --servers gateway --n 10000``), the live p99 under ten replays
+    halved (``python -m benchmarks.resume_bench --only live``), the same idle memory per
+    connection.  Reference cycles are still collected, only in larger batches: at most the
+    garbage of 50,000 allocations waits (a few MB).
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -278,7 +278,7 @@ class CollectorTuningTests(unittest.TestCase):
 
     def test_make_service_freezes_and_raises_the_threshold(self):
         script = (
-            "import gc, sys\n"
+            "import gc\n"
             "from realtime import tap\n"
             "before = gc.get_threshold()\n"
             "options = tap.Options()\n"

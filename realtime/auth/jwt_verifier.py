@@ -12,7 +12,9 @@ checked here but by :class:`realtime.auth.authenticator.Authenticator`, for ever
 
 Every refusal is an :class:`~realtime.auth.identity.AuthFailure` whose detail says why in
 words (missing claim, bad signature, algorithm not allowed, expired, wrong audience or
-issuer ...), for the log line the authenticator writes; :func:`token_reference` names the
+issuer ...), for the log line the authenticator writes (the common HMAC token is accepted
+by :mod:`realtime.auth.hs_fastpath` without PyJWT's general machinery; anything it does not
+accept, and so every refusal, goes through PyJWT as before); :func:`token_reference` names the
 token in that line by its ``jti`` or a prefix of the hash of its signed part, as
 revocation names it — never the token, which would let whoever reads the log use it.
 """
@@ -28,6 +30,7 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred
 
 from realtime import jsonutil
 from realtime.auth import tokencache
+from realtime.auth.hs_fastpath import HMACFastPath
 from realtime.auth.identity import (
     JWT_LEEWAY_SECONDS,
     MAX_EXP,
@@ -137,6 +140,11 @@ class JWTVerifier:
             if key is not None else jwt.PyJWT(options)
         self._cache = tokencache.TokenCache(leeway, cache_size) \
             if key is not None and cache_size else None
+        # The common HMAC token accepted without PyJWT's machinery; anything else (and
+        # every refusal) through PyJWT, as before: realtime.auth.hs_fastpath
+        fast = HMACFastPath(key, self.algorithms, audience, issuer, leeway) \
+            if isinstance(key, (str, bytes)) else None
+        self._fast = fast if fast else None
 
     def _now(self) -> Optional[float]:
         return self._clock.seconds() if self._clock is not None else None
@@ -164,18 +172,13 @@ class JWTVerifier:
 
     def decode(self, token: str, key=None) -> dict:
         """Verified claims, or :class:`AuthFailure`."""
-        self.header(token)
+        claims = None
         if key is None:
+            if self._fast is not None and isinstance(token, str) and len(token) <= MAX_TOKEN_LENGTH:
+                claims = self._fast.claims(token)
             key = self._key
-        try:
-            claims = self._decoder.decode(token, key, algorithms=self.algorithms,
-                                          leeway=self.leeway, **self._decode_kwargs)
-        except jwt.ExpiredSignatureError:
-            raise AuthFailure("token-expired", "token expired") from None
-        except jwt.InvalidTokenError as e:
-            raise AuthFailure("auth-failed", _jwt_error_text(e)) from None
-        except Exception as e:  # a key of the wrong kind, an unsupported algorithm ...
-            raise AuthFailure("auth-failed", type(e).__name__) from None
+        if claims is None:
+            claims = self._pyjwt_decode(token, key)
         now = self._now()
         if now is not None and claims.get("exp") is not None and float(claims["exp"]) + self.leeway <= now:
             raise AuthFailure("token-expired", "token expired")
@@ -186,6 +189,18 @@ class JWTVerifier:
             # and could not be revoked: refused.
             raise AuthFailure("auth-failed", "exp out of range")
         return claims
+
+    def _pyjwt_decode(self, token: str, key) -> dict:
+        self.header(token)
+        try:
+            return self._decoder.decode(token, key, algorithms=self.algorithms,
+                                        leeway=self.leeway, **self._decode_kwargs)
+        except jwt.ExpiredSignatureError:
+            raise AuthFailure("token-expired", "token expired") from None
+        except jwt.InvalidTokenError as e:
+            raise AuthFailure("auth-failed", _jwt_error_text(e)) from None
+        except Exception as e:  # a key of the wrong kind, an unsupported algorithm ...
+            raise AuthFailure("auth-failed", type(e).__name__) from None
 
     def identity(self, token: str, claims: dict) -> Identity:
         user = claims.get(self.user_claim)

@@ -28,7 +28,7 @@ from realtime.config import ConfigError
 from realtime.dev import benchhook
 from realtime.feeds.changes import ChangesFollower
 from realtime.http.client import QuietPool
-from realtime.transport import websocket as protocol
+from realtime.transport import keepalive
 from realtime.vocabulary import CLOSE_SHUTDOWN
 
 _log = Logger()
@@ -186,8 +186,8 @@ def _safe_heartbeat(gateway):
     except Exception:
         _log.failure("server heartbeat failed")
     try:
-        protocol.keep_alive(gateway.connections(), gateway.now(),
-                            protocol.pong_timeout(gateway.config.ws_heartbeat_ms / 1000.0))
+        keepalive.keep_alive(gateway.connections(), gateway.now(),
+                             keepalive.pong_timeout(gateway.config.ws_heartbeat_ms / 1000.0))
     except Exception:
         _log.failure("keep-alive pings failed")
 
@@ -196,7 +196,7 @@ def make_heartbeat_service(gateway, clock) -> internet.TimerService:
     """
     Each heartbeat: the server's ``ping`` message to every authenticated connection, and a
     WebSocket ping to every open one (a connection whose last ping went unanswered for a
-    heartbeat, at least 2 s, is dropped: :func:`realtime.transport.websocket.keep_alive`).
+    heartbeat, at least 2 s, is dropped: :func:`realtime.transport.keepalive.keep_alive`).
     """
     heartbeat = internet.TimerService(gateway.config.ws_heartbeat_ms / 1000.0,
                                       _safe_heartbeat, gateway)

@@ -118,14 +118,15 @@ class HeldMessagesTests(unittest.TestCase):
 
         gateway = self.gw.gateway
         waiting = []
-        real_opened = gateway.presence.connection_opened
+        real_opened = gateway.presence.connection_opened_now
 
         def delayed(conn_id, user_id, limit=None):
             d = Deferred()
-            waiting.append(lambda: real_opened(conn_id, user_id, limit).chainDeferred(d))
+            waiting.append(lambda: d.callback(real_opened(conn_id, user_id, limit)))
             return d
 
         gateway.presence.connection_opened = delayed
+        gateway.presence.connection_opened_now = None  # a presence that must be asked (Redis)
         token = make_token("held", lifetime=60)
 
         @inlineCallbacks

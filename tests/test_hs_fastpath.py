@@ -9,6 +9,7 @@ at the edge of the leeway are compared at the same instant.
 """
 
 import base64
+import collections
 import datetime
 import hashlib
 import hmac
@@ -235,20 +236,20 @@ class AgreementTests(unittest.TestCase):
 
     def test_the_generated_tokens_reach_both_outcomes(self):
         """The generator is not vacuous: it makes tokens the fast path accepts and tokens
-        it leaves to PyJWT, and tokens PyJWT accepts that the fast path leaves."""
+        it leaves to PyJWT (derandomized: the same examples every run).  That the fast
+        path also leaves some good tokens to PyJWT is shown by EdgeTests."""
         fast, full = self.pairs[("plain", ("HS256",))]
-        outcomes = set()
+        outcomes = collections.Counter()
 
-        @settings(max_examples=400, deadline=None)
+        @settings(max_examples=400, deadline=None, derandomize=True, database=None)
         @given(tokens())
         def run(token):
-            outcomes.add((fast.claims(token) is not None, full_result(full, token) is not None))
+            outcomes[(fast.claims(token) is not None, full_result(full, token) is not None)] += 1
 
         run()
-        self.assertIn((True, True), outcomes)
-        self.assertIn((False, False), outcomes)
-        self.assertIn((False, True), outcomes)  # e.g. padded, or a crit-free odd header
-        self.assertNotIn((True, False), outcomes)
+        self.assertGreaterEqual(outcomes[(True, True)], 10, outcomes)
+        self.assertGreaterEqual(outcomes[(False, False)], 100, outcomes)
+        self.assertEqual(outcomes[(True, False)], 0, outcomes)
 
 
 class EdgeTests(unittest.TestCase):
@@ -303,6 +304,15 @@ class EdgeTests(unittest.TestCase):
         fast, full = verifiers({"audience": ""}, ["HS256"])
         token = sign({"alg": "HS256"}, {"exp": NOW + 60, "aud": ""})
         self.assertEqual((fast.claims(token), full_result(full, token)), (None, None))
+
+    def test_padded_token_left_to_pyjwt(self):
+        """A signature with its '=' padding: PyJWT accepts it; the fast path leaves it."""
+        token = sign({"alg": "HS256"}, {"exp": NOW + 60})
+        padded = token + "=" * (-len(token.split(".")[2]) % 4)
+        self.assertNotEqual(padded, token)
+        fast, full = self.both(padded)
+        self.assertIsNone(fast)
+        self.assertEqual(full, {"exp": NOW + 60})
 
     def test_booleans_are_left_to_pyjwt(self):
         token = sign({"alg": "HS256"}, {"exp": NOW + 60, "iat": True})

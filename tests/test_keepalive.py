@@ -7,7 +7,7 @@ is dropped at the next heartbeat after the timeout.
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from realtime.transport.websocket import keep_alive
+from realtime.transport.keepalive import keep_alive
 from tests.fakes import SECRET, make_token
 from tests.harness import GatewayHarness, unique, wait_for
 

@@ -14,12 +14,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from realtime.transport import fastpath
-from realtime.transport.websocket import (
-    RealtimeServerProtocol,
-    keep_alive,
-    make_factory,
-    pong_timeout,
-)
+from realtime.transport.keepalive import keep_alive, pong_timeout
+from realtime.transport.websocket import RealtimeServerProtocol, make_factory
 from tests.fakes import SECRET, make_gateway
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Tuple
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from realtime.auth.expiry import SessionWatch
@@ -96,17 +96,27 @@ class Authenticator:
         Fires with an Identity, or None when no credentials were given; fails with
         AuthFailure, or OriginRefused (synchronously checked, before any I/O).
         """
+        return maybeDeferred(self.authenticate_now, headers, params, origin)
+
+    def authenticate_now(self, headers: dict, params: dict, origin: Optional[str]):
+        """
+        :meth:`authenticate`, answered at once when no I/O is needed: the Identity, or None
+        (no credentials); raises AuthFailure or OriginRefused.  When the answer needs I/O
+        (a CouchDB session, a JWKS key, a revocation store that must be asked) it returns a
+        Deferred, as :meth:`authenticate` does.  Connection setup uses it: the handshake of
+        a JWT checked with the static key then makes no Deferred at all.
+        """
         kind, secret = self.credentials(headers, params)
         if kind is None:
-            return succeed(None)
+            return None
         if kind == "cookie":
             if not (same_origin(origin, headers.get("host"))
                     or origin_allowed(origin, self.allowed_origins)):
-                return fail(OriginRefused(origin))
+                raise OriginRefused(origin)
             if self.session_checker is None:
-                return fail(AuthFailure("auth-failed", "cookie auth is off"))
+                raise AuthFailure("auth-failed", "cookie auth is off")
             return self._checked(self.session_checker.check(secret))
-        return self.verify_token(secret)
+        return self.verify_token_now(secret)
 
     _log = Logger()
 
@@ -115,19 +125,50 @@ class Authenticator:
         A JWT (handshake, ``auth`` message, REST Bearer) -> Identity, or AuthFailure; a
         refusal is logged at info level with its reason and :func:`token_reference`.
         """
-        if self.jwt_verifier is None:
-            d = fail(AuthFailure("auth-failed", "JWT auth is off (no JWT_SECRET, "
-                                                "JWT_PUBLIC_KEY or JWT_JWKS_URL)"))
-        else:
-            d = self._checked(self.jwt_verifier.verify(token))
-        return d.addErrback(self._log_refusal, token)
+        return maybeDeferred(self.verify_token_now, token)
+
+    def verify_token_now(self, token: str):
+        """
+        :meth:`verify_token`, answered at once when it can be: the Identity, or raises
+        AuthFailure (logged); a Deferred when the key or the revocation store must be asked.
+        """
+        verifier = self.jwt_verifier
+        if verifier is None:
+            raise self._logged(AuthFailure("auth-failed", "JWT auth is off (no JWT_SECRET, "
+                                                          "JWT_PUBLIC_KEY or JWT_JWKS_URL)"),
+                               token)
+        if not getattr(verifier, "synchronous", False):
+            return self._checked(verifier.verify(token)).addErrback(self._log_refusal, token)
+        try:
+            identity = verifier.verify_now(token)
+        except AuthFailure as refusal:
+            self._logged(refusal, token)
+            raise
+        revoked = self._revoked_now(identity)
+        if revoked is None:  # the store must be asked
+            return self._not_revoked(identity).addErrback(self._log_refusal, token)
+        if revoked:
+            raise self._logged(AuthFailure("revoked", "token revoked"), token)
+        return identity
+
+    def _revoked_now(self, identity: Identity) -> Optional[bool]:
+        """Whether the identity's token is revoked, if the store can say at once (None:
+        it must be asked)."""
+        if self.revocations is None or identity.token_id is None:
+            return False
+        revoked_now = getattr(self.revocations, "revoked_now", None)
+        return None if revoked_now is None else revoked_now(identity.token_id)
+
+    def _logged(self, refusal: AuthFailure, token) -> AuthFailure:
+        """``refusal``, once logged (see :meth:`verify_token`)."""
+        self._log.info("JWT refused ({reason}): {detail}; token {token}",
+                       reason=refusal.reason, detail=refusal.detail or refusal.reason,
+                       token=token_reference(token))
+        return refusal
 
     def _log_refusal(self, failure, token):
         if failure.check(AuthFailure):
-            refusal = failure.value
-            self._log.info("JWT refused ({reason}): {detail}; token {token}",
-                           reason=refusal.reason, detail=refusal.detail or refusal.reason,
-                           token=token_reference(token))
+            self._logged(failure.value, token)
         return failure
 
     def _checked(self, d: Deferred) -> Deferred:

@@ -229,6 +229,18 @@ class JWTVerifier:
             topics=tuple(t for t in topics if isinstance(t, str) and t),
         )
 
+    @property
+    def synchronous(self) -> bool:
+        """Whether :meth:`verify_now` can answer (a static key: no key to fetch)."""
+        return self._key_source is None
+
+    def verify_now(self, token: str) -> Identity:
+        """The :class:`Identity` at once, or raises AuthFailure; only when
+        :attr:`synchronous` (JWKS keys may have to be fetched: use :meth:`verify`)."""
+        if self._key_source is not None:
+            raise TypeError("verify_now needs a static key; JWKS keys are fetched: verify()")
+        return self._verify_with_key(token)
+
     def verify(self, token: str) -> Deferred:
         """A Deferred firing with the :class:`Identity`, or failing with AuthFailure."""
         if self._key_source is None:

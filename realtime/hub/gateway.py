@@ -172,9 +172,22 @@ class Gateway:
         connection is admitted (logged): a Redis blip must not lock users out.  The
         per-user limit does not apply in that mode (a new session replaces the old ones).
         """
+        return maybeDeferred(self.admit_now, conn, identity)
+
+    def admit_now(self, conn, identity):
+        """
+        :meth:`admit`, answered at once when presence can answer at once (one process, no
+        Redis: the verdict itself); else a Deferred of it, as :meth:`admit` gives.
+        """
         if not self.config.ws_single_session:  # every connection's path: no generator
-            d = maybeDeferred(self.presence.connection_opened, conn.connection_id,
-                              identity.user_id, self.config.ws_max_connections_per_user)
+            presence = self.presence
+            limit = self.config.ws_max_connections_per_user
+            opened_now = getattr(presence, "connection_opened_now", None)
+            if opened_now is not None:
+                ok = opened_now(conn.connection_id, identity.user_id, limit)
+                return ADMITTED if ok else TOO_MANY_CONNECTIONS
+            d = maybeDeferred(presence.connection_opened, conn.connection_id,
+                              identity.user_id, limit)
             return d.addCallback(lambda ok: ADMITTED if ok else TOO_MANY_CONNECTIONS)
         return self._admit_single_session(conn, identity)
 

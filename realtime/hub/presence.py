@@ -116,12 +116,17 @@ class LocalPresence:
         self.process_id = "local"
 
     def connection_opened(self, conn_id, user_id, limit=None) -> Deferred:
+        return succeed(self.connection_opened_now(conn_id, user_id, limit))
+
+    def connection_opened_now(self, conn_id, user_id, limit=None) -> bool:
+        """:meth:`connection_opened` without a Deferred: this presence answers at once
+        (the gateway's admission uses it when a presence has it; Redis's has not)."""
         if conn_id in self._counts.by_conn:
-            return succeed(True)
+            return True
         if limit is not None and self._counts.count(user_id) >= limit:
-            return succeed(False)
+            return False
         self._counts.add(conn_id, user_id)
-        return succeed(True)
+        return True
 
     def connection_closed(self, conn_id, user_id=None) -> None:
         self._counts.remove(conn_id)

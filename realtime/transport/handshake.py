@@ -39,8 +39,9 @@ from autobahn.websocket.protocol import (
     _url_to_origin,
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
+from twisted.python.failure import Failure
 
 #: a whole header block that Autobahn's strict parser (``parseHttpHeader``) accepts line by
 #: line: ``GET <printable ASCII> HTTP/1.1``, then ``token:value`` lines whose values hold
@@ -241,8 +242,17 @@ class FastHandshake:
         self._wskey = key
         request = ConnectionRequest(self.peer, headers, host, path, params, 13, origin,
                                     protocols, extensions)
-        d = maybeDeferred(self.onConnect, request)
-        d.addCallbacks(self.succeedHandshake, self._connect_refused)
+        # Autobahn wraps onConnect in maybeDeferred; an answer given at once (a JWT checked
+        # with the static key) is taken at once here, with no Deferred made for it
+        try:
+            answer = self.onConnect(request)
+        except Exception:
+            self._connect_refused(Failure())
+            return
+        if isinstance(answer, Deferred):
+            answer.addCallbacks(self.succeedHandshake, self._connect_refused)
+        else:
+            self.succeedHandshake(answer)
 
     def _connect_refused(self, failure):
         """As Autobahn answers a failed ``onConnect``."""

@@ -11,8 +11,9 @@ A mixin of the session: it holds no state of its own (the session's slots hold i
 
 from __future__ import annotations
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from realtime.auth.identity import AuthFailure, Identity
 from realtime.auth.signing import new_session_secret
@@ -38,9 +39,16 @@ class SessionAuthentication:
             self._auth_timer.cancel()
         self._auth_timer = None
         self._admitting = True
-        d = self.gateway.admit(self, identity)
-        d.addCallback(self._admitted, identity)
-        d.addErrback(self._admission_failed)
+        try:
+            verdict = self.gateway.admit_now(self, identity)
+            if not isinstance(verdict, Deferred):  # one process: answered at once
+                self._admitted(verdict, identity)
+                return
+        except Exception:
+            self._admission_failed(Failure())
+            return
+        verdict.addCallback(self._admitted, identity)
+        verdict.addErrback(self._admission_failed)
 
     def _admitted(self, verdict: str, identity: Identity) -> None:
         self._admitting = False

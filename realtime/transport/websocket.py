@@ -11,7 +11,7 @@ frame and message size limits (before authentication a message may be at most 8 
 ``PREAUTH_MAX_MESSAGE_BYTES``: larger, close 1009, the same reaction as any message over
 ``WS_MAX_MESSAGE_BYTES``; more than ``MAX_FRAGMENTS`` frames in one message closes 4008),
 pings (answered within the session's rate limit; the heartbeat pings every connection,
-:func:`keep_alive`), the outgoing frames and the close.
+:func:`realtime.transport.keepalive.keep_alive`), the outgoing frames and the close.
 
 Delivery: a message bound for many connections is framed once (:mod:`realtime.hub.registry`)
 and written to each as bytes.  On a plain TCP transport, the frames due to one connection in
@@ -30,13 +30,16 @@ from typing import Optional
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from realtime.auth.identity import AuthFailure, OriginRefused
 from realtime.http.channel import json_answer
 from realtime.transport import fastpath
 from realtime.transport.handshake import FastHandshake
+from realtime.transport.keepalive import KeepAlive
 from realtime.transport.outbox import NO_QUEUE, Outbox, Throttle
 from realtime.transport.session import ISessionTransport, Session
 from realtime.vocabulary import CLOSE_NORMAL, CLOSE_POLICY
@@ -85,7 +88,7 @@ _SHARED_TRAFFIC_STATS = TrafficStats()
 
 
 @implementer(ISessionTransport)
-class RealtimeServerProtocol(Outbox, FastHandshake, WebSocketServerProtocol):
+class RealtimeServerProtocol(KeepAlive, Outbox, FastHandshake, WebSocketServerProtocol):
     """
     One WebSocket connection: the transport of one :class:`Session` (``self.session``,
     made when the handshake arrives), with the outgoing frames' state.
@@ -177,27 +180,38 @@ class RealtimeServerProtocol(Outbox, FastHandshake, WebSocketServerProtocol):
         self.sendData(answer)
 
     def onConnect(self, request):
+        """
+        The handshake's credentials, checked: at once when they can be (a JWT of the static
+        key with a store that answers at once: no Deferred is made), else the Deferred of
+        :meth:`Authenticator.authenticate_now`.  What they gave is kept for ``onOpen``.
+        """
         gateway = self.gateway
         authenticator = gateway.authenticator
         self.session = Session(self, gateway, gateway.new_connection_id(), authenticator,
                                gateway.registry, gateway.message_verifier, gateway.writer)
-        d = authenticator.authenticate(request.headers, request.params, request.origin)
+        try:
+            outcome = authenticator.authenticate_now(request.headers, request.params,
+                                                     request.origin)
+        except Exception:
+            return self._auth_refused(Failure())
+        if isinstance(outcome, Deferred):
+            return outcome.addCallbacks(self._auth_answered, self._auth_refused)
+        self._auth_outcome = outcome
+        return None  # no subprotocol, no extra headers
 
-        def authenticated(identity):
-            self._auth_outcome = identity
-            return None  # no subprotocol, no extra headers
+    def _auth_answered(self, identity):
+        self._auth_outcome = identity
+        return None
 
-        def refused(failure):
-            if failure.check(OriginRefused):
-                raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
-            if failure.check(AuthFailure):
-                self._auth_outcome = failure.value
-            else:
-                self._log.failure("authenticating a handshake failed", failure)
-                self._auth_outcome = AuthFailure("unavailable", "internal error")
-            return None
-
-        return d.addCallbacks(authenticated, refused)
+    def _auth_refused(self, failure):
+        if failure.check(OriginRefused):
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
+        if failure.check(AuthFailure):
+            self._auth_outcome = failure.value
+        else:
+            self._log.failure("authenticating a handshake failed", failure)
+            self._auth_outcome = AuthFailure("unavailable", "internal error")
+        return None
 
     def _release_pending(self) -> None:
         if self.release_pending is not None:
@@ -261,28 +275,6 @@ class RealtimeServerProtocol(Outbox, FastHandshake, WebSocketServerProtocol):
         except Exception:
             self._log.failure("handling a ping failed")
 
-    def onPong(self, payload):
-        self._ping_sent_at = None  # alive (any pong: RFC 6455 allows unsolicited ones)
-
-    def keep_alive(self, now: float, timeout: float) -> None:
-        """
-        One heartbeat (see :func:`keep_alive`): a WebSocket ping, or, when the previous
-        one has gone unanswered for ``timeout`` seconds, the connection is dropped.
-        """
-        if self.state != self.STATE_OPEN:
-            return
-        sent = self._ping_sent_at
-        if sent is not None:
-            if now - sent >= timeout:
-                self.wasClean = False
-                self.wasNotCleanReason = "WebSocket ping timeout (no pong in time)"
-                self.dropConnection(abort=True)
-            return
-        self._ping_sent_at = now
-        # pre-framed, through the outbox: the sweep writes one frame per connection in one
-        # callback, as a broadcast does (Autobahn's sendPing frames and writes each at once)
-        self.deliver_frame(_PING_FRAME, direct=True)
-
     def onMessageBegin(self, isBinary):
         self._fragments = 0
         super().onMessageBegin(isBinary)
@@ -335,31 +327,6 @@ class RealtimeServerProtocol(Outbox, FastHandshake, WebSocketServerProtocol):
 
 #: the server factory, with the protocol options on the protocol class (realtime.transport.fastpath)
 _Factory = fastpath.options_on_class_factory(WebSocketServerFactory)
-
-#: the payload of the server's WebSocket pings
-_PING_PAYLOAD = b"realtime"
-#: the server's WebSocket ping, framed once (FIN + opcode 9, unmasked, the payload's length)
-_PING_FRAME = bytes((0x89, len(_PING_PAYLOAD))) + _PING_PAYLOAD
-
-
-def pong_timeout(heartbeat_seconds: float) -> float:
-    """How long a WebSocket ping may go unanswered: one heartbeat, at least 2 s."""
-    return max(heartbeat_seconds, 2.0)
-
-
-def keep_alive(connections, now: float, timeout: float) -> None:
-    """
-    Dead-peer detection for every open connection at once, from the heartbeat timer: each
-    connection gets a WebSocket ping; one whose previous ping has gone unanswered for
-    ``timeout`` seconds is dropped (what Autobahn's auto-ping does, with a timer and a
-    pending call per connection: about 0.5 KB each, and two timers scheduled per setup).
-    """
-    for conn in connections:
-        try:
-            conn.keep_alive(now, timeout)
-        except Exception:
-            RealtimeServerProtocol._log.failure("a keep-alive ping failed")
-
 
 def make_factory(gateway, url: str = "ws://localhost/ws") -> WebSocketServerFactory:
     """

@@ -17,6 +17,7 @@ by the sender); ``type``, when present, is the message's type, for metrics only.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 from typing import Iterable, Optional
 
@@ -101,11 +102,15 @@ def with_ref(answer: dict, ref: Optional[str]) -> dict:
 
 def utc_timestamp(seconds: float) -> str:
     """ISO 8601 UTC with milliseconds, as a browser's ``Date.toISOString()`` writes it."""
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    whole = moment.replace(microsecond=0)
+    whole = math.floor(seconds)
+    micro = round((seconds - whole) * 1_000_000)  # as datetime.fromtimestamp rounds
+    if micro >= 1_000_000:
+        whole += 1
+        micro -= 1_000_000
     if whole != _last_second[0]:  # strftime once per second (thousands of calls in a storm)
-        _last_second[:] = [whole, whole.strftime("%Y-%m-%dT%H:%M:%S.")]
-    return _last_second[1] + f"{moment.microsecond // 1000:03d}Z"
+        moment = datetime.fromtimestamp(whole, tz=timezone.utc)
+        _last_second[:] = [whole, moment.strftime("%Y-%m-%dT%H:%M:%S.")]
+    return _last_second[1] + f"{micro // 1000:03d}Z"
 
 
 _last_second = [None, ""]

@@ -168,16 +168,21 @@ class EquivalenceTests(unittest.TestCase):
 # -- through the real protocol ------------------------------------------------------------
 
 class AutobahnPath(RealtimeServerProtocol):
-    """The gateway's protocol with Autobahn's own processHandshake (the path before)."""
+    """The gateway's protocol with Autobahn's own processHandshake and succeedHandshake
+    (the path before)."""
 
     __slots__ = ()
     processHandshake = WebSocketServerProtocol.processHandshake
+    succeedHandshake = WebSocketServerProtocol.succeedHandshake
 
 
-def answer(data: bytes, autobahn: bool) -> bytes:
-    """What the gateway's WebSocket protocol writes for ``data`` (the HTTP answer's head)."""
+def opened(data: bytes, autobahn: bool, factory_options=None):
+    """``(connection, transport)`` once the gateway's WebSocket protocol has had ``data``
+    (still open, unless the handshake was refused)."""
     _, listener = make_listener()
     factory = listener.ws_factory
+    for name, value in (factory_options or {}).items():
+        setattr(factory, name, value)
     if autobahn:
         factory.protocol = AutobahnPath
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4321))
@@ -185,11 +190,21 @@ def answer(data: bytes, autobahn: bool) -> bytes:
     conn.makeConnection(transport)
     transport.registerProducer(transport, True)
     conn.dataReceived(data)
+    return conn, transport
+
+
+def close(conn):
     if conn.session is not None:
         if conn.session._watch is not None:
             conn.session._watch.stop()
         if conn.state != conn.STATE_CLOSED:
             conn.onClose(False, 1006, "")
+
+
+def answer(data: bytes, autobahn: bool, factory_options=None) -> bytes:
+    """What the gateway's WebSocket protocol writes for ``data`` (the HTTP answer's head)."""
+    conn, transport = opened(data, autobahn, factory_options)
+    close(conn)
     return transport.value().partition(b"\r\n\r\n")[0]
 
 
@@ -239,6 +254,45 @@ class RefusalTests(unittest.TestCase):
         data = request(line="GET /ws HTTP/1.1")  # no token: opens, then asks to authenticate
         self.assertEqual(answer(data, autobahn=False), answer(data, autobahn=True))
         self.assertTrue(answer(data, autobahn=False).startswith(b"HTTP/1.1 101"))
+
+
+class SucceedHandshakeTests(unittest.TestCase):
+    """The 101 of the fast succeedHandshake against Autobahn's, and the state it leaves."""
+
+    def test_same_bytes_and_state_as_autobahn(self):
+        data = request(line="GET /ws?x=1 HTTP/1.1") + b"\x81"  # and the start of a frame
+        ours, our_transport = opened(data, autobahn=False)
+        theirs, their_transport = opened(data, autobahn=True)
+        self.addCleanup(close, ours)
+        self.addCleanup(close, theirs)
+        self.assertEqual(our_transport.value(), their_transport.value())
+        self.assertTrue(our_transport.value().startswith(b"HTTP/1.1 101 "))
+        self.assertEqual(ours.data, theirs.data)
+        for name in _CONNECTION_SLOTS:
+            mine, other = getattr(ours, name, _MISSING), getattr(theirs, name, _MISSING)
+            if isinstance(other, (bool, int, float, str, bytes, type(None), tuple, list)) or \
+                    other is _MISSING:
+                if name in ("connection_id",):
+                    continue
+                self.assertEqual(mine, other, name)
+            else:
+                self.assertIs(type(mine), type(other), name)
+
+    def test_what_the_fast_answer_leaves_to_autobahn(self):
+        """An extension offer or headers of the factory: Autobahn's method; no Server
+        header: the fast answer without one.  The same answer as Autobahn's each time."""
+        offered = request(headers=_common + [("Sec-WebSocket-Extensions",
+                                              "permessage-deflate")])
+        self.assertEqual(answer(offered, autobahn=False), answer(offered, autobahn=True))
+        plain = request(line="GET /ws HTTP/1.1")
+        for options, expected in (({"server": None}, b"Connection: Upgrade\r\nSec-"),
+                                  ({"headers": {"X-Extra": "1"}}, b"X-Extra: 1"),
+                                  ({}, b"Server: AutobahnPython/")):
+            fast = answer(plain, autobahn=False, factory_options=options)
+            self.assertEqual(fast, answer(plain, autobahn=True, factory_options=options))
+            self.assertIn(expected, fast)
+        self.assertNotIn(b"Server:", answer(plain, autobahn=False,
+                                            factory_options={"server": None}))
 
 
 class AutobahnConnectionMade(RealtimeServerProtocol):

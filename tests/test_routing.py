@@ -3,7 +3,10 @@ Pure tests: routing and sanitising, the registry's bookkeeping and delivery, con
 """
 
 import json
+from datetime import datetime, timezone
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from realtime import config as config_module
@@ -77,6 +80,16 @@ class RouterTests(unittest.TestCase):
         self.assertEqual(utc_timestamp(1700000001.0), "2023-11-14T22:13:21.000Z")
         self.assertEqual(utc_timestamp(1600000000.25), "2020-09-13T12:26:40.250Z")
         self.assertEqual(utc_timestamp(1700000000.9999996), "2023-11-14T22:13:21.000Z")
+
+    @settings(max_examples=2000, deadline=None)
+    @given(st.one_of(st.floats(min_value=0, max_value=4e9),
+                     st.integers(0, 4 * 10 ** 12).map(lambda ms: ms / 1000),
+                     st.integers(0, 4 * 10 ** 9).map(lambda s: s + 0.9995)))
+    def test_timestamp_as_datetime_writes_it(self, seconds):
+        """The same text as datetime.fromtimestamp gives (its rounding to microseconds)."""
+        moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+        self.assertEqual(utc_timestamp(seconds), moment.strftime("%Y-%m-%dT%H:%M:%S.")
+                         + f"{moment.microsecond // 1000:03d}Z")
 
 
 class RegistryTests(unittest.TestCase):

@@ -259,12 +259,12 @@ class JWTVerifier:
         if cache is None or not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
             return self.identity(token, self.decode(token))
         now = self._now()
-        identity, expired = cache.get(token, time.time() if now is None else now)
+        identity, expired, key = cache.lookup(token, time.time() if now is None else now)
         if identity is not None:
             return identity
         if expired:
             raise AuthFailure("token-expired", "token expired")
         identity = self.identity(token, self.decode(token))
-        cache.put(token, identity)
+        cache.put_key(key, identity)
         return identity
 

@@ -62,18 +62,26 @@ class TokenCache:
         ``(identity, expired)``: the cached identity (or None), and whether the token was
         cached but is now past its expiry (the entry is then dropped).
         """
+        identity, expired, _key = self.lookup(token, now)
+        return identity, expired
+
+    def lookup(self, token: str, now: float):
+        """:meth:`get`, and the token's key for :meth:`put_key` (hashed once per token)."""
         key = self._key(token)
         identity = self._entries.get(key)
         if identity is None:
-            return None, False
+            return None, False, key
         if identity.expires_at + self.leeway <= now:
             del self._entries[key]
-            return None, True
-        return identity, False
+            return None, True, key
+        return identity, False, key
 
     def put(self, token: str, identity) -> None:
+        self.put_key(self._key(token), identity)
+
+    def put_key(self, key: bytes, identity) -> None:
+        """:meth:`put` with the key :meth:`lookup` gave."""
         entries = self._entries
-        key = self._key(token)
         if key not in entries and len(entries) >= self.max_entries:
             del entries[next(iter(entries))]
         entries[key] = identity

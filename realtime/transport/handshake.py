@@ -24,11 +24,14 @@ call with the same :class:`ConnectionRequest`.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from collections import deque
 from typing import Optional
 from urllib import parse
 
+import txaio
 from autobahn.twisted.util import peer2str
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import (
@@ -52,6 +55,10 @@ _COMMON_BLOCK = re.compile(
 
 #: a Sec-WebSocket-Key as Autobahn checks it: 22 base64 characters then ``==``
 _KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
+#: the 101 answer as Autobahn writes it when only its Server header is added (succeedHandshake)
+_SWITCHING_PROTOCOLS = ("HTTP/1.1 101 Switching Protocols\r\n{server}Upgrade: WebSocket\r\n"
+                        "Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
+_WS_MAGIC = WebSocketProtocol._WS_MAGIC
 
 
 #: the transport details of every connection without TLS (see FastHandshake.connectionMade)
@@ -253,6 +260,40 @@ class FastHandshake:
             answer.addCallbacks(self.succeedHandshake, self._connect_refused)
         else:
             self.succeedHandshake(answer)
+
+    def succeedHandshake(self, res) -> None:
+        """
+        Autobahn's ``succeedHandshake`` for the common case, the same answer and state with
+        less work: ``onConnect`` chose no subprotocol and no headers, the client offered no
+        extension, and the factory adds no header but ``Server`` (the gateway's adds none:
+        ``make_factory``), with auto-ping and timing tracking off.  The 101 is then one
+        template; Autobahn builds it line by line with a debug log line each.  Anything
+        else goes to Autobahn's own method (``tests/test_handshake.py`` compares the two:
+        bytes written, state after).
+        """
+        factory = self.factory
+        if (res is not None or self.websocket_extensions or factory.headers
+                or self.autoPingInterval or self.trackedTimings):
+            return super().succeedHandshake(res)
+        self.websocket_protocol_in_use = None
+        self.websocket_extensions_in_use = []
+        accept = base64.b64encode(hashlib.sha1(self._wskey.encode("utf8") + _WS_MAGIC)
+                                  .digest()).decode()
+        server = factory.server
+        response = _SWITCHING_PROTOCOLS.format(
+            server=f"Server: {server}\r\n" if server else "", accept=accept)
+        self.sendData(response.encode("utf8"))
+        self.http_response_data = response
+        self.state = WebSocketProtocol.STATE_OPEN
+        if self.openHandshakeTimeoutCall is not None:
+            self.openHandshakeTimeoutCall.cancel()
+            self.openHandshakeTimeoutCall = None
+        self.inside_message = False
+        self.current_frame = None
+        self._onOpen()
+        txaio.resolve(self.is_open, None)
+        if len(self.data) > 0:
+            self.consumeData()
 
     def _connect_refused(self, failure):
         """As Autobahn answers a failed ``onConnect``."""

@@ -160,7 +160,9 @@ class RealtimeServerProtocol(KeepAlive, Outbox, FastHandshake, WebSocketServerPr
                 f"the WebSocket handshake is larger than {MAX_HANDSHAKE_BYTES} bytes"))
             self.transport.loseConnection()
             return
-        super().dataReceived(data)
+        # Autobahn's adapter (WebSocketAdapterProtocol.dataReceived) only adds a debug log
+        # line, its arguments built on every read, then calls this
+        self._dataReceived(data)
 
     def sendHttpErrorResponse(self, code, reason, responseHeaders=None):
         # Autobahn answers a refused handshake with a status line and no body; here the

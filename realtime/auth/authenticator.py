@@ -98,13 +98,19 @@ class Authenticator:
         """
         return maybeDeferred(self.authenticate_now, headers, params, origin)
 
-    def authenticate_now(self, headers: dict, params: dict, origin: Optional[str]):
+    def authenticate_now(self, headers: dict, params: dict, origin: Optional[str],
+                         revocation_later: bool = False):
         """
         :meth:`authenticate`, answered at once when no I/O is needed: the Identity, or None
         (no credentials); raises AuthFailure or OriginRefused.  When the answer needs I/O
         (a CouchDB session, a JWKS key, a revocation store that must be asked) it returns a
         Deferred, as :meth:`authenticate` does.  Connection setup uses it: the handshake of
         a JWT checked with the static key then makes no Deferred at all.
+
+        ``revocation_later``: a JWT's revocation is not looked up here; the caller has it
+        checked by the connection's admission, in the same Redis round trip
+        (``Gateway.revocation_at_admission``).  Only the handshake passes it, and only when
+        admission will check; every other way a token arrives is checked here.
         """
         kind, secret = self.credentials(headers, params)
         if kind is None:
@@ -116,7 +122,7 @@ class Authenticator:
             if self.session_checker is None:
                 raise AuthFailure("auth-failed", "cookie auth is off")
             return self._checked(self.session_checker.check(secret))
-        return self.verify_token_now(secret)
+        return self.verify_token_now(secret, revocation_later)
 
     _log = Logger()
 
@@ -127,10 +133,11 @@ class Authenticator:
         """
         return maybeDeferred(self.verify_token_now, token)
 
-    def verify_token_now(self, token: str):
+    def verify_token_now(self, token: str, revocation_later: bool = False):
         """
         :meth:`verify_token`, answered at once when it can be: the Identity, or raises
         AuthFailure (logged); a Deferred when the key or the revocation store must be asked.
+        ``revocation_later``: see :meth:`authenticate_now`.
         """
         verifier = self.jwt_verifier
         if verifier is None:
@@ -138,12 +145,17 @@ class Authenticator:
                                                           "JWT_PUBLIC_KEY or JWT_JWKS_URL)"),
                                token)
         if not getattr(verifier, "synchronous", False):
-            return self._checked(verifier.verify(token)).addErrback(self._log_refusal, token)
+            d = verifier.verify(token)
+            if not revocation_later:
+                d = self._checked(d)
+            return d.addErrback(self._log_refusal, token)
         try:
             identity = verifier.verify_now(token)
         except AuthFailure as refusal:
             self._logged(refusal, token)
             raise
+        if revocation_later:
+            return identity
         revoked = self._revoked_now(identity)
         if revoked is None:  # the store must be asked
             return self._not_revoked(identity).addErrback(self._log_refusal, token)
@@ -170,6 +182,13 @@ class Authenticator:
         if failure.check(AuthFailure):
             self._logged(failure.value, token)
         return failure
+
+    def check_revocation(self, identity: Identity) -> Deferred:
+        """Fires with ``identity`` once the store has said its token is not revoked; fails
+        with AuthFailure ("revoked", or "unavailable" when the store cannot answer)."""
+        if self.revocations is None:
+            return maybeDeferred(lambda: identity)
+        return maybeDeferred(self._not_revoked, identity)
 
     def _checked(self, d: Deferred) -> Deferred:
         if self.revocations is None:

@@ -87,6 +87,13 @@ def token_reference(token) -> str:
     return token_id({}, token)[:len("sha256:") + 16]
 
 
+def token_id_reference(token_id_: str) -> str:
+    """:func:`token_reference` of a verified token, from its revocation id alone."""
+    if token_id_.startswith("jti:"):
+        return "jti:" + token_id_[4:84].encode("unicode_escape").decode("ascii")
+    return token_id_[:len("sha256:") + 16]
+
+
 class JWTVerifier:
     """
     Verify JWTs with PyJWT: explicit algorithm allow-list, ``exp`` required, ``nbf``/``iat``

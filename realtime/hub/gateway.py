@@ -174,14 +174,41 @@ class Gateway:
         """
         return maybeDeferred(self.admit_now, conn, identity)
 
-    def admit_now(self, conn, identity):
+    @property
+    def revocation_at_admission(self) -> bool:
+        """
+        Whether a handshake's token is checked for revocation by its admission, in the same
+        Redis round trip (presence's admission script looks the revocation key up:
+        :meth:`RedisPresence.connection_opened`), instead of a revocation lookup of its own
+        before the handshake is answered.  True when both live in Redis.  The handshake
+        then skips that lookup (``Authenticator.authenticate_now(..., revocation_later=True)``)
+        and the session passes ``revocation_pending`` to :meth:`admit_now`.
+        """
+        revocations = getattr(self.authenticator, "revocations", None)
+        return (hasattr(revocations, "admission_key")
+                and getattr(self.presence, "checks_revocation_keys", False))
+
+    def admit_now(self, conn, identity, revocation_pending: bool = False):
         """
         :meth:`admit`, answered at once when presence can answer at once (one process, no
         Redis: the verdict itself); else a Deferred of it, as :meth:`admit` gives.
+
+        ``revocation_pending``: the identity's token has not been checked for revocation yet
+        (see :attr:`revocation_at_admission`); it is checked with the admission, and the
+        Deferred fails with ``AuthFailure`` ("revoked", or "unavailable" when Redis cannot
+        say) instead of admitting it.
         """
+        token_id = identity.token_id if revocation_pending else None
+        if token_id is not None and not self.revocation_at_admission:
+            raise ValueError("revocation_pending without a presence that checks it")
         if not self.config.ws_single_session:  # every connection's path: no generator
             presence = self.presence
             limit = self.config.ws_max_connections_per_user
+            if token_id is not None:
+                key = self.authenticator.revocations.admission_key(token_id)
+                d = maybeDeferred(presence.connection_opened, conn.connection_id,
+                                  identity.user_id, limit, revoked_key=key)
+                return d.addCallback(lambda ok: ADMITTED if ok else TOO_MANY_CONNECTIONS)
             opened_now = getattr(presence, "connection_opened_now", None)
             if opened_now is not None:
                 ok = opened_now(conn.connection_id, identity.user_id, limit)
@@ -189,6 +216,9 @@ class Gateway:
             d = maybeDeferred(presence.connection_opened, conn.connection_id,
                               identity.user_id, limit)
             return d.addCallback(lambda ok: ADMITTED if ok else TOO_MANY_CONNECTIONS)
+        if token_id is not None:  # checked first, then the single-session admission
+            d = self.authenticator.check_revocation(identity)
+            return d.addCallback(lambda _: self._admit_single_session(conn, identity))
         return self._admit_single_session(conn, identity)
 
     @inlineCallbacks

@@ -71,6 +71,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from realtime.auth.identity import AuthFailure
 from realtime.hub.presence import ConnectionCounts, IPresence, SessionNumbers
 from realtime.redis import presence_scripts as lua
 from realtime.redis.client import RedisUnavailable
@@ -91,6 +92,9 @@ class RedisPresence:
 
     #: most writes in one script
     MAX_BATCH = 256
+
+    #: ``connection_opened`` takes ``revoked_key`` (the gateway's revocation_at_admission)
+    checks_revocation_keys = True
 
     def __init__(self, client, clock, prefix: str = "realtime:", process_id: str = None,
                  ttl: float = 30.0):
@@ -187,12 +191,20 @@ class RedisPresence:
 
     # -- writes -------------------------------------------------------------------------
 
-    def connection_opened(self, conn_id, user_id, limit=None) -> Deferred:
+    def connection_opened(self, conn_id, user_id, limit=None, revoked_key=None) -> Deferred:
+        """
+        See the interface.  ``revoked_key``: the Redis key of the connection's token's
+        revocation (:meth:`RedisRevocationStore.admission_key`), checked by the same script
+        that admits it: the Deferred fails with ``AuthFailure("revoked")`` when it exists,
+        and with ``AuthFailure("unavailable")`` when Redis cannot answer (a token that could
+        not be checked is not admitted, as a revocation store that cannot answer refuses).
+        """
         if conn_id in self._counts.by_conn:
             return succeed(True)
         mine = self._counts.add(conn_id, user_id)  # reserved at once: concurrent opens see it
         d = Deferred()
-        self._queue(("o", user_id, str(limit or 0), str(mine)), (d, conn_id, user_id, limit))
+        self._queue(("o", user_id, str(limit or 0), str(mine), revoked_key or ""),
+                    (d, conn_id, user_id, limit, revoked_key))
         return d
 
     def connection_closed(self, conn_id, user_id=None) -> None:
@@ -202,7 +214,7 @@ class RedisPresence:
         user_id = self._counts.remove(conn_id)
         if user_id is None:
             return
-        self._queue(("s", user_id, str(self._counts.count(user_id)), ""), None)
+        self._queue(("s", user_id, str(self._counts.count(user_id)), "", ""), None)
 
     def _queue(self, operation, waiting) -> None:
         """One write, sent with the others of this reactor turn, in order (see lua.BATCH)."""
@@ -229,8 +241,11 @@ class RedisPresence:
             for (_, waiting), result in zip(batch, results):
                 if waiting is None:
                     continue
-                waiter, conn_id, _, _ = waiting
-                if int(result) < 0:
+                waiter, conn_id = waiting[:2]
+                if int(result) == -2:
+                    self._forget(conn_id)
+                    waiter.errback(AuthFailure("revoked", "token revoked"))
+                elif int(result) < 0:
                     self._forget(conn_id)
                     waiter.callback(False)
                 else:
@@ -247,10 +262,13 @@ class RedisPresence:
             for _, waiting in reversed(batch):
                 if waiting is None:
                     continue
-                waiter, conn_id, user_id, limit = waiting
+                waiter, conn_id, user_id, limit, revoked_key = waiting
                 if not unavailable:
                     self._forget(conn_id)  # not admitted: not counted
                     waiter.errback(failure)
+                elif revoked_key is not None:  # its token could not be checked: no
+                    self._forget(conn_id)
+                    waiter.errback(AuthFailure("unavailable", "revocation store unreachable"))
                 elif limit is not None and self._counts.count(user_id) > limit:
                     # this process's counts only: the limit holds per process meanwhile
                     self._forget(conn_id)

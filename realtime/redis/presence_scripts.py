@@ -20,28 +20,36 @@ local function live_procs(prefix)
 end
 """
 
-# ARGV: prefix, me, ttl_ms, lease value, then one operation per four values, run in order:
-#   'o', user, limit (0: none), my new count of the user   an open: -1 refused, else the total
-#   's', user, my count of the user, ''                      a count written (0: removed): 0
+# ARGV: prefix, me, ttl_ms, lease value, then one operation per five values, run in order:
+#   'o', user, limit (0: none), my new count of the user, revocation key ('': none)
+#        an open: -2 its token is revoked (the key exists), -1 refused, else the total
+#   's', user, my count of the user, '', ''                 a count written (0: removed): 0
 # An open counts the user's connections on the live processes but this one, plus ``mine -
 # 1`` (this process's others, reservations of this batch included), exactly as one script
-# per open did; the live processes are looked up once for the batch.
+# per open did; the live processes are looked up once for the batch.  An open whose token's
+# revocation key exists records nothing, and the later opens of its user in the batch do not
+# count its reservation.
 BATCH = _LIVE_PROCS + """
 local prefix, me, ttl, lease = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local key = prefix .. 'presence:' .. me
 local others = nil
 local opened = false
+local revoked = {}
 local out = {}
-for i = 5, #ARGV, 4 do
+for i = 5, #ARGV, 5 do
   local user = ARGV[i + 1]
-  if ARGV[i] == 'o' then
+  if ARGV[i] == 'o' and ARGV[i + 4] ~= '' and redis.call('EXISTS', ARGV[i + 4]) == 1 then
+    revoked[user] = (revoked[user] or 0) + 1
+    table.insert(out, -2)
+  elseif ARGV[i] == 'o' then
     if others == nil then
       others = {}
       for _, p in ipairs(live_procs(prefix)) do
         if p ~= me then table.insert(others, prefix .. 'presence:' .. p) end
       end
     end
-    local limit, mine = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+    local limit = tonumber(ARGV[i + 2])
+    local mine = tonumber(ARGV[i + 3]) - (revoked[user] or 0)
     local total = mine - 1
     for _, other in ipairs(others) do
       total = total + tonumber(redis.call('HGET', other, user) or '0')
@@ -49,7 +57,7 @@ for i = 5, #ARGV, 4 do
     if limit > 0 and total >= limit then
       table.insert(out, -1)
     else
-      redis.call('HSET', key, user, ARGV[i + 3])
+      redis.call('HSET', key, user, tostring(mine))
       opened = true
       table.insert(out, total + 1)
     end

@@ -65,6 +65,15 @@ class RedisRevocationStore:
         d = self._client.execute("SET", self._prefix + token_id, "1", "EX", str(seconds))
         return d.addCallback(lambda _: None)
 
+    def admission_key(self, token_id: str) -> str:
+        """
+        The Redis key of ``token_id``'s revocation, for presence's admission script to check
+        in the same round trip that admits the connection
+        (:meth:`realtime.redis.presence.RedisPresence.connection_opened`, ``revoked_key``):
+        a handshake's token is then checked once, atomically with its admission.
+        """
+        return self._prefix + token_id
+
     def is_revoked(self, token_id: str) -> Deferred:
         d = Deferred()
         self._asked.append((self._prefix + token_id, d))

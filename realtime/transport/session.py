@@ -186,7 +186,9 @@ class Session(SessionAuthentication):
         Identity, an AuthFailure, or None (no credentials: wait for ``auth``).
         """
         if isinstance(outcome, Identity):
-            self._accept(outcome)
+            # the handshake left its token's revocation to admission when the gateway does
+            # (RealtimeServerProtocol.onConnect asks the same property)
+            self._accept(outcome, self.gateway.revocation_at_admission)
         elif isinstance(outcome, AuthFailure):
             self._refuse(outcome)
         else:

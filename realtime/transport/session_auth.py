@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from realtime.auth.identity import AuthFailure, Identity
+from realtime.auth.jwt_verifier import token_id_reference
 from realtime.auth.signing import new_session_secret
 from realtime.hub import resume, topics
 from realtime.hub.gateway import ADMITTED, REPLACED
@@ -29,26 +30,28 @@ class SessionAuthentication:
 
     __slots__ = ()
 
-    def _accept(self, identity: Identity) -> None:
+    def _accept(self, identity: Identity, revocation_pending: bool = False) -> None:
         """
         Admit an authenticated connection (per-user limit and single session, across every
         process: see :meth:`Gateway.admit`).  Admission may wait for Redis; client messages
-        arriving meanwhile are held (a few) and handled once admitted.
+        arriving meanwhile are held (a few) and handled once admitted.  With
+        ``revocation_pending`` (a handshake's token, when the gateway checks revocation
+        at admission) a revoked token is refused by the admission itself.
         """
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
         self._auth_timer = None
         self._admitting = True
         try:
-            verdict = self.gateway.admit_now(self, identity)
+            verdict = self.gateway.admit_now(self, identity, revocation_pending)
             if not isinstance(verdict, Deferred):  # one process: answered at once
                 self._admitted(verdict, identity)
                 return
         except Exception:
-            self._admission_failed(Failure())
+            self._admission_failed(Failure(), identity)
             return
         verdict.addCallback(self._admitted, identity)
-        verdict.addErrback(self._admission_failed)
+        verdict.addErrback(self._admission_failed, identity)
 
     def _admitted(self, verdict: str, identity: Identity) -> None:
         self._admitting = False
@@ -95,12 +98,20 @@ class SessionAuthentication:
             if self.transport.still_open:
                 self._handle(message)
 
-    def _admission_failed(self, failure) -> None:
+    def _admission_failed(self, failure, identity=None) -> None:
         self._admitting = False
         self._held = ()
-        self._log.failure("admitting a connection failed", failure)
+        if failure.check(AuthFailure):  # its token was revoked, or could not be checked
+            refusal = failure.value
+            self._log.info("JWT refused ({reason}): {detail}; token {token}",
+                           reason=refusal.reason, detail=refusal.detail or refusal.reason,
+                           token=token_id_reference(identity.token_id or "")
+                           if identity is not None else "unknown")
+        else:
+            self._log.failure("admitting a connection failed", failure)
+            refusal = AuthFailure("unavailable", "admission failed")
         if self.transport.still_open:
-            self._refuse(AuthFailure("unavailable", "admission failed"))
+            self._refuse(refusal)
 
     def _refuse(self, failure: AuthFailure) -> None:
         if self._watch is not None:

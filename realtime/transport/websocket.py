@@ -192,8 +192,9 @@ class RealtimeServerProtocol(KeepAlive, Outbox, FastHandshake, WebSocketServerPr
         self.session = Session(self, gateway, gateway.new_connection_id(), authenticator,
                                gateway.registry, gateway.message_verifier, gateway.writer)
         try:
-            outcome = authenticator.authenticate_now(request.headers, request.params,
-                                                     request.origin)
+            outcome = authenticator.authenticate_now(
+                request.headers, request.params, request.origin,
+                revocation_later=gateway.revocation_at_admission)
         except Exception:
             return self._auth_refused(Failure())
         if isinstance(outcome, Deferred):

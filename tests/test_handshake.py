@@ -324,8 +324,14 @@ class ConnectionMadeTests(unittest.TestCase):
         self.assertEqual(factory.countConnections, 2)
         self.assertEqual(ours.peer, "tcp4:127.0.0.1:4321")
         self.assertFalse(ours._transport_details.is_secure)
+        # the UTF-8 validator is made on first use: none yet, then one of Autobahn's kind
+        self.assertIsNone(ours._utf8validator)
+        self.assertIs(type(ours.utf8validator), type(theirs.utf8validator))
+        self.assertIs(ours.utf8validator, ours.utf8validator)
         for name in _CONNECTION_SLOTS:
             mine, other = getattr(ours, name, _MISSING), getattr(theirs, name, _MISSING)
+            if name == "_utf8validator":
+                continue  # compared above
             if name in ("openHandshakeTimeoutCall", "factory", "transport", "_transport_details"):
                 self.assertIsNotNone(mine, name)
                 self.assertIsNotNone(other, name)

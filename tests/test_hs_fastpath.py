@@ -289,15 +289,35 @@ class EdgeTests(unittest.TestCase):
         self.assertEqual(self.both(token), (None, None))
 
     def test_signature_with_trailing_bits_set(self):
-        """The same signature bytes written with the unused low bits set: PyJWT refuses
-        the non-canonical encoding, and so does the fast path."""
-        token = sign({"alg": "HS256"}, {"exp": NOW + 60})
+        """The same signature bytes written with an unused low bit set (each one, for a
+        segment of length 3 mod 4 and one of 2 mod 4): PyJWT refuses the non-canonical
+        encoding, and so does the fast path."""
         alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-        index = alphabet.index(token[-1])
-        odd = token[:-1] + alphabet[index | 1 if index % 2 == 0 else index & ~1]
-        self.assertEqual(base64.urlsafe_b64decode(odd.split(".")[2] + "="),
-                         base64.urlsafe_b64decode(token.split(".")[2] + "="))
-        self.assertEqual(self.both(odd), (None, None))
+        long_secret = SECRET * 2  # HS512 wants 64 bytes at least (else PyJWT's path)
+        fast512 = HMACFastPath(long_secret, ["HS512"], leeway=LEEWAY, now=lambda: NOW)
+        clock = Clock()
+        clock.advance(NOW)
+        full512 = JWTVerifier(long_secret, ["HS512"], clock=clock, leeway=LEEWAY, cache_size=0)
+        full512._fast = None
+        for hash_alg, unused, key, (fast, full) in (
+                # 43 characters: 2 bits unused; 86 characters: 4 bits unused
+                (hashlib.sha256, 2, SECRET, (self.fast, self.full)),
+                (hashlib.sha512, 4, long_secret, (fast512, full512))):
+            alg = "HS256" if hash_alg is hashlib.sha256 else "HS512"
+            token = sign({"alg": alg}, {"exp": NOW + 60}, key=key, hash_alg=hash_alg)
+            self.assertEqual(fast.claims(token), {"exp": NOW + 60})
+            index = alphabet.index(token[-1])
+            for bit in range(unused):
+                odd = token[:-1] + alphabet[index ^ (1 << bit)]
+                signature = odd.split(".")[2]
+                self.assertEqual(
+                    base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),
+                    base64.urlsafe_b64decode(token.split(".")[2] + "=" * (-len(signature) % 4)))
+                try:
+                    full_answer = full._pyjwt_decode(odd, key)
+                except AuthFailure:
+                    full_answer = None
+                self.assertEqual((fast.claims(odd), full_answer), (None, None), (alg, bit))
 
     def test_empty_audience_is_missing(self):
         """An audience of "" is a missing claim for PyJWT, whatever is configured."""

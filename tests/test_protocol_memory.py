@@ -56,6 +56,12 @@ def open_connection(test, claims=None, path="/ws?token={token}", listener=None):
     return conn, transport
 
 
+def masked_text_frame(payload: bytes, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
+    """One client text frame (FIN, opcode 1, masked, payload under 126 bytes)."""
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((0x81, 0x80 | len(payload))) + mask + masked
+
+
 class IdleConnectionTests(unittest.TestCase):
     def test_open_connection_has_no_attribute_dict(self):
         """An authenticated, idle connection keeps everything in slots."""
@@ -84,6 +90,19 @@ class IdleConnectionTests(unittest.TestCase):
         self.assertIn(b'"type":"pong"', transport.value())
         self.assertEqual(conn.session.topics, set())
         self.assertIs(conn.session.topics, conn.session.topics)
+
+    def test_utf8_validated_with_the_validator_made_on_first_use(self):
+        """No validator held while idle; the first text message makes one, and a text
+        message that is not UTF-8 still closes 1007."""
+        conn, transport = open_connection(self)
+        self.assertIsNone(conn._utf8validator)
+        conn.dataReceived(masked_text_frame(b'{"type":"ping"}'))
+        self.assertIsNotNone(conn._utf8validator)
+        self.assertIn(b'"type":"pong"', transport.value())
+        transport.clear()
+        conn.dataReceived(masked_text_frame(b'{"type":"\xff\xfe"}'))
+        self.assertIn(b"\x88", transport.value())
+        self.assertIn((1007).to_bytes(2, "big"), transport.value())
 
     def test_rate_limit_still_applies_from_the_first_message(self):
         """The limiter made at the first message counts that message."""

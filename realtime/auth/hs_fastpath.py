@@ -56,22 +56,24 @@ from realtime import jsonutil
 _HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 _TOKEN = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
 _HEADER_MEMBERS = frozenset(("alg", "typ", "kid"))
-_PAD = ("", "", "==", "=")  # by len % 4; 1 is refused before
 
 
-def _segment(text: str) -> Optional[bytes]:
-    """The bytes of one unpadded base64url segment, or None when not canonical."""
-    length = len(text)
-    if length % 4 == 1:
+_STANDARD = bytes.maketrans(b"-_", b"+/")  # base64url -> base64
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_VALUES = bytes(_ALPHABET.index(c) if c in _ALPHABET else 0 for c in range(256))
+#: by length % 4: the bits of the last character that carry no data (canonical: zero)
+_UNUSED_BITS = (0, 0, 0x0F, 0x03)
+_PAD_BYTES = (b"", b"", b"==", b"=")
+
+
+def _segment(standard: bytes) -> Optional[bytes]:
+    """The bytes of one unpadded segment (already in the standard alphabet), or None when
+    it is not the canonical encoding of them (PyJWT refuses a segment with trailing bits
+    set, or of length 1 mod 4)."""
+    rest = len(standard) % 4
+    if rest == 1 or (rest and _VALUES[standard[-1]] & _UNUSED_BITS[rest]):
         return None
-    try:
-        data = binascii.a2b_base64(text.replace("-", "+").replace("_", "/") + _PAD[length % 4])
-    except binascii.Error:
-        return None
-    if binascii.b2a_base64(data, newline=False).rstrip(b"=") != \
-            text.replace("-", "+").replace("_", "/").encode("ascii"):
-        return None  # trailing bits set: PyJWT refuses it
-    return data
+    return binascii.a2b_base64(standard + _PAD_BYTES[rest])
 
 
 def _number(value) -> bool:
@@ -119,8 +121,12 @@ class HMACFastPath:
         match = _TOKEN.fullmatch(token)
         if match is None:
             return None
-        head, body, signature = match.groups()
-        header_bytes = _segment(head)
+        head, body, _signature = match.groups()
+        ascii_token = token.encode("ascii")  # the pattern admits ASCII only
+        standard = ascii_token.translate(_STANDARD)
+        body_start = len(head) + 1
+        signature_start = body_start + len(body) + 1
+        header_bytes = _segment(standard[:len(head)])
         if header_bytes is None:
             return None
         try:
@@ -132,15 +138,15 @@ class HMACFastPath:
         key = self._keys.get(header.get("alg"))
         if key is None or ("kid" in header and not isinstance(header["kid"], str)):
             return None
-        signature_bytes = _segment(signature)
+        signature_bytes = _segment(standard[signature_start:])
         if signature_bytes is None:
             return None
         prepared, hash_alg = key
-        signing_input = token[:len(head) + 1 + len(body)].encode("ascii")
+        signing_input = ascii_token[:signature_start - 1]
         if not hmac.compare_digest(signature_bytes,
                                    hmac.new(prepared, signing_input, hash_alg).digest()):
             return None
-        payload_bytes = _segment(body)
+        payload_bytes = _segment(standard[body_start:signature_start - 1])
         if payload_bytes is None:
             return None
         try:

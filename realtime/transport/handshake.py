@@ -171,6 +171,23 @@ class FastHandshake:
 
     __slots__ = ()
 
+    @property
+    def utf8validator(self):
+        """
+        Autobahn's incremental UTF-8 validator of incoming text, made when the first text
+        message arrives rather than with the connection (about 225 bytes an idle
+        connection does not hold; Autobahn makes one per connection in its
+        ``_connectionMade``).  State lives in the ``_utf8validator`` slot.
+        """
+        validator = self._utf8validator
+        if validator is None:
+            validator = self._utf8validator = Utf8Validator()
+        return validator
+
+    @utf8validator.setter
+    def utf8validator(self, validator):
+        self._utf8validator = validator
+
     def connectionMade(self):
         """
         Autobahn's Twisted ``connectionMade``: on a connection without TLS, the transport
@@ -209,7 +226,7 @@ class FastHandshake:
         self.data = b""
         self.send_queue = deque()
         self.triggered = False
-        self.utf8validator = Utf8Validator()
+        self._utf8validator = None  # made on first use (the utf8validator property)
         self.wasMaxFramePayloadSizeExceeded = False
         self.wasMaxMessagePayloadSizeExceeded = False
         self.closedByMe = self.failedByMe = self.droppedByMe = self.wasClean = False

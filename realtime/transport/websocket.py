@@ -62,7 +62,7 @@ _HANDSHAKE_ATTRIBUTES = ("http_status_line", "http_headers", "http_request_data"
 #: WebSocketProtocol and server protocol set them per connection, then ours
 _AUTOBAHN_SLOTS = (
     "is_closed", "is_open", "_transport_details", "_perMessageCompress", "trackedTimings",
-    "trafficStats", "state", "send_state", "data", "send_queue", "triggered", "utf8validator",
+    "trafficStats", "state", "send_state", "data", "send_queue", "triggered", "_utf8validator",
     "wasMaxFramePayloadSizeExceeded", "wasMaxMessagePayloadSizeExceeded", "closedByMe",
     "failedByMe", "droppedByMe", "wasClean", "wasNotCleanReason",
     "wasServerConnectionDropTimeout", "wasOpenHandshakeTimeout", "wasCloseHandshakeTimeout",

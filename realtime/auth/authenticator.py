@@ -44,6 +44,14 @@ from realtime.auth.jwt_verifier import token_reference
 from realtime.auth.origins import cookie_value, origin_allowed, same_origin
 
 
+def log_refusal(log: Logger, refusal: AuthFailure, reference: str) -> None:
+    """The one log line of a refused JWT: its reason, in words, and the token named by
+    ``reference`` (:func:`~realtime.auth.jwt_verifier.token_reference`, or
+    ``token_id_reference`` of a verified token refused later, at its admission)."""
+    log.info("JWT refused ({reason}): {detail}; token {token}",
+             reason=refusal.reason, detail=refusal.detail or refusal.reason, token=reference)
+
+
 class Authenticator:
     """
     Turns handshake credentials into an :class:`Identity`.
@@ -173,9 +181,7 @@ class Authenticator:
 
     def _logged(self, refusal: AuthFailure, token) -> AuthFailure:
         """``refusal``, once logged (see :meth:`verify_token`)."""
-        self._log.info("JWT refused ({reason}): {detail}; token {token}",
-                       reason=refusal.reason, detail=refusal.detail or refusal.reason,
-                       token=token_reference(token))
+        log_refusal(self._log, refusal, token_reference(token))
         return refusal
 
     def _log_refusal(self, failure, token):

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from realtime.auth.authenticator import log_refusal
 from realtime.auth.identity import AuthFailure, Identity
 from realtime.auth.jwt_verifier import token_id_reference
 from realtime.auth.signing import new_session_secret
@@ -103,10 +104,8 @@ class SessionAuthentication:
         self._held = ()
         if failure.check(AuthFailure):  # its token was revoked, or could not be checked
             refusal = failure.value
-            self._log.info("JWT refused ({reason}): {detail}; token {token}",
-                           reason=refusal.reason, detail=refusal.detail or refusal.reason,
-                           token=token_id_reference(identity.token_id or "")
-                           if identity is not None else "unknown")
+            log_refusal(self._log, refusal, token_id_reference(identity.token_id or "")
+                        if identity is not None else "unknown")
         else:
             self._log.failure("admitting a connection failed", failure)
             refusal = AuthFailure("unavailable", "admission failed")

@@ -134,6 +134,30 @@ class HandshakeTests(unittest.TestCase):
         self.assertEqual((yield self.gw.gateway.presence.connection_count(user)), 1)
 
     @inlineCallbacks
+    def test_what_the_handshake_skipped_is_what_admission_checks(self):
+        """The handshake's choice travels with the identity: were the gateway to stop
+        checking revocation at admission between onConnect and onOpen, the skipped lookup
+        is not lost (the open is refused, not admitted unchecked)."""
+        from realtime.transport.websocket import RealtimeServerProtocol
+        user = unique("user")
+        token = make_token(user, jti=unique("jti"))
+        yield self.store.revoke("jti:" + token_claim(token, "jti"), reactor.seconds() + 600)
+        presence = self.gw.gateway.presence
+        real = RealtimeServerProtocol.onConnect
+
+        def on_connect(protocol, request):
+            answer = real(protocol, request)
+            self.patch(presence, "checks_revocation_keys", False)
+            return answer
+        self.patch(RealtimeServerProtocol, "onConnect", on_connect)
+        client = yield self.gw.connect(query={"token": token})
+        message = yield client.next()
+        self.assertEqual(message["type"], "auth_failed")
+        yield client.wait_closed()
+        self.flushLoggedErrors(ValueError)
+        self.assertFalse(self.gw.gateway.registry.connections_of(user))
+
+    @inlineCallbacks
     def test_auth_message_still_checked_by_the_store(self):
         user = unique("user")
         token = make_token(user, jti=unique("jti"))

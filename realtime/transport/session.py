@@ -180,15 +180,15 @@ class Session(SessionAuthentication):
 
     # -- from the transport --------------------------------------------------------------
 
-    def opened(self, outcome) -> None:
+    def opened(self, outcome, revocation_pending: bool = False) -> None:
         """
         The connection is open; ``outcome`` is what the handshake's credentials gave: an
         Identity, an AuthFailure, or None (no credentials: wait for ``auth``).
+        ``revocation_pending``: the handshake left the identity's revocation to admission
+        (``Gateway.revocation_at_admission``, read once by ``onConnect``).
         """
         if isinstance(outcome, Identity):
-            # the handshake left its token's revocation to admission when the gateway does
-            # (RealtimeServerProtocol.onConnect asks the same property)
-            self._accept(outcome, self.gateway.revocation_at_admission)
+            self._accept(outcome, revocation_pending)
         elif isinstance(outcome, AuthFailure):
             self._refuse(outcome)
         else:

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from realtime.auth.identity import AuthFailure, OriginRefused
+from realtime.auth.identity import AuthFailure, Identity, OriginRefused
 from realtime.http.channel import json_answer
 from realtime.transport import fastpath
 from realtime.transport.handshake import FastHandshake
@@ -191,19 +191,24 @@ class RealtimeServerProtocol(KeepAlive, Outbox, FastHandshake, WebSocketServerPr
         authenticator = gateway.authenticator
         self.session = Session(self, gateway, gateway.new_connection_id(), authenticator,
                                gateway.registry, gateway.message_verifier, gateway.writer)
+        # Read once: whether the token's revocation is left to admission travels with the
+        # identity to onOpen (as ``(identity, True)``), so the session's admission checks
+        # exactly what this lookup skipped.
+        later = gateway.revocation_at_admission
         try:
             outcome = authenticator.authenticate_now(
-                request.headers, request.params, request.origin,
-                revocation_later=gateway.revocation_at_admission)
+                request.headers, request.params, request.origin, revocation_later=later)
         except Exception:
             return self._auth_refused(Failure())
         if isinstance(outcome, Deferred):
-            return outcome.addCallbacks(self._auth_answered, self._auth_refused)
-        self._auth_outcome = outcome
+            return outcome.addCallbacks(self._auth_answered, self._auth_refused,
+                                        callbackArgs=(later,))
+        self._auth_answered(outcome, later)
         return None  # no subprotocol, no extra headers
 
-    def _auth_answered(self, identity):
-        self._auth_outcome = identity
+    def _auth_answered(self, identity, revocation_later: bool = False):
+        self._auth_outcome = ((identity, True) if revocation_later
+                              and isinstance(identity, Identity) else identity)
         return None
 
     def _auth_refused(self, failure):
@@ -253,7 +258,10 @@ class RealtimeServerProtocol(KeepAlive, Outbox, FastHandshake, WebSocketServerPr
             self.gateway.connection_opened(self)
             self._counted = True
             outcome, self._auth_outcome = self._auth_outcome, None
-            self.session.opened(outcome)
+            if type(outcome) is tuple:  # an identity whose revocation admission checks
+                self.session.opened(outcome[0], revocation_pending=True)
+            else:
+                self.session.opened(outcome)
         except Exception:
             self._log.failure("onOpen failed")
             self.close_with(1011, "internal error")

@@ -48,7 +48,7 @@ CLOSE_SHUTDOWN = 4200
 MESSAGE_TYPES = frozenset({
     "connected", "connection_established", "auth", "auth_failed", "user-change",
     "doc-change", "error", "ping", "pong", "subscribed", "unsubscribed", "publication",
-    "notification", "subscribe", "unsubscribe", "publish", "resume",
+    "notification", "subscribe", "unsubscribe", "publish", "resume", "resumed",
     "doc.create", "doc.update", "doc.delete", "doc.created", "doc.updated", "doc.deleted",
 })
 

@@ -351,6 +351,27 @@ class BodyTests(RESTTestCase):
         for path, body, field in cases:
             self.assertError(self.admin("POST", path, body), 400, "bad_request", field)
 
+    def test_every_type_the_server_sends_is_reserved(self):
+        """A message type written by the server (a ``{"type": "<name>", ...}`` literal in
+        realtime/, not the OpenAPI document nor the dev tools) is one REST cannot push: a
+        pushed ``resumed`` would end a client's resume that never ran."""
+        import ast
+        import pathlib
+        root = pathlib.Path(__file__).parent.parent / "realtime"
+        sent = set()
+        for path in root.rglob("*.py"):
+            if path.name == "openapi.py" or "dev" in path.relative_to(root).parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Dict):
+                    for key, value in zip(node.keys, node.values):
+                        if (isinstance(key, ast.Constant) and key.value == "type"
+                                and isinstance(value, ast.Constant)
+                                and isinstance(value.value, str)):
+                            sent.add(value.value)
+        self.assertIn("resumed", sent)  # the scan finds what it looks for
+        self.assertEqual(sent - MESSAGE_TYPES, set())
+
     def test_reserved_types_are_400(self):
         """Every type the protocol reserves is refused on message/user, users and broadcast."""
         alice = FakeConnection(self.gateway, "alice")

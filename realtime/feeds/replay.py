@@ -40,8 +40,9 @@ Checks, before anything is asked of CouchDB:
 - An integer ``since`` beyond the database's ``update_seq`` (a database recreated since,
   or a seq of another database) is ``unknown_seq``.  On a database whose seqs are
   integers (pouchdb-server), a string of decimal digits is that integer (``"999999"``
-  past the end is ``unknown_seq`` too); CouchDB 2/3 string seqs (``"12-g1AA..."``) stay
-  opaque and are never parsed.
+  past the end is ``unknown_seq`` too), and any other string (a CouchDB 2/3 seq such as
+  ``"12-g1AA..."``, from another server) is ``unknown_seq``: no seq of that database.  On
+  CouchDB 2/3 (string ``update_seq``) string seqs stay opaque and are never parsed.
 - More than ``max_changes`` changes to read (``REALTIME_RESUME_MAX_CHANGES``): reason
   ``too_far_behind``, nothing replayed: the client reloads that database from its own
   API.  The count is CouchDB's ``pending`` (CouchDB 2/3); pouchdb-server has none, and
@@ -203,9 +204,12 @@ class Replayer:
         """(too far behind?, update_seq) before reading."""
         info = yield self.reader.info(db)
         head = info.get("update_seq")
-        if isinstance(head, int) and not isinstance(head, bool) and \
-                isinstance(since, str) and since.isascii() and since.isdigit():
-            since = int(since)  # integer seqs: "5" is 5 (an opaque "5-g1AA..." never is)
+        if isinstance(head, int) and not isinstance(head, bool) and isinstance(since, str):
+            # integer seqs: "5" is 5; an opaque "5-g1AA..." is no seq of this database
+            # (pouchdb-server would echo it back as its last_seq, replaying nothing)
+            if not (since.isascii() and since.isdigit()):
+                raise SeqRefused()
+            since = int(since)
         if isinstance(since, int) and isinstance(head, int):
             if since > head:
                 raise SeqRefused()

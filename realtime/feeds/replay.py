@@ -19,13 +19,18 @@ What is replayed:
   read now; ``deleted: true`` for a document deleted since, and ``removed: true`` for one
   the user may no longer read, when the user could read one of its earlier revisions (the
   last three before the current one are read back from CouchDB, in bulk: ``_bulk_get``);
-  nothing at all about a document none of whose known revisions the user could read.  The
-  user's current roles decide for old revisions, with the roles the user lost while away
-  (:mod:`realtime.feeds.replay_roles`, which also removes the unchanged documents only
-  those roles opened).  An earlier revision that CouchDB no
-  longer has (compacted) cannot be decided: nothing is sent for it (no leak), and it is
-  counted (``undecidable``).  CouchDB's ``_selector`` filter is not used here: it would
-  hide exactly the revisions that make a ``removed`` or a ``deleted``.
+  nothing at all about a document none of whose known revisions the user could read.
+  An earlier revision counts only when it was readable by the user *as a user*: a users
+  field naming them, or ``public`` -- never through a role.  ``since`` is the client's
+  word, and nothing tells when the user held a role (a JWT's roles, a ``_users``
+  document's, have no position in this database's seqs), so judging an old revision by
+  roles would tell a user who holds a role now, or held it once, of documents that role
+  opened before they held it (or after they lost it): their ids and revs.  A document
+  whose earlier revision only a role opened is undecidable: nothing is sent, and it is
+  counted; so is an earlier revision that CouchDB no longer has (compacted)
+  (:mod:`realtime.feeds.replay_roles` has the reasoning).  CouchDB's ``_selector`` filter
+  is not used here: it would hide exactly the revisions that make a ``removed`` or a
+  ``deleted``.
 
 Only the latest revision of each document is sent (CouchDB's ``_changes`` gives each
 document once, at its latest change).
@@ -73,12 +78,11 @@ import dataclasses
 import re
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import DeferredSemaphore, inlineCallbacks, succeed
+from twisted.internet.defer import DeferredSemaphore, inlineCallbacks
 from twisted.logger import Logger
 
 from realtime.databases.routing import change_rev, doc_change_message, is_internal
 from realtime.databases.rules import AccessRuleFailed, principals_of
-from realtime.feeds import replay_roles
 from realtime.feeds.couchreads import ChangesReader, CouchUnavailable, SeqRefused
 from realtime.feeds.pacing import NoPacing
 from realtime.feeds.replay_roles import ANCESTORS_READ
@@ -157,16 +161,15 @@ class Replayer:
 
     @inlineCallbacks
     def replay(self, conn, db: str, since, send: Callable[[dict], bool],
-               former: frozenset = frozenset()):
-        """Replay ``db`` since ``since`` (see the module docstring): a ReplayResult.
-        ``former``: roles the user lost while away (:meth:`former_roles`)."""
-        result = yield self._queued(conn, db, since, send, former)
+               ):
+        """Replay ``db`` since ``since`` (see the module docstring): a ReplayResult."""
+        result = yield self._queued(conn, db, since, send)
         self.outcomes[db, "recovered" if result.recovered else result.reason] += 1
         self.replayed[db] += result.replayed
         return result
 
     @inlineCallbacks
-    def _queued(self, conn, db: str, since, send, former=frozenset()):
+    def _queued(self, conn, db: str, since, send):
         if not seq_shape_ok(since):
             until = yield self._head(db, since)
             return ReplayResult(until, 0, False, "unknown_seq")
@@ -179,7 +182,7 @@ class Replayer:
         try:
             if not conn.still_open:
                 return ReplayResult(since, 0, False, "disconnected")
-            return (yield self._replay(conn, db, since, send, former))
+            return (yield self._replay(conn, db, since, send))
         except SeqRefused:
             until = yield self._head(db, since)
             return ReplayResult(until, 0, False, "unknown_seq")
@@ -221,21 +224,14 @@ class Replayer:
         return False, head
 
     @inlineCallbacks
-    def _replay(self, conn, db: str, since, send, former=frozenset()):
+    def _replay(self, conn, db: str, since, send):
         too_far, head = yield self._behind(db, since)
         if too_far:
             return ReplayResult(head if head is not None else since, 0, False,
                                 "too_far_behind")
         if db == USERS_DB:
             return (yield self._replay_users(conn, since, head, send))
-        return (yield self._databases[db].replay(self, conn, since, send, former))
-
-    def former_roles(self, conn, since_users):
-        """The roles the user lost since ``since_users`` (a Deferred frozenset, see
-        :func:`realtime.feeds.replay_roles.former_roles`), read in a replay's slot."""
-        if not self._databases or not seq_shape_ok(since_users):
-            return succeed(frozenset())
-        return self._slots.run(replay_roles.former_roles, self.reader, conn, since_users)
+        return (yield self._databases[db].replay(self, conn, since, send))
 
     @inlineCallbacks
     def _replay_users(self, conn, since, head, send):
@@ -299,20 +295,18 @@ class AppDatabaseReplay:
     def __init__(self, db: str, rule):
         self.db = db
         self.rule = rule
-        self.undecidable = 0  # earlier revisions CouchDB no longer had
+        self.undecidable = 0  # documents whose earlier revisions cannot decide (see replay_roles)
 
     @inlineCallbacks
-    def replay(self, replayer, conn, since, send, former=frozenset()):
+    def replay(self, replayer, conn, since, send):
         reader, db, batch = replayer.reader, self.db, replayer.batch_size
-        position, sent, ahead, seen = since, 0, None, set()
+        position, sent, ahead = since, 0, None
         try:
             answer = yield reader.changes(db, position, batch)
             while True:
                 if not conn.still_open:
                     return ReplayResult(position, sent, False, "disconnected")
                 results = _results(answer)
-                if former:  # (documents the changes name: decided here, not after)
-                    seen.update(change.get("id") for change in results)
                 last = answer.get("last_seq", position)
                 if len(results) >= batch:  # the next batch is read while this one is routed
                     ahead = reader.changes(db, last, batch)
@@ -321,7 +315,7 @@ class AppDatabaseReplay:
                     return ReplayResult(position, sent, False, "disconnected")
                 out = self._route(results, conn, utc_timestamp(replayer._clock.seconds()))
                 pending = [item for item in out if isinstance(item, tuple)]
-                lost = (yield self._readable_before(reader, conn, pending, former)) \
+                lost = (yield self._readable_before(reader, conn, pending)) \
                     if pending else ()
                 if not conn.still_open:
                     return ReplayResult(position, sent, False, "disconnected")
@@ -337,10 +331,6 @@ class AppDatabaseReplay:
                     sent += 1
                 position = last
                 if ahead is None:
-                    if former:
-                        sent += yield replay_roles.send_removed(
-                            self, reader, conn, former, seen, position, send,
-                            utc_timestamp(replayer._clock.seconds()))
                     return ReplayResult(position, sent, True)
                 d, ahead = ahead, None
                 answer = yield d
@@ -376,14 +366,17 @@ class AppDatabaseReplay:
         return out
 
     @inlineCallbacks
-    def _readable_before(self, reader, conn, pending, former=frozenset()):
-        """The ids among ``pending`` one of whose last earlier revisions the user may read."""
+    def _readable_before(self, reader, conn, pending):
+        """The ids among ``pending`` one of whose last earlier revisions the user could
+        read as a user (not through a role: see the module docstring); a document whose
+        earlier revision only the user's roles open is counted undecidable."""
         current = _bulk_docs((yield reader.bulk_get(
             self.db, [(doc_id, rev) for doc_id, rev, *_ in pending], revs=True)))
         chains = {doc_id: _ancestors(doc) for doc_id, doc in current.items()
                   if doc is not None}
-        mine = principals_of(conn.user_id, tuple(conn.roles) + tuple(former))
-        lost = set()
+        mine = principals_of(conn.user_id, ())
+        with_roles = principals_of(conn.user_id, conn.roles)
+        lost, by_role = set(), set()
         for level in range(ANCESTORS_READ):
             wanted = [(doc_id, revs[level]) for doc_id, revs in chains.items()
                       if doc_id not in lost and len(revs) > level]
@@ -397,4 +390,7 @@ class AppDatabaseReplay:
                     chains[doc_id] = []  # compacted: cannot tell; nothing is sent
                 elif _readable(self.rule, body, mine):
                     lost.add(doc_id)
+                elif with_roles != mine and _readable(self.rule, body, with_roles):
+                    by_role.add(doc_id)
+        self.undecidable += len(by_role - lost)
         return lost

@@ -238,19 +238,13 @@ def _resume(conn, hold: Hold, since: dict, ref):
 
     replayer = gateway.replayer
     read_up_to = {}  # db -> the position its replay read up to
-    former = frozenset()  # roles the user lost while away (realtime.feeds.replay_roles)
-    if replayer is not None and USERS in since and len(since.keys() - {USERS, MESSAGES}):
-        former = yield replayer.former_roles(conn, since[USERS])
-        if not conn.still_open:
-            return
     for db, seq in since.items():
         if db == MESSAGES:
             continue
         if replayer is None or not replayer.follows(db):
             outcome(db, seq, 0, False, "unknown_database")
             continue
-        result = yield replayer.replay(conn, db, seq, lambda m: send_replayed(conn, hold, m),
-                                       former if db != USERS else frozenset())
+        result = yield replayer.replay(conn, db, seq, lambda m: send_replayed(conn, hold, m))
         if not conn.still_open:
             return
         outcome(db, result.until, result.replayed, result.recovered, result.reason)

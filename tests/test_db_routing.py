@@ -164,6 +164,22 @@ class NotesTests(RoutingCase):
         self.assertOnly({"alice": ["deleted"], "bob": ["deleted"]})
         self.assertNotIn("n1", self.router.index)
 
+    def test_recreated_document_a_subscriber_may_not_read_is_not_announced(self):
+        """A doc: subscription outlives a deletion; the id created again as another's
+        document tells the subscriber nothing (no removed, no unsubscribed): it would say
+        that a document they cannot read exists.  Created again as theirs, they get it."""
+        self.router.on_change(change("n1", "1-a", 1, owner="bob"))
+        self.registry.subscribe(self.conns["bob"], doc_topic("notes", "n1"))
+        self.take("bob")
+        self.router.on_change(change("n1", "2-b", 2, deleted=True))
+        self.assertOnly({"bob": ["deleted"]})
+        self.revisions.table[("n1", "3-c")] = (True, None)  # its previous: the tombstone
+        self.router.on_change(change("n1", "3-c", 3, owner="alice", title="private"))
+        self.assertOnly({"alice": ["doc"]})
+        self.revisions.table[("n1", "4-d")] = (True, {"_id": "n1", "owner": "alice"})
+        self.router.on_change(change("n1", "4-d", 4, owner="bob", title="given back"))
+        self.assertOnly({"alice": ["removed"], "bob": ["doc"]})
+
     def test_hidden_fields(self):
         self.router.on_change(change("n1", "1-a", 1, owner="alice", secret="s",
                                      meta={"internal": "i", "shown": 1}))

@@ -359,10 +359,17 @@ class DatabaseRouter:
                                                               conn.roles):
                         lost[conn_id] = conn
         gone = []
+        # A doc: subscription outlives a deletion; when the document is created again, a
+        # subscriber who may not read it is told nothing (no ``removed``, no end of the
+        # subscription): the previous revision, a tombstone, was nobody's, and a word
+        # would tell them that a document they cannot read exists under that id.
+        recreated = previous is not UNKNOWN and not previous
         for conn_id, conn in subscribers.items():
             if not may_read(new_readers, conn.user_id, conn.roles):
-                lost[conn_id] = conn
                 readers.pop(conn_id, None)
+                if recreated:
+                    continue
+                lost[conn_id] = conn
                 gone.append(conn)
         stopped = self._narrow(readers, doc_id, doc)
         if readers:

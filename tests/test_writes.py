@@ -229,6 +229,15 @@ class UpdateDeleteTests(unittest.TestCase):
                         update(rev="2-b", title="y" * 200))
         self.assertEqual(error.code, "invalid")
 
+    def test_refused_size_tells_nothing_of_the_document(self):
+        """The same too-large update of documents of different sizes: the same text (a
+        writer who may not read would learn the document's size from a number)."""
+        too_big = update(rev="2-b", title="y" * writes.MAX_DOCUMENT_BYTES)
+        texts = {refused(self, writes.updated_document, NOTES, "alice",
+                         dict(self.current, body="x" * n), too_big).message
+                 for n in (10, 5000)}
+        self.assertEqual(len(texts), 1, texts)
+
     def test_delete_needs_the_write_right_and_the_current_rev(self):
         def delete(rev):
             return writes.parse_request({"type": "doc.delete", "db": "notes", "id": "n1",

@@ -226,8 +226,10 @@ def check_size(doc: Mapping[str, Any]) -> None:
     body = {key: value for key, value in doc.items() if not key.startswith("_")}
     size = len(jsonutil.dumps(body))
     if size > MAX_DOCUMENT_BYTES:
-        raise WriteRefused(INVALID, f"the document would be {size} bytes; at most "
-                                    f"{MAX_DOCUMENT_BYTES} may be written")
+        # the size itself is not told: a writer who may not read the document would
+        # learn from it how much the document holds
+        raise WriteRefused(INVALID, f"the document would be over {MAX_DOCUMENT_BYTES} "
+                                    "bytes, the most that may be written")
 
 
 def check_request(rule: DatabaseRule, request: WriteRequest) -> None:

@@ -16,7 +16,7 @@ and P the readers of the revision this process last routed (:mod:`realtime.datab
   and ``{"type":"unsubscribed","topic":…,"reason":"access_lost"}``, and are unsubscribed:
   they were allowed to read the document when they subscribed, so they are told even when
   P is undecidable.  A deletion keeps the subscription (the id may be created again; only
-  readers of that revision would get it).
+  readers of that revision would get it, and the others are told nothing of it).
 
 Users are matched with the roles their connection holds at the time of the change
 (``conn.roles``, which follow the user's ``_users`` document).  Nobody hears of a document
@@ -32,14 +32,13 @@ An ``access`` callable that fails makes that revision readable by nobody (counte
 When P must be read from CouchDB, :meth:`on_change` returns a Deferred; the caller (the
 ``_changes`` follower) routes nothing else from the database until it fires, so the
 messages keep the feed's order (a client's resume position is the last ``seq`` it got).
-When no connection could be told (nobody connected, or nobody subscribed to a
-``push = "subscribed"`` database or to the document), CouchDB is not asked.
+When no connection could be told (nobody connected, or subscribed), CouchDB is not asked.
 
 The directory (the hub's registry) must provide: ``connections()``,
 ``user_connections(user)`` and ``role_connections(role)`` (views, iterated at once),
 ``subscribers(topic)``, ``unsubscribe(conn, topic)``, ``deliver(conns, text, type)``
-(frames once, returns the count) and ``len()``.  A
-connection provides ``connection_id``, ``user_id``, ``roles`` and ``send_json``.
+(frames once, returns the count) and ``len()``.  A connection provides ``connection_id``,
+``user_id``, ``roles`` and ``send_json``.
 """
 
 from __future__ import annotations
@@ -359,18 +358,14 @@ class DatabaseRouter:
                                                               conn.roles):
                         lost[conn_id] = conn
         gone = []
-        # A doc: subscription outlives a deletion; when the document is created again, a
-        # subscriber who may not read it is told nothing (no ``removed``, no end of the
-        # subscription): the previous revision, a tombstone, was nobody's, and a word
-        # would tell them that a document they cannot read exists under that id.
+        # created again after a deletion: a subscriber who may not read it is told nothing
         recreated = previous is not UNKNOWN and not previous
         for conn_id, conn in subscribers.items():
             if not may_read(new_readers, conn.user_id, conn.roles):
                 readers.pop(conn_id, None)
-                if recreated:
-                    continue
-                lost[conn_id] = conn
-                gone.append(conn)
+                if not recreated:
+                    lost[conn_id] = conn
+                    gone.append(conn)
         stopped = self._narrow(readers, doc_id, doc)
         if readers:
             message = doc_change_message(db, doc_id, rev, seq, timestamp,

@@ -61,6 +61,11 @@ class PermissionTests(unittest.TestCase):
         for grants in (("doc:db/*",), ("*",), ("db:db",)):
             for name in ("doc:db/doc1", "db:db"):
                 self.assertFalse(topics.may_subscribe(identity(grants=grants), name))
+        # another user's user: topic: no grant opens it (its publications are theirs)
+        for grants in (("*",), ("user:*",), ("user:bob",), ("u*",)):
+            self.assertFalse(topics.may_subscribe(identity("alice", grants=grants), "user:bob"))
+            self.assertFalse(topics.may_publish(identity("alice", grants=grants), "user:bob"))
+            self.assertTrue(topics.may_subscribe(identity("alice", grants=grants), "user:alice"))
 
     def test_publish_follows_subscribe(self):
         """A client may publish where it may subscribe, never on a database topic."""

@@ -3,7 +3,9 @@ Who may subscribe to, publish on, and read what: every such decision in one plac
 
 Topics (:func:`may_subscribe`, decided from the identity alone):
 
-- ``user:<id>``: that user only;
+- ``user:<id>``: that user only, whatever the grants (a ``*`` or ``user:*`` grant, as a
+  moderator's token might carry, does not open another user's: what an application
+  publishes there, and its history, is that user's);
 - ``public:<name>``: any authenticated user;
 - a topic granted by the JWT ``topics`` claim (:attr:`Identity.topics`): an exact name, or
   ``prefix*`` for every topic starting with ``prefix`` (``*`` alone grants every topic);
@@ -42,8 +44,8 @@ def may_subscribe(identity, topic: str) -> bool:
     """May this authenticated identity subscribe to a valid, non-database ``topic``?"""
     if identity is None or is_database_topic(topic):
         return False
-    if topic.startswith(USER_PREFIX) and topic[len(USER_PREFIX):] == identity.user_id:
-        return True
+    if topic.startswith(USER_PREFIX):
+        return topic[len(USER_PREFIX):] == identity.user_id
     if topic.startswith(PUBLIC_PREFIX) and len(topic) > len(PUBLIC_PREFIX):
         return True
     return any(grant_matches(grant, topic) for grant in identity.topics)

@@ -63,6 +63,25 @@ class HistoryContract:
         self.assertGreater(parse_offset(later)[1], parse_offset(offset)[1])
 
     @inlineCallbacks
+    def test_offsets_do_not_count_other_users_messages(self):
+        """Offsets are seen by everyone (connected, resumed, public publications): how far
+        apart two of ann's are must not say how many messages others got in between."""
+        gaps = []
+        for others in (0, 7):
+            history = yield self.make()
+            self.clock.advance(1)  # (the Redis histories of one test share their counter)
+            first, _ = yield history.append([user_stream("ann")], {"type": "x", "data": 0})
+            self.clock.advance(1)
+            yield self.send(history, [user_stream(harness.unique("bob"))], others)
+            yield self.send(history, [topic_stream("team:secret")], others)
+            self.clock.advance(1)
+            second, _ = yield history.append([user_stream("ann")], {"type": "x", "data": 1})
+            gaps.append(parse_offset(second)[1] - parse_offset(first)[1])
+            replay = yield history.read([user_stream("ann")], first)
+            self.assertEqual(len(replay.messages), 1)
+        self.assertEqual(gaps[0], gaps[1])
+
+    @inlineCallbacks
     def test_head_is_where_a_new_client_resumes_from(self):
         """Resuming from head() replays what was appended after it, and nothing before."""
         history = yield self.make()

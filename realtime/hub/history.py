@@ -9,6 +9,12 @@ of the deployment (ordered across every stream, so several streams merge in send
 that lost its data): an offset of another epoch is not resumed (``recovered: false``).
 Clients treat offsets as opaque strings.
 
+The counter is not a count: each append takes ``max(last + 1, now in milliseconds x
+1000)`` (:func:`next_n`).  Every user sees offsets (in ``connected``, in ``resumed``, on
+public publications), and a dense counter would tell anyone how many messages the
+deployment sent to others, and when; this one tells the time, which a message's
+``timestamp`` tells anyway (only within one millisecond do offsets follow each other).
+
 Streams: ``u:<user id>`` (messages to one user), ``b`` (broadcasts: stored once, read by
 every user's resume), ``t:<topic>`` (publications).  Each keeps its last ``size`` messages
 (``REALTIME_HISTORY_SIZE``), none older than ``ttl`` (``REALTIME_HISTORY_TTL_MS``).  What
@@ -59,6 +65,12 @@ def topic_stream(topic: str) -> str:
 
 def new_epoch() -> str:
     return os.urandom(4).hex()
+
+
+def next_n(last: int, now: float) -> int:
+    """The counter after ``last`` for an append at ``now`` (seconds): see the module
+    docstring (the Redis history's script computes the same)."""
+    return max(last + 1, int(now * 1000) * 1000)
 
 
 def make_offset(epoch: str, n: int) -> str:
@@ -162,8 +174,7 @@ class MemoryHistory:
 
     def append(self, streams, message: dict) -> Deferred:
         now = self._clock.seconds()
-        self._n += 1
-        n = self._n
+        n = self._n = next_n(self._n, now)
         offset = make_offset(self.epoch, n)
         text = encode_with_offset(message, offset)
         for name in dict.fromkeys(streams):

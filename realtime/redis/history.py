@@ -6,7 +6,7 @@ process than the one it left.
 Keys (``P`` is ``REDIS_PREFIX``)::
 
     P history:epoch           the epoch of the offsets (set once, SET NX)
-    P history:n               the counter of the deployment (INCR)
+    P history:n               the counter of the deployment (realtime.hub.history.next_n)
     P history:s:<stream>      sorted set: score n, member "<n> <ms> <message JSON>"
     P history:g:<stream>      sorted set of the n of dropped messages ("ghosts")
     P history:m:<stream>      hash: floor (highest ghost forgotten)
@@ -38,9 +38,12 @@ from realtime.hub.history import (
 _APPEND = """
 redis.call('SET', KEYS[2], ARGV[5], 'NX')
 local epoch = redis.call('GET', KEYS[2])
-local n = redis.call('INCR', KEYS[1])
-local text = ARGV[6] .. epoch .. '-' .. n .. '"}'
 local now = tonumber(ARGV[1])
+-- next_n (realtime.hub.history): not a count; formatted with %d (Lua would write 1e+15)
+local n = math.max(tonumber(redis.call('GET', KEYS[1]) or '0') + 1, now * 1000)
+n = string.format('%d', n)
+redis.call('SET', KEYS[1], n)
+local text = ARGV[6] .. epoch .. '-' .. n .. '"}'
 local size = tonumber(ARGV[2])
 local oldest = now - tonumber(ARGV[3])
 local ghostmax = tonumber(ARGV[7])

@@ -160,8 +160,7 @@ class Replayer:
         return out
 
     @inlineCallbacks
-    def replay(self, conn, db: str, since, send: Callable[[dict], bool],
-               ):
+    def replay(self, conn, db: str, since, send: Callable[[dict], bool]):
         """Replay ``db`` since ``since`` (see the module docstring): a ReplayResult."""
         result = yield self._queued(conn, db, since, send)
         self.outcomes[db, "recovered" if result.recovered else result.reason] += 1

@@ -82,6 +82,27 @@ class HistoryContract:
         self.assertEqual(gaps[0], gaps[1])
 
     @inlineCallbacks
+    def test_memory_head_does_not_tell_when_the_last_message_was_sent(self):
+        """(The memory history: one clock.)  head() is the clock's position: the same
+        whether the last message to anyone was sent a second ago or not at all."""
+        if not isinstance((yield self.make()), MemoryHistory):
+            raise unittest.SkipTest("the Redis history's head is the last offset it saw")
+        heads = []
+        for sent in (False, True):
+            history = yield self.make()
+            history._n = 0
+            if sent:
+                yield history.append([user_stream("bob")], {"type": "x", "data": 0})
+            self.clock.advance(1)
+            now = int(self.clock.seconds() * 1000) * 1000
+            heads.append(now - parse_offset(history.head())[1])
+            later, _ = yield history.append([user_stream("ann")], {"type": "x", "data": 1})
+            replay = yield history.read([user_stream("ann")], history.head())
+            self.assertEqual(replay.messages, [])  # head is after every offset given
+            self.assertGreaterEqual(parse_offset(history.head())[1], parse_offset(later)[1])
+        self.assertEqual(heads, [1, 1])
+
+    @inlineCallbacks
     def test_head_is_where_a_new_client_resumes_from(self):
         """Resuming from head() replays what was appended after it, and nothing before."""
         history = yield self.make()

@@ -13,10 +13,10 @@ and P the readers of the revision this process last routed (:mod:`realtime.datab
 - ``push = "subscribed"``: the same, restricted to the connections subscribed to
   ``db:<db>`` or ``doc:<db>/<id>``;
 - ``doc:<db>/<id>`` subscribers (any push mode) who may not read N get ``removed`` (once)
-  and ``{"type":"unsubscribed","topic":…,"reason":"access_lost"}``, and are unsubscribed:
-  they were allowed to read the document when they subscribed, so they are told even when
-  P is undecidable.  A deletion keeps the subscription (the id may be created again; only
-  readers of that revision would get it, and the others are told nothing of it).
+  and ``{"type":"unsubscribed","topic":…,"reason":"access_lost"}``, and are unsubscribed,
+  when P was a live revision.  A deletion keeps the subscription (the id may be created
+  again; only readers of that revision get it): when P is a tombstone, readable by nobody,
+  or undecidable, the change may be such a re-creation, and a non-reader is told nothing.
 
 Users are matched with the roles their connection holds at the time of the change
 (``conn.roles``, which follow the user's ``_users`` document).  Nobody hears of a document
@@ -334,13 +334,12 @@ class DatabaseRouter:
         if previous is UNKNOWN:
             stats.undecidable += 1
             self._log.warn("previous readers of a document of {db} unknown (compacted, or "
-                           "CouchDB did not answer): only its doc: subscribers are told",
+                           "CouchDB did not answer): nobody is told of a lost access",
                            db=db)
         topic = doc_topic(db, doc_id)
         subscribers = {c.connection_id: c for c in self.directory.subscribers(topic)}
         if deleted:
-            targets = self._reachable(previous, doc_id) if previous else {}
-            targets.update(subscribers)
+            targets = self._reachable(previous, doc_id)  # doc: subscribers among them
             message = doc_change_message(db, doc_id, rev, seq, timestamp, deleted=True)
             sent = self._send(targets.values(), message)
             stats.deletions += sent
@@ -358,12 +357,11 @@ class DatabaseRouter:
                                                               conn.roles):
                         lost[conn_id] = conn
         gone = []
-        # created again after a deletion: a subscriber who may not read it is told nothing
-        recreated = previous is not UNKNOWN and not previous
+        live_before = bool(previous)  # else: perhaps created again (see the docstring)
         for conn_id, conn in subscribers.items():
             if not may_read(new_readers, conn.user_id, conn.roles):
                 readers.pop(conn_id, None)
-                if not recreated:
+                if live_before:
                     lost[conn_id] = conn
                     gone.append(conn)
         stopped = self._narrow(readers, doc_id, doc)

@@ -25,9 +25,10 @@ What is replayed:
   word, and nothing tells when the user held a role (a JWT's roles, a ``_users``
   document's, have no position in this database's seqs), so judging an old revision by
   roles would tell a user who holds a role now, or held it once, of documents that role
-  opened before they held it (or after they lost it): their ids and revs.  A document
-  whose earlier revision only a role opened is undecidable: nothing is sent, and it is
-  counted; so is an earlier revision that CouchDB no longer has (compacted)
+  opened before they held it (or after they lost it): their ids and revs.  For a document
+  whose earlier revision only a role opened nothing is sent (and nothing counted: see
+  ``_readable_before``).  An earlier revision CouchDB no longer has (compacted) cannot be
+  decided: nothing is sent, and it is counted
   (:mod:`realtime.feeds.replay_roles` has the reasoning).  CouchDB's ``_selector`` filter
   is not used here: it would hide exactly the revisions that make a ``removed`` or a
   ``deleted``.
@@ -294,7 +295,7 @@ class AppDatabaseReplay:
     def __init__(self, db: str, rule):
         self.db = db
         self.rule = rule
-        self.undecidable = 0  # documents whose earlier revisions cannot decide (see replay_roles)
+        self.undecidable = 0  # earlier revisions CouchDB no longer had
 
     @inlineCallbacks
     def replay(self, replayer, conn, since, send):
@@ -367,15 +368,15 @@ class AppDatabaseReplay:
     @inlineCallbacks
     def _readable_before(self, reader, conn, pending):
         """The ids among ``pending`` one of whose last earlier revisions the user could
-        read as a user (not through a role: see the module docstring); a document whose
-        earlier revision only the user's roles open is counted undecidable."""
+        read as a user (not through a role: see the module docstring).  A revision only a
+        role opened is not counted either: the count is public (``/metrics``), and a user
+        could bisect ``since`` to learn how many documents their role used to open."""
         current = _bulk_docs((yield reader.bulk_get(
             self.db, [(doc_id, rev) for doc_id, rev, *_ in pending], revs=True)))
         chains = {doc_id: _ancestors(doc) for doc_id, doc in current.items()
                   if doc is not None}
         mine = principals_of(conn.user_id, ())
-        with_roles = principals_of(conn.user_id, conn.roles)
-        lost, by_role = set(), set()
+        lost = set()
         for level in range(ANCESTORS_READ):
             wanted = [(doc_id, revs[level]) for doc_id, revs in chains.items()
                       if doc_id not in lost and len(revs) > level]
@@ -389,7 +390,4 @@ class AppDatabaseReplay:
                     chains[doc_id] = []  # compacted: cannot tell; nothing is sent
                 elif _readable(self.rule, body, mine):
                     lost.add(doc_id)
-                elif with_roles != mine and _readable(self.rule, body, with_roles):
-                    by_role.add(doc_id)
-        self.undecidable += len(by_role - lost)
         return lost

@@ -18,8 +18,9 @@ position at all, and a ``_users`` document's changes are seqs of another databas
 
 Decision: an earlier revision makes a ``removed`` or ``deleted`` only when it was readable
 by the user as a user (a users field naming them, or ``public``): that is true of them at
-any moment.  One that only a role opened is undecidable (nothing is sent; counted in
-``realtime_replay_undecidable_total``), as DESIGN asks of a case that cannot be decided.
+any moment.  For one that only a role opened nothing is sent, and it is not counted in
+``realtime_replay_undecidable_total`` either: that count is public, and a user holding a
+role could bisect ``since`` to learn how many documents it used to open.
 The client sees its roles in the replayed ``user-change`` and its documents in the replay;
 what a lost role opened is reloaded from the app (``docs/resume.rst`` says so).
 """

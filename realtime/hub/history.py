@@ -203,13 +203,17 @@ class MemoryHistory:
             del self._streams[name]
 
     def head(self) -> str:
+        # Where the clock stands, not the last offset given: that would tell when the
+        # last message to anyone was sent.  The counter moves up to it, so that every
+        # later offset is after this one whatever the clock does next.
+        self._n = max(self._n, int(self._clock.seconds() * 1000) * 1000 - 1)
         return make_offset(self.epoch, self._n)
 
     def read(self, streams, since: str) -> Deferred:
         epoch, after = parse_offset(since)
         now = self._clock.seconds()
         if epoch != self.epoch:
-            return succeed(Replay([], False, None, make_offset(self.epoch, self._n)))
+            return succeed(Replay([], False, None, self.head()))
         found = {}
         lost = 0
         known = True

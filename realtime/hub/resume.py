@@ -62,7 +62,6 @@ from realtime.vocabulary import request_ref  # noqa: F401 (part of this module's
 from realtime.vocabulary import with_ref as _with_ref
 
 MESSAGES = "messages"
-USERS = "_users"
 
 #: the longest a resume waits for the live feed to reach what its replay read (a feed that
 #: is down or far behind: the hold then ends anyway, see the module docstring)

@@ -67,10 +67,15 @@ def new_epoch() -> str:
     return os.urandom(4).hex()
 
 
+def clock_n(now: float) -> int:
+    """Where the counter stands by the clock at ``now`` (seconds): milliseconds x 1000."""
+    return int(now * 1000) * 1000
+
+
 def next_n(last: int, now: float) -> int:
     """The counter after ``last`` for an append at ``now`` (seconds): see the module
     docstring (the Redis history's script computes the same)."""
-    return max(last + 1, int(now * 1000) * 1000)
+    return max(last + 1, clock_n(now))
 
 
 def make_offset(epoch: str, n: int) -> str:
@@ -206,7 +211,7 @@ class MemoryHistory:
         # Where the clock stands, not the last offset given: that would tell when the
         # last message to anyone was sent.  The counter moves up to it, so that every
         # later offset is after this one whatever the clock does next.
-        self._n = max(self._n, int(self._clock.seconds() * 1000) * 1000 - 1)
+        self._n = max(self._n, clock_n(self._clock.seconds()) - 1)
         return make_offset(self.epoch, self._n)
 
     def read(self, streams, since: str) -> Deferred:

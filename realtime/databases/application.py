@@ -27,16 +27,16 @@ from twisted.logger import Logger
 
 from realtime import jsonutil
 from realtime.databases.readers import DEFAULT_INDEX_SIZE, ReadersIndex
-from realtime.databases.routing import (
+from realtime.databases.routing import DatabaseRouter
+from realtime.databases.rules import RuleSet, may_read
+from realtime.databases.subscriptions import DatabaseSubscriptions
+from realtime.databases.topics import (
     DOC_CHANGE,
-    DatabaseRouter,
     db_topic,
     doc_change_message,
     doc_topic,
     parse_database_topic,
 )
-from realtime.databases.rules import RuleSet, may_read
-from realtime.databases.subscriptions import DatabaseSubscriptions
 from realtime.vocabulary import TOO_DEEP
 
 

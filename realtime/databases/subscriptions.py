@@ -52,17 +52,17 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
 from realtime import jsonutil
-from realtime.databases.routing import (
-    DatabaseRouter,
+from realtime.databases.routing import DatabaseRouter
+from realtime.databases.rules import may_read
+from realtime.databases.selector import BadSelector
+from realtime.databases.selector import parse as parse_selector
+from realtime.databases.topics import (
     Selection,
     doc_change_message,
     is_internal,
     parse_database_topic,
     selection_of,
 )
-from realtime.databases.rules import may_read
-from realtime.databases.selector import BadSelector
-from realtime.databases.selector import parse as parse_selector
 from realtime.vocabulary import request_ref, with_ref
 
 #: documents read per ``_all_docs`` request for a ``db:`` snapshot

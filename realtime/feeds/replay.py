@@ -82,8 +82,8 @@ from typing import Any, Callable, Optional
 from twisted.internet.defer import DeferredSemaphore, inlineCallbacks
 from twisted.logger import Logger
 
-from realtime.databases.routing import change_rev, doc_change_message, is_internal
 from realtime.databases.rules import AccessRuleFailed, principals_of
+from realtime.databases.topics import change_rev, doc_change_message, is_internal
 from realtime.feeds.couchreads import ChangesReader, CouchUnavailable, SeqRefused
 from realtime.feeds.pacing import NoPacing
 from realtime.feeds.replay_roles import ANCESTORS_READ

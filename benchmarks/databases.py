@@ -59,14 +59,14 @@ class CountingConnection:
     """What the registry needs of a connection; deliveries are only counted."""
 
     __slots__ = ("connection_id", "user_id", "roles", "topics", "frames", "token_id",
-                 "session_seq", "admitted_at", "selections")
+                 "session_seq", "admitted_at", "roles_since", "selections")
 
     def __init__(self, connection_id, user_id):
         self.connection_id = connection_id
         self.user_id = user_id
         self.token_id = None
         self.session_seq = 0
-        self.admitted_at = 0.0
+        self.admitted_at = self.roles_since = 0.0
         self.selections = None
         self.roles = ()
         self.topics = set()

@@ -166,11 +166,14 @@ def followed_databases(config, rules=()) -> tuple:
 
 
 def make_followers(config, reactor, agent, on_change, rules=(), on_state=None) -> tuple:
-    """One :class:`ChangesFollower` per followed database, each calling ``on_change``."""
+    """One :class:`ChangesFollower` per followed database, each calling ``on_change``; an
+    application database's tracks its backlog (roles are judged by time: see
+    :mod:`realtime.feeds.catchup`)."""
     return tuple(
         ChangesFollower(agent, reactor, config.couchdb_url, db, on_change,
                         admin_auth=config.couchdb_admin_auth,
-                        heartbeat_ms=config.couchdb_heartbeat_ms, on_state=on_state)
+                        heartbeat_ms=config.couchdb_heartbeat_ms, on_state=on_state,
+                        track_backlog=db in rules)
         for db in followed_databases(config, rules))
 
 

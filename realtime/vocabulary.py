@@ -70,6 +70,11 @@ DB_PREFIX = "db:"
 #: and no ``doc``; nobody is sent that revision
 TOO_DEEP = "tooDeep"
 
+#: set by a changes follower that tracks its backlog (:mod:`realtime.feeds.catchup`): a
+#: connection holding its roles since this time (clock seconds) or earlier held them when
+#: the change was made; for a later one, only its user id decides
+ROLES_BEFORE = "rolesBefore"
+
 
 # -- requests ----------------------------------------------------------------------------
 

@@ -121,6 +121,8 @@ class FakeConnection:
         self.accept = accept
         self.session_seq = 0  # single-session mode: as a session admitted first
         self.admitted_at = 0.0
+        # holds its roles since (gateway clock): admitted now, as a session is
+        self.roles_since = gateway.now() if gateway is not None else 0.0
         self.selections = None  # db -> Selection, as a session holds them
         if gateway is not None:
             # As a real connection's admission does: presence, then the registry.

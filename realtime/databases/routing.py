@@ -18,8 +18,15 @@ and P the readers of the revision this process last routed (:mod:`realtime.datab
   again; only readers of that revision get it): when P is a tombstone, readable by nobody,
   or undecidable, the change may be such a re-creation, and a non-reader is told nothing.
 
-Users are matched with the roles their connection holds at the time of the change
-(``conn.roles``, which follow the user's ``_users`` document).  Nobody hears of a document
+Users are matched with the roles their connection holds (``conn.roles``, which follow the
+user's ``_users`` document) if it has held them since before the change was made: the
+follower stamps each change with :data:`realtime.vocabulary.ROLES_BEFORE` (its arrival,
+or for the backlog read after a reconnection, the last time the feed was known caught up:
+:mod:`realtime.feeds.catchup`).  A connection whose roles changed later
+(``conn.roles_since``) is matched by its user id alone for that change: nothing reaches it
+through a role it may not have held when that revision was current.  Its ``doc:``
+subscriptions are still ended by its roles held now (it named the id itself).  A change
+without the stamp (routed by hand) is matched with the roles held now.  Nobody hears of a document
 they could not read: every recipient is found from N or P through the registry's indexes
 (user -> connections, role -> connections, topic -> connections), never by scanning every
 connection (except for ``public`` documents, which every connection may read).  Each
@@ -38,7 +45,7 @@ The directory (the hub's registry) must provide: ``connections()``,
 ``user_connections(user)`` and ``role_connections(role)`` (views, iterated at once),
 ``subscribers(topic)``, ``unsubscribe(conn, topic)``, ``deliver(conns, text, type)``
 (frames once, returns the count) and ``len()``.  A connection provides ``connection_id``,
-``user_id``, ``roles`` and ``send_json``.
+``user_id``, ``roles``, ``roles_since`` and ``send_json``.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ from realtime.databases.topics import (  # noqa: F401 (re-exported)
     is_internal,
     selection_of,
 )
+from realtime.vocabulary import ROLES_BEFORE
 
 
 class DatabaseStats:
@@ -179,9 +187,11 @@ class DatabaseRouter:
 
     # -- recipients --------------------------------------------------------------------
 
-    def _reachable(self, principals: Principals, doc_id: str) -> Dict[str, object]:
+    def _reachable(self, principals: Principals, doc_id: str,
+                   before: Optional[float] = None) -> Dict[str, object]:
         """Connections (by id) whose user may read ``principals`` and who may be told
-        (every such connection with push "all"; the subscribed ones otherwise)."""
+        (every such connection with push "all"; the subscribed ones otherwise), roles
+        counting only when held since ``before`` (see the module docstring)."""
         if not principals:
             return {}
         directory = self.directory
@@ -189,7 +199,8 @@ class DatabaseRouter:
         if not self.rule.push_all:
             for topic in (self._db_topic, doc_topic(self.db, doc_id)):
                 for conn in directory.subscribers(topic):
-                    if may_read(principals, conn.user_id, conn.roles):
+                    roles = conn.roles if before is None or conn.roles_since <= before else ()
+                    if may_read(principals, conn.user_id, roles):
                         found[conn.connection_id] = conn
             return found
         if PUBLIC in principals:
@@ -201,6 +212,8 @@ class DatabaseRouter:
                 conns = directory.user_connections(principal[len(USER):])
             elif principal.startswith(ROLE):
                 conns = directory.role_connections(principal[len(ROLE):])
+                if before is not None:
+                    conns = [c for c in conns if c.roles_since <= before]
             else:
                 continue
             for conn in conns:
@@ -232,7 +245,7 @@ class DatabaseRouter:
     def _route(self, change: dict, doc_id: str, rev: str, doc, deleted: bool,
                new_readers: Principals, previous) -> None:
         db, seq, timestamp = self.db, change.get("seq"), self._timestamp()
-        stats = self.stats
+        stats, before = self.stats, change.get(ROLES_BEFORE)
         if previous is UNKNOWN:
             stats.undecidable += 1
             self._log.warn("previous readers of a document of {db} unknown (compacted, or "
@@ -241,20 +254,20 @@ class DatabaseRouter:
         topic = doc_topic(db, doc_id)
         subscribers = {c.connection_id: c for c in self.directory.subscribers(topic)}
         if deleted:
-            targets = self._reachable(previous, doc_id)  # doc: subscribers among them
+            targets = self._reachable(previous, doc_id, before)  # doc: subscribers too
             message = doc_change_message(db, doc_id, rev, seq, timestamp, deleted=True)
             sent = self._send(targets.values(), message)
             stats.deletions += sent
             self.index.forget(doc_id)
             return
-        readers = self._reachable(new_readers, doc_id)
+        readers = self._reachable(new_readers, doc_id, before)
         lost: Dict[str, object] = {}
         if previous:
             # A connection reading the previous revision through a principal the new one
             # keeps reads the new one too: only the principals dropped can lose anyone.
             dropped = previous - new_readers
             if dropped:
-                for conn_id, conn in self._reachable(dropped, doc_id).items():
+                for conn_id, conn in self._reachable(dropped, doc_id, before).items():
                     if conn_id not in readers and not may_read(new_readers, conn.user_id,
                                                               conn.roles):
                         lost[conn_id] = conn

@@ -44,6 +44,7 @@ from twisted.web.http_headers import Headers
 
 from realtime import jsonutil
 from realtime.couchheaders import couch_headers
+from realtime.feeds.catchup import CatchUp
 from realtime.feeds.rows import ChangeRows
 from realtime.feeds.stream import Backoff, LineParser, describe_failure
 
@@ -81,7 +82,7 @@ class _FeedBody(Protocol):
 STALLED_HEARTBEATS = 1.5
 
 
-class ChangesFollower(ChangeRows):
+class ChangesFollower(ChangeRows, CatchUp):
     """
     Follow one database's continuous ``_changes`` feed.
 
@@ -93,6 +94,8 @@ class ChangesFollower(ChangeRows):
         once that fires (later changes wait for it).  An exception it raises is logged
         and the change still counts as processed (one bad document must not stall the feed).
     :param on_state: optional ``on_state(follower)`` called on every state change.
+    :param track_backlog: stamp each change with the time before which roles count, asking
+        CouchDB's position at each reconnection (:mod:`realtime.feeds.catchup`).
     """
 
     _log = Logger()
@@ -106,7 +109,8 @@ class ChangesFollower(ChangeRows):
                  on_change: Callable[[str, dict], None],
                  admin_auth: Optional[str] = None, heartbeat_ms: int = 10000,
                  since="now", backoff: Optional[Backoff] = None,
-                 on_state: Optional[Callable[["ChangesFollower"], None]] = None):
+                 on_state: Optional[Callable[["ChangesFollower"], None]] = None,
+                 track_backlog: bool = False):
         self._agent = agent
         self._clock = clock
         self._base = couchdb_url.rstrip("/")
@@ -131,6 +135,7 @@ class ChangesFollower(ChangeRows):
         self._running = False
         self._stall_abort = False
         self._init_rows()
+        self._init_catch_up(track_backlog)
 
     # -- public -------------------------------------------------------------------------
 
@@ -215,9 +220,12 @@ class ChangesFollower(ChangeRows):
         self._set_state(self.CONNECTING if self.reconnects == 0 else self.RECONNECTING)
         headers = Headers(couch_headers(self._admin_auth))
         self._arm_watchdog()
-        if self.last_seq == "now":  # our own marker: CouchDB never names a seq "now"
+        # "now" is our own marker: CouchDB never names a seq "now"
+        if self.last_seq == "now" or (self.track_backlog and not self._position_read):
+            self._asking_position()
             url, answered = self.position_url(), self._got_position
         else:
+            self._position_read = False
             url, answered = self.url(), self._got_response
         d = self._agent.request(b"GET", url, headers, None)
         self._request = d
@@ -249,7 +257,9 @@ class ChangesFollower(ChangeRows):
             self._schedule_reconnect()
             return
         self.missing = False
-        self.last_seq = seq
+        self._position_is(seq)
+        if self.last_seq == "now":
+            self.last_seq = seq
         self._connect()
 
     def _refused(self, response) -> None:
@@ -297,6 +307,7 @@ class ChangesFollower(ChangeRows):
     def _body_started(self, body: _FeedBody) -> None:
         self._body = body
         self._parser = LineParser(self._line, on_overflow=self._overflow)
+        self._stream_began()
 
     def _body_data(self, body: _FeedBody, data: bytes) -> None:
         if body is not self._body:
@@ -309,12 +320,14 @@ class ChangesFollower(ChangeRows):
         self.last_byte_at = self._clock.seconds()
         if not self._paused:
             self._arm_watchdog()
+        self._heard(data)
         self._parser.feed(data)
 
     def _body_ended(self, body: _FeedBody, reason) -> None:
         if body is not self._body:
             return
         self._body = None
+        self._fell_behind()
         self._drop_held()  # read again from the resume point
         if not self._running:
             return
@@ -367,6 +380,7 @@ class ChangesFollower(ChangeRows):
             "reconnects": self.reconnects,
             "lastError": self.last_error,
             "lastByteSecondsAgo": None if silent is None else round(silent, 1),
+            "catchingUp": self.catching_up,
         }
 
 

@@ -85,7 +85,9 @@ class ChangeDispatch:
             self.connection_roles_changed(conn, old)
 
     def connection_roles_changed(self, conn, old_roles) -> None:
-        """A connection's roles changed (``_users`` document, refreshed token)."""
+        """A connection's roles changed (``_users`` document, refreshed token): it holds
+        them from now on (``roles_since``: see :mod:`realtime.databases.routing`)."""
+        conn.roles_since = self._clock.seconds()
         self._registry.reindex_roles(conn)
         if self._databases is not None:
             try:

@@ -29,7 +29,8 @@ with each line of its stream.
 not used alone): it owns the processing state (``_busy``, ``_held``, ``_paused``,
 ``_connect_when_idle``) and uses the follower's ``db``, ``_on_change``, ``_clock``,
 ``_body``, ``last_seq``, ``last_error``, ``changes_seen``, its watchdog
-(``_arm_watchdog``, ``_cancel_timer``) and ``_connect``.
+(``_arm_watchdog``, ``_cancel_timer``), ``_connect`` and ``_stamp``
+(:mod:`realtime.feeds.catchup`).
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class ChangeRows:
     def _init_rows(self) -> None:
         self._busy: Optional[Deferred] = None  # a change being processed asynchronously
         self._busy_since = 0.0
+        self._busy_row: Optional[dict] = None  # the row of ``_busy``
         self._held: deque = deque()  # rows read while busy, processed after it in order
         self._paused = False
         self._connect_when_idle = False
@@ -143,6 +145,8 @@ class ChangeRows:
             return
         if not isinstance(row, dict):
             return
+        if "id" in row and "seq" in row:
+            self._stamp(row)
         if self._busy is not None:
             self._held.append(row)
             if len(self._held) >= MAX_HELD_LINES and not self._paused and self._body:
@@ -162,7 +166,7 @@ class ChangeRows:
                 result = None
             if isinstance(result, Deferred):
                 if not result.called:
-                    self._busy = result
+                    self._busy, self._busy_row = result, row
                     self._busy_since = self._clock.seconds()
                     result.addBoth(self._processed, row)
                     return
@@ -183,7 +187,7 @@ class ChangeRows:
         """An asynchronous change is done: it counts, then the held lines are processed."""
         if hasattr(result, "check"):  # a Failure
             self._failed(result)
-        self._busy = None
+        self._busy = self._busy_row = None
         self.last_seq = row["seq"]
         while self._held and self._busy is None:
             self._row(self._held.popleft())

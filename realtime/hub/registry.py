@@ -63,6 +63,7 @@ class Connection(TypingProtocol):
     token_id: Optional[str]  # of its credentials: a revocation closes it
     session_seq: int  # single-session mode: a disconnect ``before`` it spares it
     admitted_at: float  # a disconnect ``at`` a time before it spares it
+    roles_since: float  # holds its roles since (databases.routing: changes made before)
     selections: Optional[dict]  # db -> its db: subscription with a selector (databases)
 
     def deliver_frame(self, frame: bytes) -> bool:

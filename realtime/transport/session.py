@@ -101,7 +101,7 @@ class Session(SessionAuthentication):
         "deliver_frame", "connection_id", "identity", "_topics",
         "_auth_timer", "_authenticating", "_registered", "_limiter", "_watch",
         "_session_secret", "_inbox", "_preauth_bytes", "_admitting", "_held", "_present_as",
-        "session_seq", "admitted_at", "_doc_writes", "resuming", "selections",
+        "session_seq", "admitted_at", "roles_since", "_doc_writes", "resuming", "selections",
     )
 
     def __init__(self, transport: ISessionTransport, gateway, connection_id: str,
@@ -139,6 +139,7 @@ class Session(SessionAuthentication):
         self._present_as: Optional[str] = None  # user id recorded in presence
         self.session_seq = 0  # single-session mode: this session's number
         self.admitted_at = 0.0  # when admitted (gateway clock): see Registry.dispatch
+        self.roles_since = 0.0  # since when it holds its roles (see databases.routing)
         self._doc_writes: Optional[DocWrites] = None  # made on the first document write
         self.resuming = False  # a resume is running (one at a time)
         self.selections = None  # db -> Selection of a db: subscription with a selector

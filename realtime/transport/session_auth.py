@@ -76,7 +76,7 @@ class SessionAuthentication:
             self._refuse(AuthFailure("revoked", "token revoked"))
             return
         self._present_as = identity.user_id
-        self.admitted_at = gateway.now()
+        self.roles_since = self.admitted_at = gateway.now()
         self.identity = identity
         self.registry.add(self)
         self._registered = True

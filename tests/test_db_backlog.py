@@ -77,12 +77,12 @@ class FollowerStampTests(unittest.TestCase):
     def test_backlog_rows_carry_the_last_caught_up_time(self):
         """
         After a cut, the follower asks CouchDB's position before streaming; the rows up to
-        it carry the time of the last byte before the cut, the rows after it their arrival.
+        it carry the time the stream ended, the rows after it their arrival.
         """
-        self.clock.advance(5.0)
+        self.clock.advance(0.5)
         self.stream.send(b"\n")
-        last_byte = self.clock.seconds()
-        self.clock.advance(3.0)
+        self.clock.advance(2.0)
+        ended = self.clock.seconds()
         self.cut()
         query = self.agent.last_query()
         self.assertEqual(query, {"descending": ["true"], "limit": ["1"]})
@@ -93,7 +93,7 @@ class FollowerStampTests(unittest.TestCase):
         self.assertTrue(self.follower.status()["catchingUp"])
         self.clock.advance(1.0)
         self.stream.send(line(change("a", "1-a", 12)) + line(change("b", "1-b", 13)))
-        self.assertEqual([r[ROLES_BEFORE] for r in self.rows], [last_byte, last_byte])
+        self.assertEqual([r[ROLES_BEFORE] for r in self.rows], [ended, ended])
         self.assertFalse(self.follower.catching_up)
         self.clock.advance(1.0)
         self.stream.send(line(change("c", "1-c", 14)))
@@ -104,6 +104,19 @@ class FollowerStampTests(unittest.TestCase):
         self.stream.send(line(change("d", "1-d", 15)))
         self.assertEqual(self.rows[-1][ROLES_BEFORE], self.clock.seconds() - 1.0)
         self.assertGreater(self.rows[-1][ROLES_BEFORE], asked_at)
+
+    def test_a_silent_stream_was_caught_up_at_its_last_byte(self):
+        """The watchdog ends a silent stream: it may have been dead since its last byte."""
+        self.clock.advance(1.0)
+        self.stream.send(b"\n")
+        last_byte = self.clock.seconds()
+        self.clock.advance(3.0)  # 3 heartbeats: the watchdog aborts
+        self.assertTrue(self.stream.transport.stopped)
+        self.stream.end()
+        self.clock.advance(1.0)
+        self.agent.answer_position(12)
+        self.agent.respond().send(line(change("a", "1-a", 11)))
+        self.assertEqual(self.rows[-1][ROLES_BEFORE], last_byte)
 
     def test_no_backlog_when_the_position_is_where_it_stopped(self):
         self.cut()

@@ -156,3 +156,70 @@ class CouchUnavailableTests(unittest.TestCase):
         self.assertEqual(message["reason"], "unavailable")
         code, _ = yield client.wait_closed()
         self.assertEqual(code, 4101)
+
+
+class BacklogRolesTests(unittest.TestCase):
+    timeout = 90
+
+    @inlineCallbacks
+    def test_role_gained_while_the_feed_was_cut(self):
+        """
+        While an application database's feed is cut, a note the ``staff`` role opened is
+        changed to exclude it, another is deleted, and a user is given ``staff`` (a
+        refreshed token).  When the feed is back, that user hears of neither note; a user
+        who held ``staff`` all along is told of both.
+        """
+        from realtime.databases.rulefile import parse_rules
+        couch = harness.pouchdb()
+        db = unique("backlog").lower().replace("-", "_")
+        status, body = couch.request("PUT", "/" + db)
+        self.assertIn(status, (201, 412), body)
+        rules = parse_rules(f'[databases.{db}]\nusers = ["owner"]\nroles = ["roles"]\n',
+                            "test.toml")
+
+        def put(doc_id, **fields):
+            status, body = couch.request("GET", f"/{db}/{doc_id}")
+            doc = {"_id": doc_id, **fields}
+            if status == 200:
+                doc["_rev"] = json.loads(body)["_rev"]
+            status, body = couch.request("PUT", f"/{db}/{doc_id}", json.dumps(doc))
+            self.assertIn(status, (201, 202), body)
+            return json.loads(body)["rev"]
+
+        # Both notes exist before the gateway starts: after the cut, their previous
+        # revisions are read back from CouchDB (the readers index never saw them).
+        put("kept", roles=["staff"])
+        put("gone", roles=["staff"])
+        proxy = CuttableProxy("127.0.0.1", couch.port)
+        listening = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(proxy)
+        self.addCleanup(listening.stopListening)
+        target = _Target(f"http://127.0.0.1:{listening.getHost().port}", couch.admin_auth)
+        gw = GatewayHarness(couchdb=target, jwt_secret=SECRET, config=rules)
+        yield gw.start()
+        self.addCleanup(gw.stop)
+        olga = yield gw.connect(query={"token": make_token("olga", roles=["staff"])})
+        yield olga.next("connected")
+        gus = yield gw.connect(query={"token": make_token("gus")})
+        yield gus.next("connected")
+
+        follower = [f for f in gw.followers if f.db == db][0]
+        proxy.cut()
+        yield harness.wait_for(lambda: follower.state != "connected", what="the feed to notice")
+        put("kept", owner="nobody")
+        status, body = couch.request("GET", f"/{db}/gone")
+        status, body = couch.request("DELETE", f"/{db}/gone?rev={json.loads(body)['_rev']}")
+        self.assertIn(status, (200, 202), body)
+        put("marker", owner="gus")  # last in the feed: gus's end of the backlog
+        gus.send_json({"type": "auth", "token": make_token("gus", roles=["staff"])})
+        refreshed = yield gus.next("connected")
+        self.assertEqual(refreshed["user"]["roles"], ["staff"])
+        proxy.blocked = False
+
+        message = yield gus.next("doc-change")
+        self.assertEqual(message["id"], "marker", f"gus heard of {message} first")
+        told = []
+        while len(told) < 2:
+            message = yield olga.next("doc-change")
+            told.append((message["id"], "deleted" if message.get("deleted") else
+                         "removed" if message.get("removed") else "doc"))
+        self.assertEqual(sorted(told), [("gone", "deleted"), ("kept", "removed")])

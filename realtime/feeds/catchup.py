@@ -15,9 +15,10 @@ connection holding its roles since then, or earlier, held them when the change w
 - Live, the stamp is the row's arrival time.
 - After a reconnection, the follower first asks CouchDB where its newest change is
   (``_changes?descending=true&limit=1``, sent at time T); the rows up to that seq are the
-  backlog, stamped with the last time the feed was known caught up (the last byte of the
-  stream before the cut, or the arrival of the oldest row left unprocessed, whichever is
-  earlier).  Once the row at that seq arrives (the same seq, or a greater integer seq on
+  backlog, stamped with the last time the feed was known caught up: when the stream ended
+  (a live stream carries every change made before its end), or its last byte when the
+  watchdog ended it for its silence; earlier still if a row was left unprocessed (its
+  arrival).  Once the row at that seq arrives (the same seq, or a greater integer seq on
   pouchdb-server), every change made before T has arrived: the feed is live again.  When
   that row never comes (its document changed again, so the feed lists it later, under a
   string seq), a heartbeat after a whole heartbeat interval without a change means the
@@ -27,7 +28,7 @@ connection holding its roles since then, or earlier, held them when the change w
 
 :class:`CatchUp` is a mixin of :class:`~realtime.feeds.changes.ChangesFollower`; it uses
 the follower's ``_clock``, ``heartbeat_ms``, ``last_seq``, ``last_byte_at``, ``_paused``
-and ``_busy_row``.
+``_stall_abort`` and ``_busy_row``.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class CatchUp:
         """The stream ended (called before the unprocessed rows are dropped)."""
         if not self.track_backlog or self._backlog_to is not None:
             return
-        at = max(self._caught_up_at, self.last_byte_at or _NEVER)
+        ended = self.last_byte_at if self._stall_abort else self._clock.seconds()
+        at = max(self._caught_up_at, _NEVER if ended is None else ended)
         busy = self._busy_row
         if busy is not None:
             at = min(at, busy.get(ROLES_BEFORE, at))

@@ -135,13 +135,30 @@ class HandshakeTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_what_the_handshake_skipped_is_what_admission_checks(self):
-        """The handshake's choice travels with the identity: were the gateway to stop
-        checking revocation at admission between onConnect and onOpen, the skipped lookup
-        is not lost (the open is refused, not admitted unchecked)."""
-        from realtime.transport.websocket import RealtimeServerProtocol
+        """The handshake skipped the token's revocation lookup: its admission is asked
+        to look up exactly that token's key."""
         user = unique("user")
-        token = make_token(user, jti=unique("jti"))
-        yield self.store.revoke("jti:" + token_claim(token, "jti"), reactor.seconds() + 600)
+        jti = unique("jti")
+        presence = self.gw.gateway.presence
+        keys = []
+        real = presence.connection_opened
+
+        def connection_opened(conn_id, user_id, limit, revoked_key=None):
+            keys.append(revoked_key)
+            return real(conn_id, user_id, limit, revoked_key=revoked_key)
+        self.patch(presence, "connection_opened", connection_opened)
+        client = yield self.gw.connect(query={"token": make_token(user, jti=jti)})
+        yield client.next("connected")
+        self.assertEqual(keys, [self.store.admission_key("jti:" + jti)])
+        self.assertEqual(self.asked, [])
+
+    @inlineCallbacks
+    def test_a_skipped_lookup_is_never_dropped(self):
+        """The handshake's choice travels with the identity: were the gateway to stop
+        checking revocation at admission between onConnect and onOpen, the open is
+        refused (unavailable, the same for a token nobody revoked), not admitted
+        unchecked."""
+        from realtime.transport.websocket import RealtimeServerProtocol
         presence = self.gw.gateway.presence
         real = RealtimeServerProtocol.onConnect
 
@@ -150,12 +167,20 @@ class HandshakeTests(unittest.TestCase):
             self.patch(presence, "checks_revocation_keys", False)
             return answer
         self.patch(RealtimeServerProtocol, "onConnect", on_connect)
-        client = yield self.gw.connect(query={"token": token})
-        message = yield client.next()
-        self.assertEqual(message["type"], "auth_failed")
-        yield client.wait_closed()
-        self.flushLoggedErrors(ValueError)
-        self.assertFalse(self.gw.gateway.registry.connections_of(user))
+        for revoked in (True, False):
+            user = unique("user")
+            token = make_token(user, jti=unique("jti"))
+            if revoked:
+                yield self.store.revoke("jti:" + token_claim(token, "jti"),
+                                        reactor.seconds() + 600)
+            client = yield self.gw.connect(query={"token": token})
+            message = yield client.next()
+            self.assertEqual((message["type"], message["reason"]),
+                             ("auth_failed", "unavailable"))
+            yield client.wait_closed()
+            self.flushLoggedErrors(ValueError)
+            self.assertFalse(self.gw.gateway.registry.connections_of(user))
+            self.patch(presence, "checks_revocation_keys", True)
 
     @inlineCallbacks
     def test_auth_message_still_checked_by_the_store(self):
@@ -192,6 +217,14 @@ class SingleSessionHandshakeTests(HandshakeTests):
         client = yield self.gw.connect(query={"token": make_token(user, jti=unique("jti"))})
         yield client.next("connected")
         self.assertEqual(len(self.asked), 1)
+
+    @inlineCallbacks
+    def test_what_the_handshake_skipped_is_what_admission_checks(self):
+        """The store is asked for exactly that token, before the session is numbered."""
+        user, jti = unique("user"), unique("jti")
+        client = yield self.gw.connect(query={"token": make_token(user, jti=jti)})
+        yield client.next("connected")
+        self.assertEqual(self.asked, ["jti:" + jti])
 
 
 class WithoutSupportTests(unittest.TestCase):

@@ -50,7 +50,7 @@ from realtime.databases.routing import DatabaseRouter  # noqa: E402
 from realtime.databases.rulefile import parse_rules  # noqa: E402
 from realtime.feeds.stream import LineParser  # noqa: E402
 from realtime.hub.registry import Registry  # noqa: E402
-from realtime.vocabulary import utc_timestamp  # noqa: E402
+from realtime.vocabulary import ROLES_BEFORE, utc_timestamp  # noqa: E402
 
 RULES = '[databases.bench]\nusers = ["owner", "members"]\nhidden = ["secret"]\n'
 
@@ -112,7 +112,9 @@ def routing_round(users: int, named: int, changes: int) -> dict:
     first, second = make_feed(users, named, changes)
 
     def route(line):
-        router.on_change(jsonutil.loads(line))
+        row = jsonutil.loads(line)
+        row[ROLES_BEFORE] = time.time()  # as the follower stamps it (feeds/catchup.py)
+        router.on_change(row)
 
     LineParser(route).feed(first)  # warm the index (rev 1 of every document)
     before = router.stats.deliveries

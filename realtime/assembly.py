@@ -232,6 +232,9 @@ def make_parts(config, reactor, http=None, feeds_agent=None, metrics=None, rules
             on_change = observe_changes(on_change)
         followers = make_followers(config, reactor, feeds_agent, on_change, rules,
                                    on_state=on_feed_state)
+        for follower in followers:  # how current each readers index is (roles_changed)
+            if databases is not None and follower.db in databases:
+                databases.routers[follower.db].caught_up = follower.caught_up_time
     verifier = (signing.MessageVerifier(cluster.nonces, reactor)
                 if config.ws_signed_messages else None)
     gateway = Gateway(

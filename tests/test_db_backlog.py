@@ -9,13 +9,17 @@ The follower runs on a fake agent (CouchDB cut and back, as in tests/test_change
 
 import json
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.trial import unittest
+from twisted.web.client import ResponseFailed
 
+from realtime.databases.application import ApplicationDatabases
 from realtime.databases.routing import DatabaseRouter, doc_topic
 from realtime.databases.rulefile import parse_rules
-from realtime.feeds.catchup import reached
+from realtime.feeds.catchup import BACKLOG_BATCH
 from realtime.feeds.changes import ChangesFollower
+from realtime.feeds.rows import MAX_HELD_LINES
 from realtime.feeds.stream import Backoff
 from realtime.vocabulary import ROLES_BEFORE
 from tests.fakes import FakeConnection, make_gateway
@@ -33,13 +37,17 @@ def line(row) -> bytes:
     return json.dumps(row).encode() + b"\n"
 
 
-class ReachedTests(unittest.TestCase):
-    def test_reached(self):
-        """The same seq, or a greater integer seq; strings are never ordered."""
-        self.assertTrue(reached("5-abc", "5-abc"))
-        self.assertTrue(reached(7, 5))
-        self.assertFalse(reached(4, 5))
-        self.assertFalse(reached("9-x", "5-y"))
+def answer(agent, body: dict) -> None:
+    """Answer the last request with a whole JSON body."""
+    response = agent.respond()
+    response.send(json.dumps(body).encode())
+    response.end()
+
+
+def batch(agent, rows, last_seq=None) -> None:
+    """Answer a read of the backlog (the normal feed)."""
+    answer(agent, {"results": rows,
+                   "last_seq": last_seq if last_seq is not None else rows[-1]["seq"]})
 
 
 class FollowerStampTests(unittest.TestCase):
@@ -63,10 +71,13 @@ class FollowerStampTests(unittest.TestCase):
         self.addCleanup(follower.stop)
         return follower
 
-    def cut(self):
+    def query(self):
+        return self.agent.last_query()
+
+    def cut(self, after=1.0):
         """The stream ends; the reconnection is made after the backoff."""
         self.stream.end()
-        self.clock.advance(1.0)
+        self.clock.advance(after)
 
     def test_live_rows_carry_their_arrival(self):
         self.clock.advance(2.0)
@@ -74,62 +85,75 @@ class FollowerStampTests(unittest.TestCase):
         self.assertEqual(self.rows[-1][ROLES_BEFORE], self.clock.seconds())
         self.assertFalse(self.follower.catching_up)
 
-    def test_backlog_rows_carry_the_last_caught_up_time(self):
+    def test_the_backlog_is_read_in_batches_then_streamed(self):
         """
-        After a cut, the follower asks CouchDB's position before streaming; the rows up to
-        it carry the time the stream ended, the rows after it their arrival.
+        After a cut, the changes since the last one processed are read with the normal
+        feed, in batches, each row stamped with the stream's last byte; a short batch ends
+        the backlog (caught up when it was asked for), and the stream starts at its
+        last_seq, its rows stamped with their arrival.
         """
         self.clock.advance(0.5)
         self.stream.send(b"\n")
-        self.clock.advance(2.0)
-        ended = self.clock.seconds()
-        self.cut()
-        query = self.agent.last_query()
-        self.assertEqual(query, {"descending": ["true"], "limit": ["1"]})
-        asked_at = self.clock.seconds()
-        self.agent.answer_position(13)
-        self.assertEqual(self.agent.last_query()["since"], ["10"])
-        self.stream = self.agent.respond()
-        self.assertTrue(self.follower.status()["catchingUp"])
-        self.clock.advance(1.0)
-        self.stream.send(line(change("a", "1-a", 12)) + line(change("b", "1-b", 13)))
-        self.assertEqual([r[ROLES_BEFORE] for r in self.rows], [ended, ended])
-        self.assertFalse(self.follower.catching_up)
-        self.clock.advance(1.0)
-        self.stream.send(line(change("c", "1-c", 14)))
-        self.assertEqual(self.rows[-1][ROLES_BEFORE], self.clock.seconds())
-        self.cut()  # a cut now: the backlog starts after the catch-up (or the last byte)
-        self.agent.answer_position(15)
-        self.stream = self.agent.respond()
-        self.stream.send(line(change("d", "1-d", 15)))
-        self.assertEqual(self.rows[-1][ROLES_BEFORE], self.clock.seconds() - 1.0)
-        self.assertGreater(self.rows[-1][ROLES_BEFORE], asked_at)
-
-    def test_a_silent_stream_was_caught_up_at_its_last_byte(self):
-        """The watchdog ends a silent stream: it may have been dead since its last byte."""
-        self.clock.advance(1.0)
-        self.stream.send(b"\n")
         last_byte = self.clock.seconds()
-        self.clock.advance(3.0)  # 3 heartbeats: the watchdog aborts
-        self.assertTrue(self.stream.transport.stopped)
-        self.stream.end()
-        self.clock.advance(1.0)
-        self.agent.answer_position(12)
-        self.agent.respond().send(line(change("a", "1-a", 11)))
-        self.assertEqual(self.rows[-1][ROLES_BEFORE], last_byte)
-
-    def test_no_backlog_when_the_position_is_where_it_stopped(self):
+        self.clock.advance(2.0)
         self.cut()
-        asked_at = self.clock.seconds()
-        self.agent.answer_position(10)
+        self.assertTrue(self.follower.status()["catchingUp"])
+        self.assertEqual(self.query(), {"since": ["10"], "limit": [str(BACKLOG_BATCH)],
+                                        "include_docs": ["true"]})
+        full = [change(f"d{n}", "1-a", 11 + n) for n in range(BACKLOG_BATCH)]
+        batch(self.agent, full)
+        self.assertEqual(self.query()["since"], [str(10 + BACKLOG_BATCH)])
+        self.assertNotIn("feed", self.query())
+        self.clock.advance(1.0)
+        asked = self.clock.seconds()
+        batch(self.agent, [change("z", "1-z", 300)], last_seq=301)
+        self.assertEqual({r[ROLES_BEFORE] for r in self.rows}, {last_byte})
+        self.assertEqual(len(self.rows), BACKLOG_BATCH + 1)
+        self.assertFalse(self.follower.catching_up)
+        self.assertEqual(self.query()["feed"], ["continuous"])
+        self.assertEqual(self.query()["since"], ["301"])
+        self.stream = self.agent.respond()
+        self.clock.advance(1.0)
+        self.stream.send(line(change("c", "1-c", 302)))
+        self.assertEqual(self.rows[-1][ROLES_BEFORE], self.clock.seconds())
+        self.cut(after=0.0)  # caught up at the catch-up, or the last byte since
+        self.clock.advance(1.0)
+        batch(self.agent, [change("d", "1-d", 303)])
+        self.assertEqual(self.rows[-1][ROLES_BEFORE], self.clock.seconds() - 1.0)
+        self.assertGreater(self.rows[-1][ROLES_BEFORE], asked)
+
+    def test_string_seqs_on_a_busy_database(self):
+        """CouchDB 2/3: no seq is compared; a short batch ends the backlog however busy
+        the database is."""
+        self.cut()
+        batch(self.agent, [change("hot", "5-h", "15-xyz")], last_seq="16-abc")
+        self.assertFalse(self.follower.catching_up)
+        self.assertEqual(self.query()["since"], ["16-abc"])
+
+    def test_an_empty_backlog(self):
+        self.cut()
+        asked = self.clock.seconds()
+        batch(self.agent, [], last_seq=10)
         self.assertFalse(self.follower.catching_up)
         self.stream = self.agent.respond()
         self.clock.advance(1.0)
         self.stream.send(line(change("a", "1-a", 11)))
-        self.assertEqual(self.rows[-1][ROLES_BEFORE], asked_at + 1.0)
+        self.assertEqual(self.rows[-1][ROLES_BEFORE], asked + 1.0)
+
+    def test_a_silent_stream_was_caught_up_at_its_last_byte(self):
+        """A stream that ends (the watchdog, or a reset after a silence) may have been
+        dead since its last byte."""
+        self.clock.advance(1.0)
+        self.stream.send(b"\n")
+        last_byte = self.clock.seconds()
+        self.clock.advance(2.5)  # "stalled" in the status, then a reset
+        self.stream.end(ResponseFailed([ConnectionLost()]))
+        self.clock.advance(1.0)
+        batch(self.agent, [change("a", "1-a", 11)])
+        self.assertEqual(self.rows[-1][ROLES_BEFORE], last_byte)
 
     def test_a_row_left_unprocessed_bounds_the_stamp(self):
-        """A change still being processed when the stream ends was made before the last
+        """A change still being processed when the stream ends was made before its last
         byte: its arrival bounds the backlog's stamp."""
         pending = Deferred()
         follower = self.make(since="now", on_change=lambda db, row: (
@@ -143,37 +167,55 @@ class FollowerStampTests(unittest.TestCase):
         stream.end()
         self.clock.advance(1.0)
         pending.callback(None)  # the reconnection waits for it
-        self.agent.answer_position(22)
         self.assertTrue(follower.catching_up)
-        self.agent.respond().send(line(change("held", "1-h", 22)))
+        self.assertEqual(self.query()["since"], ["21"])
+        batch(self.agent, [change("held", "1-h", 22)])
         self.assertEqual(self.rows[-1]["id"], "held")
         self.assertEqual(self.rows[-1][ROLES_BEFORE], arrived)
 
-    def test_a_quiet_heartbeat_ends_the_backlog(self):
-        """The row at the position never comes (a string seq moved on): a heartbeat after a
-        whole interval without changes says CouchDB has sent everything."""
+    def test_too_many_held_rows_drop_the_stream(self):
+        """Behind a slow change, the stream is not paused (changes made meanwhile would
+        arrive later, looking live): it is dropped, and read again as a backlog."""
+        pending = Deferred()
+        follower = self.make(since="now", on_change=lambda db, row: (
+            self.rows.append(row), pending if row["id"] == "slow" else None)[1])
+        self.agent.answer_position(20)
+        stream = self.agent.respond()
+        stream.send(line(change("slow", "2-s", 21)))
+        for n in range(MAX_HELD_LINES):
+            stream.send(line(change(f"f{n}", "1-f", 22 + n)))
+        self.assertFalse(stream.transport.paused)
+        self.assertTrue(stream.transport.stopped)
+        stream.end(ResponseFailed([ConnectionLost()]))
+        self.assertIsNone(follower.last_error)
+        self.clock.advance(6.0)
+        pending.callback(None)
+        self.assertTrue(follower.catching_up)
+        self.assertEqual(self.query()["since"], ["21"])
+        self.assertEqual([r["id"] for r in self.rows], ["slow"])
+
+    def test_a_failed_backlog_read_is_retried(self):
+        """A 500 (or no answer) while reading the backlog: back off, read it again."""
         self.cut()
-        self.agent.answer_position(15)
-        self.stream = self.agent.respond()
-        self.stream.send(line(change("a", "1-a", "11-x")))
-        at = self.clock.seconds()
+        self.agent.respond(500).end()
+        self.clock.advance(0.5)  # the reader's own retries of a 5xx
+        self.agent.respond(500).end()
         self.clock.advance(0.5)
-        self.stream.send(b"\n")
+        self.agent.respond(500).end()
+        self.assertIn("reading the backlog", self.follower.last_error)
         self.assertTrue(self.follower.catching_up)
-        self.clock.advance(0.5)
-        self.stream.send(b"\n")
+        self.clock.advance(2.0)
+        self.assertEqual(self.query()["since"], ["10"])
+        batch(self.agent, [change("a", "1-a", 11)])
         self.assertFalse(self.follower.catching_up)
-        self.stream.send(line(change("b", "1-b", "12-x")))
-        self.assertEqual(self.rows[-1][ROLES_BEFORE], self.clock.seconds())
-        self.assertLess(at, self.clock.seconds())
+        self.assertIsNone(self.follower.last_error)
 
     def test_started_from_a_seq_nobody_is_trusted(self):
         """A follower started from an explicit seq knows nothing of the changes before its
-        position: nobody's roles count for them."""
+        start: it reads them as a backlog, and nobody's roles count for them."""
         self.make(since=3)
-        self.agent.answer_position(9)
-        self.assertEqual(self.agent.last_query()["since"], ["3"])
-        self.agent.respond().send(line(change("a", "1-a", 4)))
+        self.assertEqual(self.query()["since"], ["3"])
+        batch(self.agent, [change("a", "1-a", 4)])
         self.assertEqual(self.rows[-1][ROLES_BEFORE], float("-inf"))
 
     def test_a_follower_not_tracking_stamps_nothing(self):
@@ -191,6 +233,7 @@ class FollowerStampTests(unittest.TestCase):
         self.assertEqual(self.agent.last_query()["feed"], ["continuous"])
         self.agent.respond().send(line(change("a", "1-a", 2)))
         self.assertNotIn(ROLES_BEFORE, rows[-1])
+        self.assertFalse(follower.status()["catchingUp"])
 
 
 class BacklogRoutingTests(unittest.TestCase):
@@ -274,3 +317,82 @@ class BacklogRoutingTests(unittest.TestCase):
         router.on_change(row)
         self.assertEqual(self.kinds(self.gained), [])
         self.assertIn(doc_topic("inbox", "n1"), self.gained.topics)
+
+
+class Revisions(FakeRevisions):
+    """Also answers ``document`` (the current revision) from ``current``."""
+
+    def __init__(self):
+        super().__init__()
+        self.current = {}
+
+    def document(self, db, doc_id):
+        return succeed(self.current.get(doc_id))
+
+
+class RolesChangedTests(unittest.TestCase):
+    """A role lost is announced from the readers index only when the role was held while
+    the index was current (the feed caught up); doc: rechecks never tell a forbidden
+    document's rev."""
+
+    def setUp(self):
+        self.gateway = make_gateway()
+        self.clock = self.gateway.clock
+        self.agent = FakeAgent()
+        self.revisions = Revisions()
+        self.dbs = ApplicationDatabases(parse_rules(RULES), self.gateway.registry,
+                                        self.revisions, self.gateway.timestamp)
+        self.olga = FakeConnection(self.gateway, "olga", roles=("staff",))  # all along
+        self.gus = FakeConnection(self.gateway, "gus")
+        follower = ChangesFollower(
+            self.agent, self.clock, "http://couch.test", "notes",
+            self.dbs.on_change, heartbeat_ms=1000, backoff=Backoff(random=lambda: 1.0),
+            track_backlog=True)
+        self.dbs.routers["notes"].caught_up = follower.caught_up_time  # as the assembly
+        follower.start()
+        self.addCleanup(follower.stop)
+        self.agent.answer_position(10)
+        self.stream = self.agent.respond()
+        self.clock.advance(1.0)
+        self.stream.send(line(change("n1", "1-a", 11, roles=["staff"])))  # indexed
+
+    def set_roles(self, user, roles):
+        """As a _users change does (the fake gateway has no databases: this test's
+        ApplicationDatabases is told as the real one would be)."""
+        conn = self.gateway.registry.connections_of(user)[0]
+        old, old_since = conn.roles, conn.roles_since
+        self.gateway.dispatch.user_roles_changed(user, roles)
+        self.dbs.roles_changed(conn, old, old_since)
+
+    def about(self, conn, doc_id):
+        return [(m.get("removed"), m.get("rev")) for m in conn.received
+                if m.get("id") == doc_id]
+
+    def test_granted_and_taken_while_the_feed_was_cut(self):
+        self.stream.end(ResponseFailed([ConnectionLost()]))  # n1 may change meanwhile
+        self.clock.advance(5)
+        self.set_roles("gus", ("staff",))
+        self.clock.advance(5)
+        self.set_roles("gus", ())
+        self.assertEqual(self.about(self.gus, "n1"), [])
+        self.set_roles("olga", ())  # held while the index was current: told
+        self.assertEqual(self.about(self.olga, "n1"), [(None, "1-a"), (True, "1-a")])
+
+    def test_live_the_index_is_current(self):
+        self.clock.advance(1)
+        self.set_roles("gus", ("staff",))
+        self.clock.advance(1)
+        self.stream.send(b"\n")  # the feed is alive after the grant
+        self.set_roles("gus", ())
+        self.assertEqual(self.about(self.gus, "n1"), [(True, "1-a")])
+
+    def test_a_forbidden_subscription_looks_missing(self):
+        """A doc: subscription the index cannot decide is checked against CouchDB: the
+        subscriber who may not read the document is told removed without its rev, as for
+        a missing one."""
+        self.revisions.current["n7"] = {"_id": "n7", "_rev": "5-x", "roles": ["staff"]}
+        self.gateway.registry.subscribe(self.olga, doc_topic("notes", "n7"))
+        self.gateway.registry.subscribe(self.olga, doc_topic("notes", "n8"))  # missing
+        self.set_roles("olga", ())
+        self.assertEqual(self.about(self.olga, "n7"), [(True, None)])
+        self.assertEqual(self.about(self.olga, "n8"), [(True, None)])

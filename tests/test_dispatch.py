@@ -30,6 +30,7 @@ class RecordingDatabases:
         self.names = set(names)
         self.changes = []
         self.roles = []
+        self.since = []  # (held the old roles since, holds the new ones since)
 
     def __contains__(self, db):
         return db in self.names
@@ -38,8 +39,9 @@ class RecordingDatabases:
         self.changes.append((db, change["id"]))
         return "routed by the databases"
 
-    def roles_changed(self, conn, old_roles):
+    def roles_changed(self, conn, old_roles, old_since=None):
         self.roles.append((conn.user_id, tuple(old_roles), tuple(conn.roles)))
+        self.since.append((old_since, conn.roles_since))
 
 
 class UsersChangeTests(unittest.TestCase):
@@ -66,7 +68,10 @@ class UsersChangeTests(unittest.TestCase):
 
     def test_roles_follow_the_users_document(self):
         """New roles replace the connections' roles, the registry's role index follows,
-        and the application databases are told (with the roles held before)."""
+        and the application databases are told (with the roles held before, and since
+        when); the connections hold the new ones from now."""
+        opened = [conn.roles_since for conn in self.alice]
+        self.clock.advance(3)
         self.dispatch.on_change("_users", users_change("alice", 8, ["writer", 5]))
         for conn in self.alice:
             self.assertEqual(conn.roles, ("writer",))
@@ -74,6 +79,8 @@ class UsersChangeTests(unittest.TestCase):
             "writer")), sorted(c.connection_id for c in self.alice))
         self.assertEqual(self.registry.connections_with_role("reader"), [])
         self.assertEqual(self.databases.roles, [("alice", ("reader",), ("writer",))] * 2)
+        self.assertEqual(sorted(self.databases.since),
+                         sorted((t, self.clock.seconds()) for t in opened))
 
     def test_unchanged_roles_change_nothing(self):
         """The same roles again: nobody is re-indexed, the databases are not told."""

@@ -203,6 +203,11 @@ class BacklogRolesTests(unittest.TestCase):
         yield gus.next("connected")
 
         follower = [f for f in gw.followers if f.db == db][0]
+        # The feed is known caught up at its last byte (a heartbeat a second): olga's
+        # role counts for what follows it.
+        since = gw.gateway.registry.connections_of("olga")[0].roles_since
+        yield harness.wait_for(lambda: (follower.last_byte_at or 0) > since,
+                               what="a heartbeat after olga's admission")
         proxy.cut()
         yield harness.wait_for(lambda: follower.state != "connected", what="the feed to notice")
         put("kept", owner="nobody")

@@ -11,7 +11,10 @@ user's ``_users`` document changed, or a refreshed token carries fewer roles), i
 ``removed`` for each document the readers index knows that role opened and the user may
 no longer read (``rev`` of that revision, ``seq`` of the database's last change), and its
 ``doc:`` subscriptions are checked again (those the index does not know, against CouchDB):
-one it may no longer read ends with ``removed`` and ``unsubscribed`` ``access_lost``.
+one it may no longer read ends with ``removed`` and ``unsubscribed`` ``access_lost`` (with
+the rev the old roles read, else none: a forbidden document looks as a missing one).
+A lost role is announced only when it was held since the feed was last caught up
+(``DatabaseRouter.caught_up``: the index may be stale while the feed is cut or behind).
 Documents the index does not hold (evicted, or unchanged since the process started) are
 not announced: the client sees its roles in ``user-change`` and reloads what depends on
 them.  A role gained sends nothing by itself: the next change of each document it opens
@@ -107,18 +110,21 @@ class ApplicationDatabases:
 
     # -- roles --------------------------------------------------------------------------
 
-    def roles_changed(self, conn, old_roles: Iterable[str]):
+    def roles_changed(self, conn, old_roles: Iterable[str], old_since: Optional[float] = None):
         """
-        The connection's roles changed from ``old_roles`` to ``conn.roles`` (already
-        re-indexed in the registry): tell it what it lost (see the module docstring).
-        Returns a Deferred when ``doc:`` subscriptions are checked against CouchDB.
+        The connection's roles changed from ``old_roles`` (held since ``old_since``, None:
+        always) to ``conn.roles`` (already re-indexed in the registry): tell it what it
+        lost (see the module docstring).  Returns a Deferred when ``doc:`` subscriptions
+        are checked against CouchDB.
         """
         old_roles = tuple(old_roles)
         lost = set(old_roles) - set(conn.roles)
         pending = []
         for db, router in self.routers.items():
             checked = set()
-            if lost:
+            # The index holds what was current when the feed was last caught up: the
+            # old roles read it then only if held since (docs/security.rst).
+            if lost and (old_since is None or old_since <= router.caught_up()):
                 candidates = set()
                 for role in lost:
                     candidates.update(router.index.docs_opened_by(role))
@@ -138,7 +144,9 @@ class ApplicationDatabases:
                 entry = router.index.get(doc_id)
                 if entry is not None:
                     if not may_read(entry.principals, conn.user_id, conn.roles):
-                        self._lost(conn, router, doc_id, entry.rev)
+                        # its rev only if the old roles read it (missing looks the same)
+                        known = may_read(entry.principals, conn.user_id, old_roles)
+                        self._lost(conn, router, doc_id, entry.rev if known else None)
                 else:
                     pending.append(self._recheck(conn, router, doc_id))
         if pending:
@@ -169,4 +177,5 @@ class ApplicationDatabases:
         if conn not in self.directory or topic not in conn.topics:
             return
         if doc is None or not router.rule.may_read(doc, conn.user_id, conn.roles):
-            self._lost(conn, router, doc_id, doc.get("_rev") if doc else None)
+            # no rev: a forbidden document looks as a missing one (docs/security.rst)
+            self._lost(conn, router, doc_id, None)

@@ -79,6 +79,10 @@ from realtime.databases.topics import (  # noqa: F401 (re-exported)
 from realtime.vocabulary import ROLES_BEFORE
 
 
+def _ALWAYS() -> float:
+    return float("inf")
+
+
 class DatabaseStats:
     """Counters of one database's routing (read by the metrics at each scrape)."""
 
@@ -124,6 +128,9 @@ class DatabaseRouter:
         self._db_topic = db_topic(rule.db)
         #: seq of the last change seen (routed or not); None before the first
         self.last_seq = None
+        #: when the feed was last known caught up (the follower's ``caught_up_time``, set
+        #: by the assembly); without a follower, always
+        self.caught_up: Callable[[], float] = _ALWAYS
 
     # -- the feed callback -------------------------------------------------------------
 

@@ -13,100 +13,151 @@ every change row with :data:`realtime.vocabulary.ROLES_BEFORE`: a time such that
 connection holding its roles since then, or earlier, held them when the change was made.
 
 - Live, the stamp is the row's arrival time.
-- After a reconnection, the follower first asks CouchDB where its newest change is
-  (``_changes?descending=true&limit=1``, sent at time T); the rows up to that seq are the
-  backlog, stamped with the last time the feed was known caught up: when the stream ended
-  (a live stream carries every change made before its end), or its last byte when the
-  watchdog ended it for its silence; earlier still if a row was left unprocessed (its
-  arrival).  Once the row at that seq arrives (the same seq, or a greater integer seq on
-  pouchdb-server), every change made before T has arrived: the feed is live again.  When
-  that row never comes (its document changed again, so the feed lists it later, under a
-  string seq), a heartbeat after a whole heartbeat interval without a change means the
-  same: CouchDB had nothing more to send.
+- Whenever the stream is lost (it ended, the watchdog cut it, a request failed), the feed
+  is behind.  It was last known caught up at the stream's last byte (nothing is known of
+  the time after it), or earlier, at the arrival of a row left unprocessed.
+- Behind, the follower does not stream: it reads the backlog with the normal feed, in
+  batches of :data:`BACKLOG_BATCH` after ``last_seq``
+  (:class:`realtime.feeds.couchreads.ChangesReader`: deadlines, retries, documents too
+  deep to parse), each row stamped with the time the feed was last caught up.  A batch
+  shorter than that holds every change made before it was asked for: once its rows are
+  processed the feed is live again, caught up at that moment, and streams from the
+  batch's ``last_seq``.  No seq is compared or parsed: the end is exact on CouchDB 2/3
+  (string seqs) as on pouchdb-server.
+- Live rows held behind a slow one (a previous revision read from CouchDB) keep their
+  arrival stamps; when :data:`realtime.feeds.rows.MAX_HELD_LINES` are held, the stream is
+  not paused (changes made during a pause would arrive later, looking live) but dropped,
+  and what follows is read again as a backlog.
 - Before the first caught-up moment (a follower started from an explicit ``since``), the
   stamp is minus infinity: nobody's roles count.
 
 :class:`CatchUp` is a mixin of :class:`~realtime.feeds.changes.ChangesFollower`; it uses
-the follower's ``_clock``, ``heartbeat_ms``, ``last_seq``, ``last_byte_at``, ``_paused``
-``_stall_abort`` and ``_busy_row``.
+the follower's ``_agent``, ``_base``, ``_clock``, ``_admin_auth``, ``watchdog_seconds``,
+``db``, ``last_seq``, ``last_byte_at``, ``_busy_row``, ``_body``, ``_paused``,
+``_request``, ``_running``, ``_backoff``, ``_take``, ``_connect``,
+``_schedule_reconnect``, ``_set_state`` and ``_credentials_hint``.
 """
 
 from __future__ import annotations
 
+from twisted.internet.defer import CancelledError
+
+from realtime.feeds.couchreads import ChangesReader
 from realtime.vocabulary import ROLES_BEFORE
 
+#: changes per read of the backlog (their documents are held in memory together)
+BACKLOG_BATCH = 200
+
 _NEVER = float("-inf")
-
-
-def reached(seq, target) -> bool:
-    """Whether the row at ``seq`` is, or comes after, the one at ``target``: the same
-    (opaque) seq, or integer seqs in order.  A string seq is never parsed."""
-    if seq == target:
-        return True
-    ints = isinstance(seq, int) and isinstance(target, int)
-    return ints and not isinstance(seq, bool) and not isinstance(target, bool) and seq >= target
 
 
 class CatchUp:
     """The backlog of a follower (see the module docstring)."""
 
-    def _init_catch_up(self, track_backlog: bool) -> None:
+    def _init_catch_up(self, track_backlog: bool, since) -> None:
         self.track_backlog = track_backlog
-        self._position_read = False  # a position was just read: the stream comes next
-        self._backlog_to = None  # the seq ending the backlog; None: live
-        self._position_at = _NEVER  # when the last position request was sent
+        self._behind = track_backlog and since != "now"
         self._caught_up_at = _NEVER  # the stamp of the backlog's rows
-        self._last_row_at = _NEVER  # arrival of the last change row (or of the stream)
+        self._requested_at = _NEVER  # when the last request was sent
+        self._backlog_end = None  # (last_seq, caught up at) of a complete last batch
+        self._reader = (ChangesReader(self._agent, self._base, self._clock,
+                                      self._admin_auth, timeout=self.watchdog_seconds)
+                        if track_backlog else None)
 
     @property
     def catching_up(self) -> bool:
-        """Rows of the backlog are being read (a reconnection's, up to its position)."""
-        return self._backlog_to is not None
+        """The feed is behind: the backlog is read before streaming again."""
+        return self.track_backlog and self._behind
 
-    def _asking_position(self) -> None:
-        self._position_at = self._clock.seconds()
-
-    def _position_is(self, seq) -> None:
-        """CouchDB's newest change is at ``seq``; the stream will start from ``last_seq``."""
-        self._position_read = True
-        if self.last_seq == "now" or seq == self.last_seq:
-            self._live(self._position_at)
-        else:
-            self._backlog_to = seq
+    def caught_up_time(self) -> float:
+        """When the feed was last known caught up: live, its last byte (or the moment it
+        became live); behind, the last such time before it fell behind."""
+        if self._behind:
+            return self._caught_up_at
+        return max(self._caught_up_at, self.last_byte_at or _NEVER)
 
     def _live(self, caught_up_at: float) -> None:
-        self._backlog_to = None
+        self._behind = False
         self._caught_up_at = caught_up_at
 
     def _fell_behind(self) -> None:
-        """The stream ended (called before the unprocessed rows are dropped)."""
-        if not self.track_backlog or self._backlog_to is not None:
+        """The stream is lost (called before each reconnection)."""
+        if not self.track_backlog or self._behind:
             return
-        ended = self.last_byte_at if self._stall_abort else self._clock.seconds()
-        at = max(self._caught_up_at, _NEVER if ended is None else ended)
+        at = self.caught_up_time()
+        self._behind = True
         busy = self._busy_row
         if busy is not None:
             at = min(at, busy.get(ROLES_BEFORE, at))
         self._caught_up_at = at
 
-    def _stream_began(self) -> None:
-        self._last_row_at = self._clock.seconds()
-
-    def _heard(self, data: bytes) -> None:
-        """Bytes of the stream arrived: a lone heartbeat may end the backlog."""
-        if self._backlog_to is None or self._paused or data.strip():
-            return
-        if self._clock.seconds() - self._last_row_at >= self.heartbeat_ms / 1000.0:
-            self._live(self._last_row_at)
-
     def _stamp(self, row: dict) -> None:
-        """A change row arrived: stamp it (see the module docstring)."""
-        if not self.track_backlog:
+        """A change row of the stream arrived: stamp it (see the module docstring)."""
+        if self.track_backlog:
+            row[ROLES_BEFORE] = self._caught_up_at if self._behind \
+                else self._clock.seconds()
+
+    def _shed(self) -> None:
+        """Too many rows held behind a slow one: drop the stream, read them again later."""
+        self._log.info("changes feed of {db}: changes wait behind a slow one; the stream "
+                       "is dropped and they are read again as a backlog", db=self.db)
+        self._paused = True  # nothing more is held or re-armed until it has ended
+        self._stall_abort = True  # not an error
+        self._body.abort()
+
+    # -- reading the backlog ------------------------------------------------------------
+
+    def _reading_backlog(self) -> bool:
+        """Called by ``_connect`` (nothing being processed): True when it asked for the
+        next batch of the backlog; False to stream (the backlog just ended, or none)."""
+        if not self.catching_up:
+            return False
+        if self._backlog_end is not None:
+            last, at = self._backlog_end
+            self._backlog_end = None
+            if last is not None:
+                self.last_seq = last
+            self._live(at)
+            return False
+        d = self._reader.changes(self.db, self.last_seq, BACKLOG_BATCH)
+        self._request = d
+        d.addCallbacks(self._batch_read, self._batch_failed, callbackArgs=(d,),
+                       errbackArgs=(d,))
+        return True
+
+    def _batch_read(self, answer: dict, d) -> None:
+        if self._request is not d:
             return
-        now = self._last_row_at = self._clock.seconds()
-        if self._backlog_to is None:
-            row[ROLES_BEFORE] = now
+        self._request = None
+        results = answer.get("results")
+        if not isinstance(results, list):
+            self._batch_failed(None, d, "CouchDB's _changes answer holds no results")
             return
-        row[ROLES_BEFORE] = self._caught_up_at
-        if reached(row.get("seq"), self._backlog_to):
-            self._live(self._position_at)
+        self.missing = False
+        self.last_error = None
+        self.last_byte_at = self._clock.seconds()
+        self._backoff.reset()
+        self._set_state(self.CONNECTED)
+        if len(results) < BACKLOG_BATCH:
+            self._backlog_end = (answer.get("last_seq"), self._requested_at)
+        for row in results:
+            if isinstance(row, dict) and "id" in row and "seq" in row:
+                row[ROLES_BEFORE] = self._caught_up_at
+                self._take(row)
+        self._connect()  # once they are processed: the next batch, or the stream
+
+    def _batch_failed(self, failure, d, error: str = "") -> None:
+        if failure is not None:
+            if self._request is not d or failure.check(CancelledError):
+                return
+            self._request = None
+            status = getattr(failure.value, "status", None)
+            self.missing = status == 404
+            error = str(failure.value) + (self._credentials_hint(status) if status else "")
+        if not self._running:
+            return
+        self._backlog_end = None
+        self.last_error = "reading the backlog: " + error
+        self._log.warn("changes feed of {db}: {error}; retrying", db=self.db,
+                       error=self.last_error)
+        self._schedule_reconnect()

@@ -94,8 +94,8 @@ class ChangesFollower(ChangeRows, CatchUp):
         once that fires (later changes wait for it).  An exception it raises is logged
         and the change still counts as processed (one bad document must not stall the feed).
     :param on_state: optional ``on_state(follower)`` called on every state change.
-    :param track_backlog: stamp each change with the time before which roles count, asking
-        CouchDB's position at each reconnection (:mod:`realtime.feeds.catchup`).
+    :param track_backlog: stamp each change with the time before which roles count, and
+        read the backlog of each reconnection in batches (:mod:`realtime.feeds.catchup`).
     """
 
     _log = Logger()
@@ -135,7 +135,7 @@ class ChangesFollower(ChangeRows, CatchUp):
         self._running = False
         self._stall_abort = False
         self._init_rows()
-        self._init_catch_up(track_backlog)
+        self._init_catch_up(track_backlog, since)
 
     # -- public -------------------------------------------------------------------------
 
@@ -148,6 +148,7 @@ class ChangesFollower(ChangeRows, CatchUp):
     def stop(self) -> None:
         self._running = False
         self._drop_held()
+        self._backlog_end = None  # its rows were dropped: read again from last_seq
         self._cancel_timer("_retry")
         self._cancel_timer("_watchdog")
         if self._request is not None:
@@ -217,15 +218,15 @@ class ChangesFollower(ChangeRows, CatchUp):
             self._connect_when_idle = True
             return
         self._stall_abort = False
+        self._requested_at = self._clock.seconds()
+        if self._reading_backlog():
+            return
         self._set_state(self.CONNECTING if self.reconnects == 0 else self.RECONNECTING)
         headers = Headers(couch_headers(self._admin_auth))
         self._arm_watchdog()
-        # "now" is our own marker: CouchDB never names a seq "now"
-        if self.last_seq == "now" or (self.track_backlog and not self._position_read):
-            self._asking_position()
+        if self.last_seq == "now":  # our own marker: CouchDB never names a seq "now"
             url, answered = self.position_url(), self._got_position
         else:
-            self._position_read = False
             url, answered = self.url(), self._got_response
         d = self._agent.request(b"GET", url, headers, None)
         self._request = d
@@ -257,9 +258,8 @@ class ChangesFollower(ChangeRows, CatchUp):
             self._schedule_reconnect()
             return
         self.missing = False
-        self._position_is(seq)
-        if self.last_seq == "now":
-            self.last_seq = seq
+        self.last_seq = seq
+        self._live(self._requested_at)  # everything before the question is before seq
         self._connect()
 
     def _refused(self, response) -> None:
@@ -307,7 +307,6 @@ class ChangesFollower(ChangeRows, CatchUp):
     def _body_started(self, body: _FeedBody) -> None:
         self._body = body
         self._parser = LineParser(self._line, on_overflow=self._overflow)
-        self._stream_began()
 
     def _body_data(self, body: _FeedBody, data: bytes) -> None:
         if body is not self._body:
@@ -320,14 +319,12 @@ class ChangesFollower(ChangeRows, CatchUp):
         self.last_byte_at = self._clock.seconds()
         if not self._paused:
             self._arm_watchdog()
-        self._heard(data)
         self._parser.feed(data)
 
     def _body_ended(self, body: _FeedBody, reason) -> None:
         if body is not self._body:
             return
         self._body = None
-        self._fell_behind()
         self._drop_held()  # read again from the resume point
         if not self._running:
             return
@@ -337,6 +334,7 @@ class ChangesFollower(ChangeRows, CatchUp):
         self._schedule_reconnect()
 
     def _schedule_reconnect(self) -> None:
+        self._fell_behind()
         self._cancel_timer("_watchdog")
         if not self._running or self._retry is not None:
             return
@@ -351,8 +349,9 @@ class ChangesFollower(ChangeRows, CatchUp):
 
 
     def silent_seconds(self) -> Optional[float]:
-        """Seconds since the stream's last byte (a change or a heartbeat), while connected."""
-        if self.state != self.CONNECTED or self.last_byte_at is None:
+        """Seconds since the stream's last byte (a change or a heartbeat), while connected
+        (not while the backlog is read: no stream)."""
+        if self.state != self.CONNECTED or self.last_byte_at is None or self.catching_up:
             return None
         return max(0.0, self._clock.seconds() - self.last_byte_at)
 

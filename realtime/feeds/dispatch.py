@@ -87,10 +87,10 @@ class ChangeDispatch:
     def connection_roles_changed(self, conn, old_roles) -> None:
         """A connection's roles changed (``_users`` document, refreshed token): it holds
         them from now on (``roles_since``: see :mod:`realtime.databases.routing`)."""
-        conn.roles_since = self._clock.seconds()
+        old_since, conn.roles_since = conn.roles_since, self._clock.seconds()
         self._registry.reindex_roles(conn)
         if self._databases is not None:
             try:
-                self._databases.roles_changed(conn, old_roles)
+                self._databases.roles_changed(conn, old_roles, old_since)
             except Exception:
                 self._log.failure("applying a change of roles failed")

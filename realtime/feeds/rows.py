@@ -147,9 +147,16 @@ class ChangeRows:
             return
         if "id" in row and "seq" in row:
             self._stamp(row)
+        self._take(row)
+
+    def _take(self, row: dict) -> None:
+        """Process a row now, or hold it behind the one being processed."""
         if self._busy is not None:
             self._held.append(row)
             if len(self._held) >= MAX_HELD_LINES and not self._paused and self._body:
+                if self.track_backlog:
+                    self._shed()  # see realtime.feeds.catchup
+                    return
                 self._paused = True
                 self._cancel_timer("_watchdog")
                 self._body.pause()

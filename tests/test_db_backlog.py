@@ -10,14 +10,14 @@ The follower runs on a fake agent (CouchDB cut and back, as in tests/test_change
 import json
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.trial import unittest
 from twisted.web.client import ResponseFailed
 
 from realtime.databases.application import ApplicationDatabases
 from realtime.databases.routing import DatabaseRouter, doc_topic
 from realtime.databases.rulefile import parse_rules
-from realtime.feeds.catchup import BACKLOG_BATCH
+from realtime.feeds.catchup import BACKLOG_BATCH, LIVE_WITHIN
 from realtime.feeds.changes import ChangesFollower
 from realtime.feeds.rows import MAX_HELD_LINES
 from realtime.feeds.stream import Backoff
@@ -104,8 +104,8 @@ class FollowerStampTests(unittest.TestCase):
         batch(self.agent, full)
         self.assertEqual(self.query()["since"], [str(10 + BACKLOG_BATCH)])
         self.assertNotIn("feed", self.query())
-        self.clock.advance(1.0)
-        asked = self.clock.seconds()
+        asked = self.clock.seconds()  # (the next batch was asked for at once)
+        self.clock.advance(LIVE_WITHIN)  # answered and processed within it: live
         batch(self.agent, [change("z", "1-z", 300)], last_seq=301)
         self.assertEqual({r[ROLES_BEFORE] for r in self.rows}, {last_byte})
         self.assertEqual(len(self.rows), BACKLOG_BATCH + 1)
@@ -117,9 +117,10 @@ class FollowerStampTests(unittest.TestCase):
         self.stream.send(line(change("c", "1-c", 302)))
         self.assertEqual(self.rows[-1][ROLES_BEFORE], self.clock.seconds())
         self.cut(after=0.0)  # caught up at the catch-up, or the last byte since
+        last_byte = self.clock.seconds()
         self.clock.advance(1.0)
         batch(self.agent, [change("d", "1-d", 303)])
-        self.assertEqual(self.rows[-1][ROLES_BEFORE], self.clock.seconds() - 1.0)
+        self.assertEqual(self.rows[-1][ROLES_BEFORE], last_byte)
         self.assertGreater(self.rows[-1][ROLES_BEFORE], asked)
 
     def test_string_seqs_on_a_busy_database(self):
@@ -396,3 +397,88 @@ class RolesChangedTests(unittest.TestCase):
         self.set_roles("olga", ())
         self.assertEqual(self.about(self.olga, "n7"), [(True, None)])
         self.assertEqual(self.about(self.olga, "n8"), [(True, None)])
+
+
+class CatchUpEdgeTests(unittest.TestCase):
+    """The edges of a catch-up (from a review): a slow last batch, a stream lost before
+    its first byte, a change waiting while live, a refused seq, a stop."""
+
+    def setUp(self):
+        self.clock = make_gateway().clock
+        self.agent = FakeAgent()
+        self.rows = []
+
+    def make(self, since, slow=None):
+        self.pending = Deferred()
+
+        def on_change(db, row):
+            self.rows.append(row)
+            return self.pending if row["id"] == slow else None
+        follower = ChangesFollower(
+            self.agent, self.clock, "http://couch.test", "notes", on_change,
+            heartbeat_ms=1000, since=since, backoff=Backoff(random=lambda: 1.0),
+            track_backlog=True)
+        follower.start()
+        self.addCleanup(follower.stop)
+        return follower
+
+    def test_a_slowly_processed_last_batch_is_followed_by_another(self):
+        """The stream would start only once the short batch's rows are processed: when
+        that took longer than LIVE_WITHIN, the changes made meanwhile are read as a
+        backlog too, and only a batch processed at once ends it."""
+        follower = self.make(since=5, slow="slow")
+        batch(self.agent, [change("slow", "2-s", 6)], last_seq=6)
+        self.clock.advance(LIVE_WITHIN + 0.1)
+        self.pending.callback(None)
+        self.assertTrue(follower.catching_up)
+        self.assertEqual(self.agent.last_query()["since"], ["6"])
+        self.assertNotIn("feed", self.agent.last_query())
+        batch(self.agent, [change("during", "2-d", 7)])
+        self.assertEqual(self.rows[-1][ROLES_BEFORE], float("-inf"))
+        self.assertFalse(follower.catching_up)
+        self.assertEqual(self.agent.last_query()["feed"], ["continuous"])
+
+    def test_caught_up_when_asked_not_when_answered(self):
+        """A stream lost before its first byte: the next backlog is stamped with the time
+        the last batch was asked for, not when its answer came."""
+        self.make(since=5)
+        self.clock.advance(1.0)  # (a follower from an explicit seq: -inf first)
+        self.rows.clear()
+        asked = self.clock.seconds()
+        self.clock.advance(0.4)
+        batch(self.agent, [change("a", "1-a", 6)])
+        self.agent.requests[-1][3].errback(ConnectionRefusedError())
+        self.clock.advance(1.0)
+        batch(self.agent, [change("b", "1-b", 7)])
+        self.assertLessEqual(self.rows[-1][ROLES_BEFORE], asked)
+
+    def test_caught_up_time_while_a_change_waits(self):
+        """Live, a change read and not yet processed holds the readers index back."""
+        follower = self.make(since="now", slow="slow")
+        self.agent.answer_position(20)
+        stream = self.agent.respond()
+        stream.send(line(change("slow", "2-s", 21)))
+        arrived = self.clock.seconds()
+        self.clock.advance(5.0)
+        stream.send(line(change("held", "2-h", 22)))
+        self.clock.advance(5.0)
+        stream.send(b"\n")
+        self.assertEqual(follower.caught_up_time(), arrived)
+        self.pending.callback(None)
+        self.assertEqual(follower.caught_up_time(), self.clock.seconds())
+
+    def test_a_refused_seq_says_what_failed(self):
+        follower = self.make(since=5)
+        self.agent.respond(400).end()
+        self.assertEqual(follower.last_error, "reading the backlog: SeqRefused")
+
+    def test_stopped_and_started_again_it_is_behind(self):
+        """Changes made while a follower was stopped are a backlog."""
+        follower = self.make(since="now")
+        self.agent.answer_position(10)
+        self.agent.respond().send(b"\n")
+        follower.stop()
+        self.clock.advance(60.0)
+        follower.start()
+        self.assertTrue(follower.catching_up)
+        self.assertEqual(self.agent.last_query()["since"], ["10"])

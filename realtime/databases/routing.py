@@ -44,8 +44,9 @@ When no connection could be told (nobody connected, or subscribed), CouchDB is n
 The directory (the hub's registry) must provide: ``connections()``,
 ``user_connections(user)`` and ``role_connections(role)`` (views, iterated at once),
 ``subscribers(topic)``, ``unsubscribe(conn, topic)``, ``deliver(conns, text, type)``
-(frames once, returns the count) and ``len()``.  A connection provides ``connection_id``,
-``user_id``, ``roles``, ``roles_since`` and ``send_json``.
+(frames once, returns the count), ``newest_roles_since`` (the latest ``roles_since`` it
+was given) and ``len()``.  A connection provides ``connection_id``, ``user_id``,
+``roles``, ``roles_since`` and ``send_json``.
 """
 
 from __future__ import annotations
@@ -253,6 +254,8 @@ class DatabaseRouter:
                new_readers: Principals, previous) -> None:
         db, seq, timestamp = self.db, change.get("seq"), self._timestamp()
         stats, before = self.stats, change.get(ROLES_BEFORE)
+        if before is not None and before >= self.directory.newest_roles_since:
+            before = None  # every connection held its roles then: nothing to filter
         if previous is UNKNOWN:
             stats.undecidable += 1
             self._log.warn("previous readers of a document of {db} unknown (compacted, or "

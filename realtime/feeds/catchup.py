@@ -21,9 +21,11 @@ connection holding its roles since then, or earlier, held them when the change w
   (:class:`realtime.feeds.couchreads.ChangesReader`: deadlines, retries, documents too
   deep to parse), each row stamped with the time the feed was last caught up.  A batch
   shorter than that holds every change made before it was asked for: once its rows are
-  processed the feed is live again, caught up at that moment, and streams from the
-  batch's ``last_seq``.  No seq is compared or parsed: the end is exact on CouchDB 2/3
-  (string seqs) as on pouchdb-server.
+  processed, if that took at most :data:`LIVE_WITHIN`, the feed is live again, caught up
+  when the batch was asked for, and streams from the batch's ``last_seq`` (the changes
+  made meanwhile come first, stamped with their arrival: at most that much later than
+  they were made).  If it took longer, another batch is read.  No seq is compared or
+  parsed: the end is exact on CouchDB 2/3 (string seqs) as on pouchdb-server.
 - Live rows held behind a slow one (a previous revision read from CouchDB) keep their
   arrival stamps; when :data:`realtime.feeds.rows.MAX_HELD_LINES` are held, the stream is
   not paused (changes made during a pause would arrive later, looking live) but dropped,
@@ -47,6 +49,11 @@ from realtime.vocabulary import ROLES_BEFORE
 
 #: changes per read of the backlog (their documents are held in memory together)
 BACKLOG_BATCH = 200
+
+#: a short batch ends the backlog only when its rows were processed within this many
+#: seconds of asking for it (else another batch is read): changes made in between arrive
+#: first on the stream, stamped live
+LIVE_WITHIN = 0.5
 
 _NEVER = float("-inf")
 
@@ -74,7 +81,11 @@ class CatchUp:
         became live); behind, the last such time before it fell behind."""
         if self._behind:
             return self._caught_up_at
-        return max(self._caught_up_at, self.last_byte_at or _NEVER)
+        at = max(self._caught_up_at, self.last_byte_at or _NEVER)
+        busy = self._busy_row  # arrived, not yet processed: the index is behind it
+        if busy is not None:
+            at = min(at, busy.get(ROLES_BEFORE, at))
+        return at
 
     def _live(self, caught_up_at: float) -> None:
         self._behind = False
@@ -84,12 +95,8 @@ class CatchUp:
         """The stream is lost (called before each reconnection)."""
         if not self.track_backlog or self._behind:
             return
-        at = self.caught_up_time()
+        self._caught_up_at = self.caught_up_time()
         self._behind = True
-        busy = self._busy_row
-        if busy is not None:
-            at = min(at, busy.get(ROLES_BEFORE, at))
-        self._caught_up_at = at
 
     def _stamp(self, row: dict) -> None:
         """A change row of the stream arrived: stamp it (see the module docstring)."""
@@ -110,15 +117,16 @@ class CatchUp:
     def _reading_backlog(self) -> bool:
         """Called by ``_connect`` (nothing being processed): True when it asked for the
         next batch of the backlog; False to stream (the backlog just ended, or none)."""
-        if not self.catching_up:
+        if not self.catching_up or self.last_seq == "now":  # "now": the position first
             return False
         if self._backlog_end is not None:
             last, at = self._backlog_end
             self._backlog_end = None
-            if last is not None:
-                self.last_seq = last
-            self._live(at)
-            return False
+            if self._clock.seconds() - at <= LIVE_WITHIN:
+                if last is not None:
+                    self.last_seq = last
+                self._live(at)
+                return False
         d = self._reader.changes(self.db, self.last_seq, BACKLOG_BATCH)
         self._request = d
         d.addCallbacks(self._batch_read, self._batch_failed, callbackArgs=(d,),
@@ -134,8 +142,7 @@ class CatchUp:
             self._batch_failed(None, d, "CouchDB's _changes answer holds no results")
             return
         self.missing = False
-        self.last_error = None
-        self.last_byte_at = self._clock.seconds()
+        self.last_error = None  # (not a byte of a stream: last_byte_at stays)
         self._backoff.reset()
         self._set_state(self.CONNECTED)
         if len(results) < BACKLOG_BATCH:
@@ -153,7 +160,8 @@ class CatchUp:
             self._request = None
             status = getattr(failure.value, "status", None)
             self.missing = status == 404
-            error = str(failure.value) + (self._credentials_hint(status) if status else "")
+            error = (str(failure.value) or type(failure.value).__name__) + (
+                self._credentials_hint(status) if status else "")
         if not self._running:
             return
         self._backlog_end = None

@@ -147,6 +147,7 @@ class ChangesFollower(ChangeRows, CatchUp):
 
     def stop(self) -> None:
         self._running = False
+        self._fell_behind()  # changes made while stopped are a backlog
         self._drop_held()
         self._backlog_end = None  # its rows were dropped: read again from last_seq
         self._cancel_timer("_retry")

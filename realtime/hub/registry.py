@@ -102,11 +102,15 @@ class Registry:
         # token ids revoked lately (bounded, oldest dropped first): a connection still being
         # admitted when its token's revocation came learns it here (see :meth:`revoked`)
         self._recently_revoked: "OrderedDict[str, None]" = OrderedDict()
+        #: the latest ``roles_since`` of a connection registered or re-indexed (a change
+        #: stamped later is judged with everyone's roles: databases.routing)
+        self.newest_roles_since = float("-inf")
 
     # -- membership ---------------------------------------------------------------------
 
     def add(self, conn: Connection) -> None:
         assert conn.user_id is not None, "only authenticated connections are registered"
+        self._roles_given(conn)
         self._by_id[conn.connection_id] = conn
         self._by_user.setdefault(conn.user_id, {})[conn.connection_id] = conn
         self._index_roles(conn)
@@ -174,8 +178,13 @@ class Registry:
         """The connection's ``roles`` changed: index it under its new ones."""
         if self._by_id.get(conn.connection_id) is not conn:
             return
+        self._roles_given(conn)
         self._unindex_roles(conn)
         self._index_roles(conn)
+
+    def _roles_given(self, conn: Connection) -> None:
+        if conn.roles_since > self.newest_roles_since:
+            self.newest_roles_since = conn.roles_since
 
     def connections_with_role(self, role: str) -> List[Connection]:
         return list(self._by_role.get(role, {}).values())

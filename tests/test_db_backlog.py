@@ -214,7 +214,8 @@ class FollowerStampTests(unittest.TestCase):
     def test_started_from_a_seq_nobody_is_trusted(self):
         """A follower started from an explicit seq knows nothing of the changes before its
         start: it reads them as a backlog, and nobody's roles count for them."""
-        self.make(since=3)
+        follower = self.make(since=3)
+        self.assertEqual(follower.state, "connecting")
         self.assertEqual(self.query()["since"], ["3"])
         batch(self.agent, [change("a", "1-a", 4)])
         self.assertEqual(self.rows[-1][ROLES_BEFORE], float("-inf"))

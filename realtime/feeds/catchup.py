@@ -127,6 +127,8 @@ class CatchUp:
                     self.last_seq = last
                 self._live(at)
                 return False
+        if self.state == self.STOPPED:  # started from an explicit seq
+            self._set_state(self.CONNECTING)
         d = self._reader.changes(self.db, self.last_seq, BACKLOG_BATCH)
         self._request = d
         d.addCallbacks(self._batch_read, self._batch_failed, callbackArgs=(d,),

@@ -144,3 +144,44 @@ class HeldMessagesTests(unittest.TestCase):
             self.assertEqual(client.state, client.STATE_OPEN)
 
         return run()
+
+    def test_connected_leaves_in_the_send_of_the_101(self):
+        """
+        An admission that waits for Redis a moment (answered a few ms later) does not split
+        the handshake's answer: the 101 is kept (corked) until ``connected`` joins it, and
+        the two leave in one write (Outbox.cork).
+        """
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred, inlineCallbacks
+
+        from realtime.transport import fastpath
+
+        gateway = self.gw.gateway
+        real_opened = gateway.presence.connection_opened_now
+
+        def soon(conn_id, user_id, limit=None):
+            d = Deferred()
+            reactor.callLater(0.005, lambda: d.callback(real_opened(conn_id, user_id, limit)))
+            return d
+
+        gateway.presence.connection_opened = soon
+        gateway.presence.connection_opened_now = None  # a presence that must be asked (Redis)
+        writes = []
+        real_write = fastpath.write_now
+
+        def counted(transport, data):
+            writes.append(bytes(data))
+            return real_write(transport, data)
+
+        self.patch(fastpath, "write_now", counted)
+
+        @inlineCallbacks
+        def run():
+            client = yield self.gw.connect(query={"token": make_token("corked", lifetime=60)})
+            yield client.next("connected")
+            answers = [w for w in writes if w.startswith(b"HTTP/1.1 101 ")]
+            self.assertEqual(len(answers), 1, writes)
+            self.assertIn(b'"type":"connected"', answers[0])
+            self.assertEqual(self.gw.factory.batcher._corked_count, 0)  # nothing left waiting
+
+        return run()

@@ -6,7 +6,7 @@ resume replays, and the close of a client that does not read (4100, queue freed)
 
 :class:`Outbox` is a mixin of :class:`realtime.transport.websocket.RealtimeServerProtocol`:
 its state lives in the protocol's slots (``_paused``, ``_queue``, ``_queued_bytes``,
-``_outbox``, ``_outbox_bytes``, ``_batcher``, ``_hold``, ``_drain_timer``).
+``_outbox``, ``_outbox_bytes``, ``_corked``, ``_batcher``, ``_hold``, ``_drain_timer``).
 """
 
 from __future__ import annotations
@@ -118,11 +118,38 @@ class Outbox:
             return False
         return True
 
+    def cork(self) -> None:
+        """
+        Keep what is due (the handshake's 101) until :meth:`uncork`: a session whose
+        admission waits for Redis corks, and its ``connected`` answer then leaves in the
+        same send as the 101, one write per connection instead of two (a reconnect storm
+        on a cluster).  The cork only delays, never reorders: any write of Autobahn's
+        (close, ping, pong) and an outbox past ``OUTBOX_FLUSH_BYTES`` uncork first, and
+        the batcher uncorks after ``TurnBatcher.CORK_SECONDS`` (an admission slower than
+        that gets its 101 first, as without the cork).
+        """
+        if self._outbox is not None and not self._corked:
+            self._corked = True
+            self.factory.batcher.cork(self)
+
+    def uncork(self) -> None:
+        """Write what the cork held at the end of this turn."""
+        if self._corked:
+            self._corked = False
+            batcher = self.factory.batcher
+            batcher.uncorked()
+            if self._outbox is not None:
+                batcher.due(self)
+
     def _flush_outbox(self) -> None:
         """Write this turn's frames at once (from the batcher, or before Autobahn writes)."""
         outbox = self._outbox
         if outbox is None:
             return
+        if self._corked:
+            if self._outbox_bytes <= OUTBOX_FLUSH_BYTES:
+                return
+            self.uncork()
         self._outbox = None
         if self.transport is None:
             return
@@ -130,7 +157,9 @@ class Outbox:
 
     def sendData(self, data, sync=False, chopsize=None):
         # Autobahn's own writes (the handshake's answer, pings, pongs, close) go after the
-        # frames already due.
+        # frames already due (a cork is lifted first).
+        if self._corked:
+            self.uncork()
         if self._outbox is not None:
             self._flush_outbox()
         if (sync or chopsize) and self.send_queue is NO_QUEUE:

@@ -84,6 +84,12 @@ class ISessionTransport(Interface):
     def lift_auth_limits():
         """Authenticated: the configured message size limits apply again."""
 
+    def cork():
+        """Admission waits: keep what is due until uncork (written together then)."""
+
+    def uncork():
+        """Admission answered: write what the cork kept."""
+
     def begin_hold():
         """Hold live frames (a replay runs); returns the hold."""
 

@@ -51,11 +51,13 @@ class SessionAuthentication:
         except Exception:
             self._admission_failed(Failure(), identity)
             return
+        self.transport.cork()  # the 101 waits for the answer: one send for both
         verdict.addCallback(self._admitted, identity)
         verdict.addErrback(self._admission_failed, identity)
 
     def _admitted(self, verdict: str, identity: Identity) -> None:
         self._admitting = False
+        self.transport.uncork()
         held, self._held = self._held, ()
         gateway = self.gateway
         config = gateway.config
@@ -101,6 +103,7 @@ class SessionAuthentication:
 
     def _admission_failed(self, failure, identity=None) -> None:
         self._admitting = False
+        self.transport.uncork()
         self._held = ()
         if failure.check(AuthFailure):  # its token was revoked, or could not be checked
             refusal = failure.value

@@ -78,7 +78,7 @@ _AUTOBAHN_SLOTS = (
 )
 _CONNECTION_SLOTS = _AUTOBAHN_SLOTS + (
     "session", "_auth_outcome", "_counted", "_paused", "_queue", "_queued_bytes", "_closed",
-    "_fragments", "_outbox", "_outbox_bytes", "_batcher", "_ping_sent_at", "_hold",
+    "_fragments", "_outbox", "_outbox_bytes", "_corked", "_batcher", "_ping_sent_at", "_hold",
     "_drain_timer", "release_pending",
 )
 
@@ -123,6 +123,7 @@ class RealtimeServerProtocol(KeepAlive, Outbox, FastHandshake, WebSocketServerPr
         self._fragments = 0
         self._outbox: Optional[list] = None  # frames due this reactor turn (fastpath)
         self._outbox_bytes = 0
+        self._corked = False  # the outbox waits for admission (Outbox.cork)
         self._batcher = None
         self._hold = None  # a resume.Hold while a replay runs: live frames wait in it
         self._drain_timer = None  # closed 4100: the abort if the client does not read

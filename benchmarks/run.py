@@ -174,6 +174,9 @@ class Server:
     def cpu(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.pids)
 
+    def redis_cpu(self) -> float:
+        return cpu_seconds(self.redis.process.pid) if self.redis is not None else 0.0
+
     def command(self, line: str) -> None:
         self.trigger.sendall(line.encode("ascii") + b"\n")
 
@@ -419,6 +422,7 @@ def session(kind: str, n: int, couch, opts, log_dir: str, first_user: int) -> di
         time.sleep(0.5)
         rss0 = server.rss()
         cpu0 = server.cpu()
+        others0 = clients.cpu(), server.redis_cpu()
         parts = split(n, len(clients.procs))
         starts = [first_user + sum(parts[:i]) for i in range(len(parts))]
         spy = None
@@ -440,6 +444,10 @@ def session(kind: str, n: int, couch, opts, log_dir: str, first_user: int) -> di
             "connected": ok, "failed": failed,
             "setup_rate": ok / setup_seconds if setup_seconds > 0 else None,
             "setup_server_cpu": (server.cpu() - cpu0) / setup_seconds,
+            # cores the load clients and the redis-server took while connections were set
+            # up: what the machine's ceiling for two processes leaves them (markdown)
+            "setup_client_cpu": (clients.cpu() - others0[0]) / setup_seconds,
+            "setup_redis_cpu": (server.redis_cpu() - others0[1]) / setup_seconds,
         })
         if ok == 0:
             return result
@@ -570,6 +578,8 @@ def summarise(sessions: list, ns, servers) -> dict:
                 continue
             row = {
                 "setup_rate": median(s.get("setup_rate") for s in mine),
+                **{key: median(s.get(key) for s in mine) for key in (
+                    "setup_server_cpu", "setup_client_cpu", "setup_redis_cpu")},
                 "idle_kb_per_conn": median(s.get("idle_kb_per_conn") for s in mine),
                 "burst_rate": median(s.get("burst", {}).get("rate") for s in mine),
                 "burst_server_cpu": median(s.get("burst", {}).get("server_cpu") for s in mine),
@@ -604,6 +614,44 @@ def ratio(a, b):
     if a is None or not b:
         return "–"
     return f"{a / b:.2f}×"
+
+
+#: a CPU-bound loop in Python: how fast this machine runs two processes at once
+_SPIN = "d = {}\nfor i in range(3_000_000):\n    d[i & 1023] = i * 3 + len(d)\n"
+
+
+def pair_speed(rounds: int = 3) -> float:
+    """
+    The speed of each of two CPU-bound processes run at once, as a share of one run alone
+    (the median of ``rounds`` of each, interleaved): 1.0 when the cores are independent.
+    Shared cores, their caches and the host's other guests make it less.
+    """
+    def spin(count):
+        procs = [subprocess.Popen([sys.executable, "-c", _SPIN]) for _ in range(count)]
+        cpu0 = time.monotonic()
+        for proc in procs:
+            proc.wait()
+        return time.monotonic() - cpu0
+
+    alone, paired = [], []
+    for _ in range(rounds):
+        alone.append(spin(1))
+        paired.append(spin(2))
+    return statistics.median(alone) / statistics.median(paired)
+
+
+def setup_ceiling(one: dict, two: dict) -> str:
+    """
+    What connection setup with two processes could reach on this machine, as a ratio of
+    ``one``'s rate: all its cores, less what the load clients and the redis-server took per
+    connection in ``two``'s sessions, spent at ``one``'s CPU per connection.
+    """
+    try:
+        per_conn = (one["setup_server_cpu"] / one["setup_rate"]
+                    + (two["setup_client_cpu"] + two["setup_redis_cpu"]) / two["setup_rate"])
+        return ratio(os.cpu_count() / per_conn, one["setup_rate"])
+    except (KeyError, TypeError, ZeroDivisionError):
+        return "–"
 
 
 def markdown(summary: dict, couch: dict, ns, servers, meta: dict) -> str:
@@ -653,13 +701,24 @@ def markdown(summary: dict, couch: dict, ns, servers, meta: dict) -> str:
             continue
         lines += ["", "Two gateway processes on one `reuseport:` port (with Redis) as a ratio "
                   f"of {label} in the same run (target ≥ 1.7):", "",
-                  "| N | setup | burst | spread | idle KB/conn |", "|---|---|---|---|---|"]
+                  "| N | setup | setup: the machine's ceiling | burst | spread | idle KB/conn |",
+                  "|---|---|---|---|---|---|"]
         for n, one, two in pairs:
             lines.append(
                 f"| {n:,} | {ratio(two['setup_rate'], one['setup_rate'])} | "
+                f"{setup_ceiling(one, two)} | "
                 f"{ratio(two['burst_rate'], one['burst_rate'])} | "
                 f"{ratio(two['spread_rate'], one['spread_rate'])} | "
                 f"{ratio(two['idle_kb_per_conn'], one['idle_kb_per_conn'])} |")
+        lines += ["", "The machine's ceiling: the rate two processes would reach if each "
+                  "spent on a connection what one process alone spends, and the two cores "
+                  f"({os.cpu_count()}) had nothing else to run but the load clients and the "
+                  "redis-server (their CPU per connection in the two-process sessions), as a "
+                  "ratio of the one process's rate."]
+    if meta.get("pair_speed"):
+        lines += ["", "Two CPU-bound processes at once (a Python loop, in this sitting) "
+                  f"each ran at {meta['pair_speed']:.2f} of their speed alone: the "
+                  "ceiling above assumes 1.00.", ""]
     if couch.get("error"):
         lines += ["", f"CouchDB write → client receipt: failed ({couch['error']})"]
     elif couch:
@@ -800,6 +859,7 @@ def main(argv=None) -> int:
                 f"processes on the same machine; total {time.monotonic() - started:.0f} s",
         "latency_rate": opts.latency_rate, "latency_n": opts.latency_n,
         "quick": opts.quick,
+        "pair_speed": pair_speed() if "gateway2" in servers else None,
     }
     summary = summarise(sessions, opts.n, servers)
     table = markdown(summary, couch_result, opts.n, servers, meta)

@@ -182,6 +182,6 @@ class HeldMessagesTests(unittest.TestCase):
             answers = [w for w in writes if w.startswith(b"HTTP/1.1 101 ")]
             self.assertEqual(len(answers), 1, writes)
             self.assertIn(b'"type":"connected"', answers[0])
-            self.assertEqual(self.gw.factory.batcher._corked_count, 0)  # nothing left waiting
+            self.assertEqual(self.gw.factory.corks._count, 0)  # nothing left waiting
 
         return run()

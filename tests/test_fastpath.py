@@ -158,51 +158,6 @@ class TurnBatcherTests(unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
-class _Corked:
-    """A connection as the batcher sees a corked one (Outbox.cork / uncork)."""
-
-    def __init__(self, batcher, log, name):
-        self.batcher, self.log, self.name, self.corked = batcher, log, name, True
-        batcher.cork(self)
-
-    def uncork(self):
-        if self.corked:
-            self.corked = False
-            self.batcher.uncorked()
-            self.log.append(self.name)
-
-
-class CorkTests(unittest.TestCase):
-    def test_uncorked_after_cork_seconds_at_the_latest(self):
-        """A cork nobody lifts is lifted CORK_SECONDS after it was put, oldest first."""
-        clock = task.Clock()
-        batcher = fastpath.TurnBatcher(clock)
-        log = []
-        _Corked(batcher, log, "a")
-        clock.advance(fastpath.TurnBatcher.CORK_SECONDS / 2)
-        _Corked(batcher, log, "b")
-        self.assertEqual(len(clock.getDelayedCalls()), 1)  # one timer for all
-        clock.advance(fastpath.TurnBatcher.CORK_SECONDS / 2)
-        self.assertEqual(log, ["a"])
-        clock.advance(fastpath.TurnBatcher.CORK_SECONDS / 2)
-        self.assertEqual(log, ["a", "b"])
-        self.assertEqual(clock.getDelayedCalls(), [])
-
-    def test_the_last_uncork_stops_the_timer(self):
-        """Corks lifted by their admission leave no timer behind (nor the connections)."""
-        clock = task.Clock()
-        batcher = fastpath.TurnBatcher(clock)
-        log = []
-        first, second = _Corked(batcher, log, "a"), _Corked(batcher, log, "b")
-        first.uncork()
-        self.assertEqual(len(clock.getDelayedCalls()), 1)
-        second.uncork()
-        self.assertEqual(clock.getDelayedCalls(), [])
-        self.assertEqual(len(batcher._corked), 0)
-        clock.advance(1)
-        self.assertEqual(log, ["a", "b"])
-
-
 class AutobahnAdaptationTests(unittest.TestCase):
     def test_lazy_debug_arguments_render_the_same_text(self):
         """Autobahn's debug-log arguments, made lazy, render exactly as before when logged

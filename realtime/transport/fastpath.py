@@ -32,7 +32,6 @@ Connection set-up and memory per connection:
 
 from __future__ import annotations
 
-import collections
 import pprint
 import types
 
@@ -86,16 +85,10 @@ class TurnBatcher:
         gateway was given another clock (tests).
     """
 
-    #: the longest a corked outbox waits (``Outbox.cork``); then it is written as it is
-    CORK_SECONDS = 0.05
-
     def __init__(self, clock=None):
         self._clock = clock
         self._due = []
         self._call = None
-        self._corked = collections.deque()  # (deadline, connection), oldest first
-        self._corked_count = 0  # of those, still corked
-        self._cork_call = None
 
     def due(self, conn) -> None:
         self._due.append(conn)
@@ -112,39 +105,12 @@ class TurnBatcher:
             except Exception:
                 _log.failure("flushing a connection's outbox failed")
 
-    def cork(self, conn) -> None:
-        """``conn`` corked its outbox: uncorked in :data:`CORK_SECONDS` at the latest."""
-        clock = self._clock if self._clock is not None else conn.transport.reactor
-        self._corked.append((clock.seconds() + self.CORK_SECONDS, conn))
-        self._corked_count += 1
-        if self._cork_call is None:
-            self._cork_call = clock.callLater(self.CORK_SECONDS, self._uncork_late, clock)
-
-    def uncorked(self) -> None:
-        """A corked connection uncorked; after the last, nothing is left to wait for."""
-        self._corked_count = max(0, self._corked_count - 1)
-        if not self._corked_count:
-            self._corked.clear()
-            if self._cork_call is not None and self._cork_call.active():
-                self._cork_call.cancel()
-            self._cork_call = None
-
-    def _uncork_late(self, clock) -> None:
-        self._cork_call = None
-        corked, now = self._corked, clock.seconds()
-        while corked and corked[0][0] <= now:
-            corked.popleft()[1].uncork()  # nothing when admission has answered meanwhile
-        if corked and self._cork_call is None:
-            self._cork_call = clock.callLater(corked[0][0] - now, self._uncork_late, clock)
-
     def cancel(self) -> None:
         """Stop the pending flush (service stop, tests)."""
-        for call in (self._call, self._cork_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._call = self._cork_call = None
-        self._due, self._corked_count = [], 0
-        self._corked.clear()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._due = []
 
 
 class _Deferred:

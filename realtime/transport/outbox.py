@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import deque
 
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from realtime.hub import resume
@@ -30,6 +31,61 @@ TOO_SLOW_DRAIN_SECONDS = 2.0
 #: the empty queue every connection shares until one of its own is needed (an idle
 #: connection then carries no deque: less memory per connection); immutable on purpose
 NO_QUEUE = ()
+
+
+class Corks:
+    """
+    The connections of a listener whose outbox is corked (:meth:`Outbox.cork`), each
+    uncorked :data:`CORK_SECONDS` after it was corked at the latest, by one timer for all
+    that runs only while some connection is still corked.
+
+    :param clock: by default the reactor of the corked connection's transport.
+    """
+
+    #: the longest a corked outbox waits; then it is written as it is
+    CORK_SECONDS = 0.05
+
+    _log = Logger()
+
+    def __init__(self, clock=None):
+        self._clock = clock
+        self._corked = deque()  # (deadline, connection), oldest first
+        self._count = 0  # of those, still corked
+        self._call = None
+
+    def add(self, conn) -> None:
+        clock = self._clock if self._clock is not None else conn.transport.reactor
+        self._corked.append((clock.seconds() + self.CORK_SECONDS, conn))
+        self._count += 1
+        if self._call is None:
+            self._call = clock.callLater(self.CORK_SECONDS, self._uncork_late, clock)
+
+    def uncorked(self) -> None:
+        """One of them uncorked; after the last, nothing is left to wait for."""
+        self._count -= 1
+        if self._count <= 0:
+            self.cancel()
+
+    def _uncork_late(self, clock) -> None:
+        self._call = None
+        corked, now = self._corked, clock.seconds()
+        while corked and corked[0][0] <= now:
+            try:
+                corked.popleft()[1].uncork()  # nothing when admission answered meanwhile
+            except Exception:
+                self._log.failure("uncorking a connection failed")
+        if corked and self._call is None:
+            self._call = clock.callLater(corked[0][0] - now, self._uncork_late, clock)
+
+    def cancel(self) -> None:
+        """Forget them all (the last uncorked; service stop): their uncork counts nothing."""
+        for _, conn in self._corked:
+            conn._corked = False
+        self._corked.clear()
+        self._count = 0
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
 
 
 @implementer(IPushProducer)
@@ -125,21 +181,22 @@ class Outbox:
         same send as the 101, one write per connection instead of two (a reconnect storm
         on a cluster).  The cork only delays, never reorders: any write of Autobahn's
         (close, ping, pong) and an outbox past ``OUTBOX_FLUSH_BYTES`` uncork first, and
-        the batcher uncorks after ``TurnBatcher.CORK_SECONDS`` (an admission slower than
-        that gets its 101 first, as without the cork).
+        :class:`Corks` uncorks after ``CORK_SECONDS`` (an admission slower than that gets
+        its 101 first, as without the cork).  Only a 101 still due is corked: frames due
+        after it (an ``auth`` message's admission) leave as usual.
         """
-        if self._outbox is not None and not self._corked:
+        outbox = self._outbox
+        if outbox is not None and not self._corked and outbox[0].startswith(b"HTTP/1.1 101 "):
             self._corked = True
-            self.factory.batcher.cork(self)
+            self.factory.corks.add(self)
 
     def uncork(self) -> None:
         """Write what the cork held at the end of this turn."""
         if self._corked:
             self._corked = False
-            batcher = self.factory.batcher
-            batcher.uncorked()
+            self.factory.corks.uncorked()
             if self._outbox is not None:
-                batcher.due(self)
+                self.factory.batcher.due(self)
 
     def _flush_outbox(self) -> None:
         """Write this turn's frames at once (from the batcher, or before Autobahn writes)."""

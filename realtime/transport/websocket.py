@@ -40,7 +40,7 @@ from realtime.http.channel import json_answer
 from realtime.transport import fastpath
 from realtime.transport.handshake import FastHandshake
 from realtime.transport.keepalive import KeepAlive
-from realtime.transport.outbox import NO_QUEUE, Outbox, Throttle
+from realtime.transport.outbox import NO_QUEUE, Corks, Outbox, Throttle
 from realtime.transport.session import ISessionTransport, Session
 from realtime.vocabulary import CLOSE_NORMAL, CLOSE_POLICY
 
@@ -313,6 +313,7 @@ class RealtimeServerProtocol(KeepAlive, Outbox, FastHandshake, WebSocketServerPr
             self._queue = NO_QUEUE
             self._queued_bytes = 0
             self._outbox = None
+            self.uncork()  # nothing left to write: Corks stops waiting for it
         except Exception:
             self._log.failure("onClose failed")
 
@@ -351,6 +352,7 @@ def make_factory(gateway, url: str = "ws://localhost/ws") -> WebSocketServerFact
     factory.protocol = RealtimeServerProtocol
     factory.gateway = gateway
     factory.batcher = fastpath.TurnBatcher()  # flushes on the transports' reactor
+    factory.corks = Corks()  # outboxes waiting for admission (Outbox.cork)
     factory.timers = gateway.timers  # the opening handshake deadline (handshake.py)
     factory.setProtocolOptions(
         webStatus=False,

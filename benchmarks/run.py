@@ -627,11 +627,11 @@ def pair_speed(rounds: int = 3) -> float:
     Shared cores, their caches and the host's other guests make it less.
     """
     def spin(count):
+        started = time.monotonic()
         procs = [subprocess.Popen([sys.executable, "-c", _SPIN]) for _ in range(count)]
-        cpu0 = time.monotonic()
         for proc in procs:
             proc.wait()
-        return time.monotonic() - cpu0
+        return time.monotonic() - started
 
     alone, paired = [], []
     for _ in range(rounds):
@@ -693,6 +693,7 @@ def markdown(summary: dict, couch: dict, ns, servers, meta: dict) -> str:
             f"{ratio(g['burst_rate'], f.get('burst_rate'))} | "
             f"{ratio(g['spread_rate'], nd.get('spread_rate'))} | "
             f"{ratio(g.get('p99_ms'), f.get('p99_ms')) if g.get('p99_ms') is not None else '–'} |")
+    ceiling_told = False
     for base, label in (("gateway", "one process (`gateway`, no Redis)"),
                         ("gateway1r", "one process with Redis (`gateway1r`)")):
         pairs = [(n, summary.get(f"{n}/{base}"), summary.get(f"{n}/gateway2")) for n in ns]
@@ -710,11 +711,13 @@ def markdown(summary: dict, couch: dict, ns, servers, meta: dict) -> str:
                 f"{ratio(two['burst_rate'], one['burst_rate'])} | "
                 f"{ratio(two['spread_rate'], one['spread_rate'])} | "
                 f"{ratio(two['idle_kb_per_conn'], one['idle_kb_per_conn'])} |")
+        ceiling_told = True
+    if ceiling_told:
         lines += ["", "The machine's ceiling: the rate two processes would reach if each "
-                  "spent on a connection what one process alone spends, and the two cores "
-                  f"({os.cpu_count()}) had nothing else to run but the load clients and the "
-                  "redis-server (their CPU per connection in the two-process sessions), as a "
-                  "ratio of the one process's rate."]
+                  f"spent on a connection what one process alone spends, and the "
+                  f"{os.cpu_count()} cores had nothing else to run but the load clients and "
+                  "the redis-server (their CPU per connection in the two-process sessions), "
+                  "as a ratio of the one process's rate."]
     if meta.get("pair_speed"):
         lines += ["", "Two CPU-bound processes at once (a Python loop, in this sitting) "
                   f"each ran at {meta['pair_speed']:.2f} of their speed alone: the "

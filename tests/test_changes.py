@@ -222,10 +222,10 @@ class FollowerTests(unittest.TestCase):
 
     def test_changes_delivered_and_resume_from_last_seq(self):
         """Changes go to the callback; after the stream ends the feed resumes at the last seq."""
-        response = self.agent.respond()
         self.assertEqual(self.follower.state, "connecting")
-        response.send(b'\n{"seq":"7-abc","id":"org.couchdb.user:a","changes":[]')
+        response = self.agent.respond()
         self.assertEqual(self.follower.state, "connected")
+        response.send(b'\n{"seq":"7-abc","id":"org.couchdb.user:a","changes":[]')
         response.send(b',"doc":{"_id":"org.couchdb.user:a"}}\n{"seq":"8-def","id":"org.cou')
         self.assertEqual([c["seq"] for c in self.changes], ["7-abc"])
         # Cut mid-line: the partial change 8 is not counted as processed.
@@ -286,6 +286,39 @@ class FollowerTests(unittest.TestCase):
         response.end()
         self.clock.advance(1.0)
         self.assertEqual(len(self.agent.requests), 5)
+
+    def test_connected_from_the_headers(self):
+        """
+        The stream's 200 is enough to be connected (CouchDB sends its headers at once and
+        the first byte of body a heartbeat later): the error and the 404 are forgotten, and
+        silence counts from the headers (stalled after 1.5 heartbeats without a byte).
+        """
+        states = []
+        self.follower._on_state = lambda follower: states.append(follower.state)
+        self.agent.respond(404).end()
+        self.assertEqual(self.follower.health, "missing")
+        self.clock.advance(1.0)
+        self.agent.respond()
+        self.assertEqual(states, ["reconnecting", "connected"])
+        self.assertEqual(self.follower.health, "connected")
+        self.assertIsNone(self.follower.status()["lastError"])
+        self.assertEqual(self.follower.silent_seconds(), 0.0)
+        self.clock.advance(1.6)
+        self.assertEqual(self.follower.health, "stalled")
+
+    def test_headers_alone_do_not_reset_the_backoff(self):
+        """A server that answers 200 and ends every stream before a byte of body is
+        asked again 1, 2, 4 s later, not every second: only a body resets the backoff."""
+        delays = []
+        for _ in range(3):
+            self.agent.respond().end()
+            self.assertEqual(self.follower.state, "reconnecting")
+            before, waited = len(self.agent.requests), 0.0
+            while len(self.agent.requests) == before:
+                self.clock.advance(0.5)
+                waited += 0.5
+            delays.append(waited)
+        self.assertEqual(delays, [1.0, 2.0, 4.0])
 
     def test_bad_lines_do_not_stall_the_feed(self):
         """Unparsable lines are dropped; a failing callback still advances the seq."""

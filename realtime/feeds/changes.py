@@ -25,6 +25,10 @@ Behaviour:
 - Any end of the stream (server closed it, watchdog, connection refused, non-200 answer)
   schedules a reconnection after :class:`~realtime.feeds.stream.Backoff`: 1 s doubling to
   30 s, with jitter.  The backoff resets once a connection has delivered a byte of body.
+- The feed is ``connected`` from the stream's ``200`` (CouchDB sends the headers at once;
+  pouchdb-server holds them until its first heartbeat): from then on every change after
+  ``since`` reaches the callback.  A server that answers 200 and ends the stream before a
+  byte of body still backs off (the reset waits for the body).
 
 The streaming request is made with a plain ``twisted.web.client.Agent`` (no content
 decoding): treq's client always asks for gzip, and pouchdb-server then holds a gzipped
@@ -134,6 +138,7 @@ class ChangesFollower(ChangeRows, CatchUp):
         self._retry = None
         self._running = False
         self._stall_abort = False
+        self._delivered = False  # the current stream has delivered a byte of body
         self._init_rows()
         self._init_catch_up(track_backlog, since)
 
@@ -290,6 +295,11 @@ class ChangesFollower(ChangeRows, CatchUp):
             self._refused(response)
             return
         self._arm_watchdog()
+        self.last_error = None
+        self.missing = False
+        self.last_byte_at = self._clock.seconds()  # the headers: silence counts from them
+        self._delivered = False
+        self._set_state(self.CONNECTED)
         response.deliverBody(_FeedBody(self))
 
     def _request_failed(self, failure, d) -> None:
@@ -312,11 +322,9 @@ class ChangesFollower(ChangeRows, CatchUp):
     def _body_data(self, body: _FeedBody, data: bytes) -> None:
         if body is not self._body:
             return
-        if self.state != self.CONNECTED:
+        if not self._delivered:
+            self._delivered = True
             self._backoff.reset()
-            self.last_error = None
-            self.missing = False
-            self._set_state(self.CONNECTED)
         self.last_byte_at = self._clock.seconds()
         if not self._paused:
             self._arm_watchdog()
@@ -348,10 +356,9 @@ class ChangesFollower(ChangeRows, CatchUp):
         self._retry = None
         self._connect()
 
-
     def silent_seconds(self) -> Optional[float]:
-        """Seconds since the stream's last byte (a change or a heartbeat), while connected
-        (not while the backlog is read: no stream)."""
+        """Seconds since the stream's last byte (a change, a heartbeat, or its headers),
+        while connected (not while the backlog is read: no stream)."""
         if self.state != self.CONNECTED or self.last_byte_at is None or self.catching_up:
             return None
         return max(0.0, self._clock.seconds() - self.last_byte_at)

@@ -57,11 +57,13 @@ def pouchdb() -> PouchDBServer:
 
 
 class RedisServer:
-    """A redis-server child process on a free loopback port, no persistence."""
+    """A redis-server child process on a free loopback port, no persistence (or, with
+    ``appendonly``, an append-only file synced at every write: a restart keeps the data)."""
 
-    def __init__(self, port=None, password=None):
+    def __init__(self, port=None, password=None, appendonly=False):
         self.port = port or free_port()
         self.password = password
+        self.appendonly = appendonly
         self.process = None
         self._dir = None
 
@@ -76,7 +78,8 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (make test installs it)")
         self._dir = self._dir or tempfile.mkdtemp(prefix="realtime-redis-")
         args = [executable, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", self._dir,
+                "--save", "", "--dir", self._dir,
+                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
                 "--daemonize", "no", "--loglevel", "warning"]
         if self.password:
             args += ["--requirepass", self.password]

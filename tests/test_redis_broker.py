@@ -150,10 +150,15 @@ class RedisOutageTests(unittest.TestCase):
     @inlineCallbacks
     def test_restart_mid_traffic_loses_nothing_accepted(self):
         """
-        Redis restarts while three processes publish continuously: every event whose
-        publish succeeded reaches the connections of every process exactly once, failed
-        publishes fail fast, and the readers come back by themselves.
+        Redis (keeping its data: appendonly) restarts while three processes publish
+        continuously: every event whose publish succeeded reaches the connections of every
+        process exactly once, failed publishes fail fast, and the readers come back by
+        themselves.  (A Redis that restarts empty loses what it accepted in its last
+        moments and a reader had not read yet: the next test.)
         """
+        self.redis.stop()
+        self.redis = RedisServer(appendonly=True).start()
+        self.addCleanup(self.redis.cleanup)
         nodes = yield start_nodes(self, self.redis.url, count=3, timeout=2.0)
         user = unique("u")
         conns = [node.connect(user) for node in nodes]
@@ -192,6 +197,36 @@ class RedisOutageTests(unittest.TestCase):
             got = [m["data"] for m in conn.received]
             self.assertEqual(sorted(got), sorted(accepted))  # all, and each once
         self.assertLess(max(refused), 2.5)
+
+    @inlineCallbacks
+    def test_restart_empty_reads_the_new_stream_from_its_start(self):
+        """
+        Redis restarts without its data: the readers find the stream reset (its newest
+        entry, if any, is not after theirs, or there is none) and read it from its start, so
+        what is published after the restart reaches every process, once; nothing from
+        before the restart comes again.
+        """
+        nodes = yield start_nodes(self, self.redis.url, count=2, timeout=2.0)
+        user = unique("u")
+        conns = [node.connect(user) for node in nodes]
+        yield nodes[0].broker.publish({"t": "users", "to": [user], "msg": message("before")})
+        yield wait_for(lambda: all(len(c.received) == 1 for c in conns),
+                       what="the first event everywhere")
+        self.redis.stop()
+        yield wait_for(lambda: all(n.broker.state != "up" for n in nodes),
+                       what="every broker to notice")
+        self.redis.start()
+        yield wait_for(lambda: all(n.broker.state == "up" and n.broker.reading
+                                   for n in nodes), seconds=15, what="every reader back")
+        for i in range(5):
+            yield nodes[i % 2].broker.publish({"t": "users", "to": [user],
+                                               "msg": message(f"after-{i}")})
+        expected = ["before"] + [f"after-{i}" for i in range(5)]
+        yield wait_for(lambda: all(len(c.received) >= len(expected) for c in conns),
+                       what="the events after the restart everywhere")
+        yield harness.sleep(0.2)  # time for a duplicate to arrive, were there one
+        for conn in conns:
+            self.assertEqual(sorted(m["data"] for m in conn.received), sorted(expected))
 
 
 class ResumeTests(unittest.TestCase):

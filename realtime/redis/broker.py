@@ -26,7 +26,9 @@ own and dispatches each entry to its registry, exactly once, in stream order.
   starts from the end (and logs that it may have missed events), so that it never acts on
   stale events such as an old ``disconnect`` (which would close connections opened since).
 - Redis restarted without persistence: the stream starts again, empty; readers notice that
-  its last id is below theirs and read it from its start.
+  its last id is below theirs and read it from its start.  What it had accepted in its
+  last moments and a reader had not read yet is gone for that reader's process (with
+  ``appendonly`` the stream survives, and readers resume after their last entry).
 
 ``publish`` fires with the number of local connections the event reached, once this
 process's reader has dispatched it (one Redis round trip later).  If Redis accepted the

@@ -277,11 +277,16 @@ class WriterTests(unittest.TestCase):
         answer = yield self.write("alice", "doc.update", writer=writer, id="n1", rev="1-a",
                                   changes={"title": "two"})
         self.assertEqual((answer["code"], answer["written"]), ("unavailable", False))
-        # a create with a given id goes straight to the write: the outcome is unknown
+        # a create with a given id looks it up first (a tombstone's id is taken): the
+        # lookup times out, nothing was written
         answer = yield self.write("alice", "doc.create", writer=writer,
                                   doc={"_id": "n2", "title": "t"})
+        self.assertEqual((answer["code"], answer["written"]), ("unavailable", False))
+        # a create with a random id (no _id, no ref) goes straight to the write: the
+        # outcome is unknown
+        answer = yield self.write("alice", "doc.create", writer=writer, doc={"title": "t"})
         self.assertEqual((answer["code"], answer["written"]), ("unavailable", "unknown"))
-        self.assertEqual(self.count("create", "unavailable"), 1)
+        self.assertEqual(self.count("create", "unavailable"), 2)
 
 
 class WebSocketWriteTests(unittest.TestCase):

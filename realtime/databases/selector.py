@@ -39,8 +39,9 @@ Decisions of our own:
 - ``$regex`` uses the ``regex`` module (Perl-compatible syntax, closer to CouchDB's PCRE
   than ``re``) with a time limit per match
   (:data:`~realtime.databases.selector_match.REGEX_TIMEOUT`): a pattern that
-  backtracks catastrophically cannot stall the server; a match that runs out of time
-  counts as no match.  The pattern is compiled once, at parse time; longer than
+  backtracks catastrophically cannot stall the server, nor can hundreds of them (the
+  limit is for all the ``$regex`` of a selector on one document); a match that runs out
+  of time counts as no match.  The pattern is compiled once, at parse time; longer than
   :data:`MAX_REGEX_LENGTH` characters is refused.
 - Where CouchDB's matcher fails (``$nor`` inside ``$elemMatch``, which it cannot
   evaluate and so never matches), ``$nor`` is "none of"; ``$all`` compares elements with
@@ -66,7 +67,12 @@ import re
 import regex
 
 from realtime.databases.collation import TYPE_NAMES, is_integer
-from realtime.databases.selector_match import compile_selector, match_all
+from realtime.databases.selector_match import (
+    compile_selector,
+    has_regex,
+    match_all,
+    with_regex_budget,
+)
 
 __all__ = ["BadSelector", "Selector", "parse", "parse_field"]
 
@@ -283,7 +289,11 @@ class Selector:
         if normalized is not None:
             _paths(normalized, paths)
         self.paths = frozenset(paths)
-        self.matches = compile_selector(normalized) if normalized is not None else match_all
+        if normalized is None:
+            self.matches = match_all
+        else:
+            match = compile_selector(normalized)
+            self.matches = with_regex_budget(match) if has_regex(normalized) else match
 
     @property
     def empty(self) -> bool:

@@ -11,19 +11,26 @@ document -> bool, so that each live change costs one call.  No I/O.
   with Erlang's term order (:func:`~realtime.databases.collation.collate_raw`).
 - ``$regex`` matches run with a time limit (:data:`REGEX_TIMEOUT`): a pattern that
   backtracks catastrophically cannot stall the server; a match that runs out of time
-  counts as no match.
+  counts as no match.  The limit is for all the ``$regex`` of a selector together, per
+  document (:func:`with_regex_budget`): a selector of hundreds of them costs no more.
 """
 
 from __future__ import annotations
 
 import re
+import time
 
 from realtime.databases.collation import collate, collate_raw, is_integer, type_name
 
-__all__ = ["REGEX_TIMEOUT", "compile_selector", "match_all"]
+__all__ = ["REGEX_TIMEOUT", "compile_selector", "match_all", "with_regex_budget"]
 
-#: Seconds one ``$regex`` match may take before it counts as no match.
+#: Seconds the ``$regex`` of one selector may take on one document; past it, a ``$regex``
+#: counts as no match.
 REGEX_TIMEOUT = 0.01
+
+#: when the current document's regex time runs out (set by :func:`with_regex_budget`;
+#: one match at a time: the reactor's thread)
+_regex_deadline = [float("inf")]
 
 _INDEX = re.compile(r"[+-]?[0-9]+\Z")
 
@@ -131,8 +138,11 @@ def compile_selector(node, cmp=collate):
         def regex_match(v):
             if not isinstance(v, str):
                 return False
+            left = min(REGEX_TIMEOUT, _regex_deadline[0] - time.monotonic())
+            if left <= 0:
+                return False
             try:
-                return arg.search(v, timeout=REGEX_TIMEOUT) is not None
+                return arg.search(v, timeout=left) is not None
             except TimeoutError:
                 return False
         return regex_match
@@ -149,6 +159,26 @@ def compile_selector(node, cmp=collate):
         return lambda v: isinstance(v, dict) and any(part(k) for k in v)
     raise AssertionError(f"unnormalised selector node {tag}")  # pragma: no cover
 
+
+
+def has_regex(node) -> bool:
+    """Whether a normalised node holds a ``$regex``."""
+    if isinstance(node, tuple):
+        return node[:1] == ("$regex",) or any(map(has_regex, node))
+    if isinstance(node, list):
+        return any(map(has_regex, node))
+    return False
+
+
+def with_regex_budget(match):
+    """``match`` with :data:`REGEX_TIMEOUT` for all its ``$regex`` per document."""
+    def budgeted(doc) -> bool:
+        _regex_deadline[0] = time.monotonic() + REGEX_TIMEOUT
+        try:
+            return match(doc)
+        finally:
+            _regex_deadline[0] = float("inf")
+    return budgeted
 
 
 def match_all(doc) -> bool:

@@ -170,7 +170,9 @@ class DatabaseSubscriptions:
             try:
                 doc = yield self.revisions.document(db, doc_id)
             except jsonutil.TooDeep:
-                doc = self._too_deep(router)
+                # not counted: /metrics is public, and the count would tell whoever names
+                # an id that it exists (a missing one is refused the same, uncounted)
+                doc = self._too_deep(router, counted=False)
                 break
             entry = router.index.get(doc_id)
             if entry is None or (doc is not None and
@@ -249,10 +251,11 @@ class DatabaseSubscriptions:
         selection = conn.selections[db] = Selection(selector)
         selection.pending = False  # subscribed already: an unsubscribe ends it
 
-    def _too_deep(self, router: DatabaseRouter) -> None:
+    def _too_deep(self, router: DatabaseRouter, counted: bool = True) -> None:
         """A document nested too deep to parse: nobody reads it (counted, no content
         logged)."""
-        router.stats.undecidable += 1
+        if counted:
+            router.stats.undecidable += 1
         self._log.warn("a document of {db} is nested too deep to parse: left out of a "
                        "subscription", db=router.db)
 

@@ -25,11 +25,14 @@ Behaviour:
   and nothing is written.  When it has changed or was deleted since, the answer is
   ``conflict`` (nothing is written; a deleted document is not brought back): either a
   retry that came late, or a client that reused a ``ref`` for an identical document —
-  refs must not be reused.  A create with its own ``_id`` that meets an existing document
-  is answered the same way (``doc.created`` if it holds exactly these fields and the user
-  may write it, else ``conflict``).  A ``conflict`` carries the current ``rev`` only for
-  a user who may read or write that document: an id chosen by the client can tell that
-  the id is taken, nothing more.
+  refs must not be reused.  A create with its own ``_id`` looks the id up the same way
+  and is answered the same way (``doc.created`` if it holds exactly these fields and the
+  user may write it, else ``conflict``); a deleted document's id is taken too (written
+  over, the new revision would follow the tombstone's and count the deleted document's
+  edits).  "Exactly these fields" is judged without the rule's ``hidden`` fields: a
+  writer who may set one but not read it cannot find its value by guessing.  A
+  ``conflict`` carries the current ``rev`` only for a user who may read or write that
+  document: an id chosen by the client can tell that the id is taken, nothing more.
 - **Timeouts.**  Every CouchDB request, body included, has a deadline (``timeout``,
   10 s by default) on the injected clock.  When CouchDB cannot be reached, or answers a
   5xx or nonsense, the answer is ``error`` ``unavailable`` with ``written: false``: nothing
@@ -271,9 +274,11 @@ class DocumentWriter:
     def _create(self, rule, user_id, roles, request):
         doc_id, body, derived = writes.new_document(rule, user_id, request)
         db = request.db
-        if derived:
+        if derived or request.doc_id is not None:
+            # a chosen id may be a tombstone's: written over, its revision would count
+            # the deleted document's (only a random id is written without a look)
             found = yield self._documents.lookup(db, doc_id)
-            if found is not None:  # this id was written before: a retry, or a reused ref
+            if found is not None:  # this id was written before: a retry, or taken
                 return self._existing(rule, user_id, roles, doc_id, body, found, derived)
         status, result = yield self._documents.put(db, doc_id, body)
         if status in (201, 202):
@@ -288,13 +293,17 @@ class DocumentWriter:
     def _existing(self, rule, user_id, roles, doc_id, body, found, derived):
         """
         A create met an existing id.  It is the same create, retried, when the document
-        holds exactly what the create would write (and the user may write it): answered
-        ``doc.created`` again.  Anything else is a ``conflict``, with the ``rev`` for a
-        user who may see the document.
+        holds exactly what the create would write (and the user may write it, and, for an
+        id of the client's choosing, read it: else "retried" would tell a writer who may
+        not read whether the document holds what they guessed): answered ``doc.created``
+        again.  Anything else is a ``conflict``, with the ``rev`` for a user who may see
+        the document.
         """
         rev, current = found
-        if current is not None and writes.same_content(current, body) and \
-                rule.may_write(current, user_id):
+        # compared as the user may see them: hidden fields must not decide the answer
+        if current is not None and rule.may_write(current, user_id) and \
+                (derived or rule.may_read(current, user_id, roles)) and \
+                writes.same_content(rule.sanitise(current), rule.sanitise(body)):
             return _answer(writes.CREATE, rule.db, doc_id, rev), RETRIED
         if derived:
             text = ("this ref was used for a create before, and that document has changed "

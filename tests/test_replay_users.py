@@ -129,21 +129,22 @@ class UsersReplayEndToEnd(unittest.TestCase):
 
     @inlineCallbacks
     def test_unknown_seqs(self):
-        """Not a seq, or beyond the database: unknown_seq, until where it stands now."""
+        """Not a seq, beyond the database, or null (no position): unknown_seq, until where
+        it stands now."""
         name = yield self.new_user()
         client, connected = yield self.connect(name)
         head = connected["seqs"]["_users"]
         # ... and a CouchDB 2/3 seq offered to pouchdb-server's integer seqs, which it would
         # echo back as its last_seq (recovered, nothing replayed)
         for since in ("now", "0-", "x" * 10, 10 ** 15, "1-a/b", str(10 ** 15),
-                      "1-g1AAAAFTeJzLYWBg", "999999-abc"):
+                      "1-g1AAAAFTeJzLYWBg", "999999-abc", None):
             client.send_json({"type": "resume", "since": {"_users": since}})
             resumed = yield client.next("resumed")
             self.assertEqual((resumed["recovered"], resumed["reason"]),
                              ({"_users": False}, {"_users": "unknown_seq"}), since)
             self.assertIsInstance(resumed["until"]["_users"], int)
             self.assertGreaterEqual(resumed["until"]["_users"], head)
-        for since in (-1, 1.5, True, None):  # not a seq at all: the request is refused
+        for since in (-1, 1.5, True):  # not a seq at all: the request is refused
             client.send_json({"type": "resume", "since": {"_users": since}})
             error = yield client.next("error")
             self.assertEqual(error["code"], "bad_request")

@@ -144,6 +144,14 @@ class MessageResume(Base, unittest.TestCase):
         resumed = yield client.next("resumed")
         self.assertEqual((resumed["recovered"], resumed["reason"], resumed["ref"]),
                          ({"messages": False}, {"messages": "unknown_offset"}, "a"))
+        # null: no position; that key alone is unknown, the others are resumed
+        client.send_json({"type": "resume", "since": {"messages": None, "elsewhere": 1},
+                          "ref": "n"})
+        resumed = yield client.next("resumed")
+        self.assertEqual((resumed["recovered"], resumed["reason"]),
+                         ({"messages": False, "elsewhere": False},
+                          {"messages": "unknown_offset", "elsewhere": "unknown_database"}))
+        self.assertIsInstance(resumed["until"]["messages"], str)
         for since in ("x", ["messages"], {"messages": True}, {"messages": {"a": 1}},
                       {str(i): 1 for i in range(65)}):
             client.send_json({"type": "resume", "since": since, "ref": "b"})

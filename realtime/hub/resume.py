@@ -34,6 +34,8 @@ seqs; the leading number of CouchDB 2/3 seqs); one that has none is not waited f
 - ``messages``: ``history_trimmed`` (the history no longer reaches back that far, or the
   offset is from another history: a restart without Redis, Redis lost its data), with
   ``missed`` when the number is known; ``unknown_offset`` (not an offset of this server).
+- ``null`` for a key is no position at all: ``unknown_seq`` (``unknown_offset`` for
+  ``messages``), the other keys unaffected.
 - a database: ``unknown_seq``, ``too_far_behind``, ``unavailable`` (CouchDB did not
   answer: resume again later) (see :mod:`realtime.feeds.replay`), ``unknown_database``
   (not followed by this gateway, or not replayable yet).
@@ -74,6 +76,8 @@ _log = Logger()
 
 
 def _position_ok(value) -> bool:
+    if value is None:  # "no position" (a client storing JSON): unknown, that key only
+        return True
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
@@ -252,6 +256,8 @@ def _resume(conn, hold: Hold, since: dict, ref):
     if MESSAGES in since:
         offset = since[MESSAGES]
         try:
+            if offset is None:
+                raise ValueError("no offset")
             d = gateway.history.read([user_stream(conn.user_id), BROADCAST_STREAM], offset)
         except ValueError:
             head = gateway.history.head()

@@ -59,6 +59,18 @@ class OpenAPITests(RESTTestCase):
         status, root, _ = self.call("GET", "/")
         self.assertEqual(root["links"]["openapi"], "/websocket/openapi.json")
 
+    def test_the_rest_link_has_an_index(self):
+        """``/websocket/``, where the banner and ``GET /`` point, lists every operation of
+        the document (it was a 404)."""
+        status, root, _ = self.call("GET", "/")
+        status, index, _ = self.call("GET", root["links"]["rest"])
+        self.assertEqual(status, 200)
+        self.assertEqual(index["openapi"], "/websocket/openapi.json")
+        listed = {(o["method"].lower(), o["path"]) for o in index["operations"]}
+        self.assertEqual(listed, {(m, p) for p, item in DOCUMENT["paths"].items()
+                                  for m in item})
+        self.assertIn(("post", "/websocket/message/user"), listed)
+
     def test_valid_openapi_3_1(self):
         """openapi-spec-validator accepts the document as OpenAPI 3.1.0."""
         self.assertEqual(DOCUMENT["openapi"], "3.1.0")
@@ -124,6 +136,7 @@ class OpenAPITests(RESTTestCase):
             ("GET", "/websocket/status", None, {}),
             ("GET", "/websocket/status", None, ADMIN),
             ("GET", "/websocket/openapi.json", None, {}),
+            ("GET", "/websocket/", None, {}),
             ("GET", "/metrics", None, {}),
         ]
         succeeded = set()

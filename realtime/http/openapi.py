@@ -193,6 +193,15 @@ DOCUMENT = {
                     "couchdb": _object(["state"], {"state": _STR}),
                     "redis": _object(["state"], {"state": _STR})})),
                 **_errors(401, 503)}}},
+        "/websocket/": {"get": {
+            "summary": "an index of this API (public): its operations and where this "
+                       "document is",
+            "security": [{}],
+            "responses": {"200": _json("the index", _object(["openapi", "operations"], {
+                "openapi": _STR, "docs": _STR,
+                "operations": {"type": "array", "items": _object(
+                    ["method", "path", "summary"],
+                    {"method": _STR, "path": _STR, "summary": _STR})}}))}}},
         "/websocket/openapi.json": {"get": {
             "summary": "this document (public)", "security": [{}],
             "responses": {"200": _json("an OpenAPI 3.1 document",
@@ -209,3 +218,18 @@ DOCUMENT = {
 class OpenAPIDocument(Endpoint):
     def handle_GET(self, request):
         return (200, DOCUMENT)
+
+
+def _operations() -> list:
+    return [{"method": method.upper(), "path": path, "summary": operation["summary"]}
+            for path, item in DOCUMENT["paths"].items()
+            for method, operation in item.items()]
+
+
+class APIIndex(Endpoint):
+    """``GET /websocket/``: where a person who follows the banner's link lands."""
+
+    def handle_GET(self, request):
+        return (200, {"openapi": "/websocket/openapi.json",
+                      "docs": "docs/rest.rst in the repository",
+                      "operations": _operations()})

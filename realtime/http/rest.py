@@ -34,6 +34,7 @@ Other endpoints::
                                 (their JWT as Bearer, or the AuthSession cookie)
   GET    /websocket/status      public; with admin credentials adds connections.perUser
   GET    /websocket/openapi.json  public: this API as OpenAPI 3.1 (realtime.http.openapi)
+  GET    /websocket/              public: an index of the operations (the same document)
 
 Counts (``connections``, ``users``) are what presence said just before the event was sent.
 
@@ -95,7 +96,7 @@ from realtime.http.endpoint import (
     string_field,
     user_id_field,
 )
-from realtime.http.openapi import OpenAPIDocument
+from realtime.http.openapi import APIIndex, OpenAPIDocument
 from realtime.http.resource import DEFAULT_MAX_BODY_BYTES, JSONResource
 from realtime.http.summary import AdminSummary
 from realtime.http.users import MyStatus, Status, UsersResource
@@ -359,4 +360,5 @@ def make_api(gateway, max_body_bytes: int = None) -> Resource:
     admin.putChild(b"summary", AdminSummary(api))  # realtime.http.summary (the dashboard's)
     root.putChild(b"admin", admin)
     root.putChild(b"openapi.json", OpenAPIDocument(api))  # realtime.http.openapi
+    root.putChild(b"", APIIndex(api))  # /websocket/: the operations, from the same document
     return root

@@ -229,7 +229,9 @@ def banner_lines(server, user, password, config, demo_rules=None) -> list:
     lines += [
         "A second process on this CouchDB (with REDIS_URL on both to share the work):",
         f"  COUCHDB_URL={server.url} COUCHDB_ADMIN_AUTH={server.admin_auth} "
-        "REALTIME_LISTEN=tcp:8081:interface=127.0.0.1 python -m realtime",
+        + (f"REALTIME_CONFIG={demo_rules} " if demo_rules is not None else "")
+        + "REALTIME_LISTEN=tcp:8081:interface=127.0.0.1 python -m realtime"
+        "   (in this Python environment: activate its virtualenv first, if any)",
         "",
         "Waiting for the CouchDB feeds (a few seconds): a 'ready' line follows.",
     ]

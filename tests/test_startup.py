@@ -240,6 +240,10 @@ class RunBannerTests(unittest.TestCase):
         shares = [line for line in lines if line.startswith("  COUCHDB_URL=http://127.0.0.1:")]
         self.assertEqual(len(shares), 1, text)
         self.assertIn("COUCHDB_ADMIN_AUTH=", shares[0])
+        # the second process follows the demo database too: the same rule file
+        rule_file = lines[[line.startswith("Demo application database") for line in lines]
+                          .index(True)].split("rule file: ", 1)[1].rstrip("):")
+        self.assertIn(f"REALTIME_CONFIG={rule_file} ", shares[0])
         commands = [line for line in lines if "examples/client.py" in line]
         self.assertEqual(len(commands), 2, text)
         for line in commands + shares:

@@ -27,10 +27,12 @@
  *   nothing from) and the last message `offset` (per topic for publications), and after
  *   every reconnect sends `{"type":"resume","since":{db: seq, ..., "messages": offset}}`
  *   (and `since` in the re-subscription of each topic with an offset).  Positions come only
- *   from live messages and from `resumed.until`, never from snapshot or replayed messages
- *   (a replay cut short is simply asked for again).  `rt.positions` exports them and the
- *   `since` option imports them (a page reload may keep them in `sessionStorage`: they are
- *   not secrets).
+ *   from live messages and from `resumed.until` / `subscribed.until`, never from snapshot or
+ *   replayed messages, nor from live ones while the resume has not answered (a replay cut
+ *   short is simply asked for again).  A database the resume could not read (`unavailable`)
+ *   is resumed again, with backoff; one the gateway does not follow is dropped.
+ *   `rt.positions` exports them and the `since` option imports them (a page reload may keep
+ *   them in `sessionStorage`: they are not secrets).
  * - **Re-subscription** of every topic after a reconnect, with its options.
  * - **Request/answer matching by `ref`**: every request carries a fresh `ref`, and its
  *   promise settles with the answer that carries it.  A `ref` is a random part drawn once
@@ -97,7 +99,9 @@ const MAX_REF = 2 ** 31;
  * @property {number} [pingIntervalMs] silence after which the client pings (30000)
  * @property {number} [pongTimeoutMs]  silence after that ping that means a dead link (10000)
  * @property {number} [requestTimeoutMs] how long a request waits for its answer (30000)
- * @property {boolean} [autoConnect]   connect at once (default true); else call connect()
+ * @property {boolean} [autoConnect]   connect right after the constructor returns (default
+ *                                     true: listeners attached at once see "connecting");
+ *                                     false: call connect()
  * @property {() => number} [random]   source of randomness for jitter (tests)
  */
 
@@ -186,6 +190,9 @@ function resolveUrl(url) {
   return url.replace(/^http(s?):/, "ws$1:");
 }
 
+/** Refusals that say "not now" rather than "no": a topic refused so is kept (asked again at the next connect). */
+const TRANSIENT = new Set(["rate_limited", "unavailable", "internal", "timeout"]);
+
 const DOC_TYPES = { create: "doc.create", update: "doc.update", remove: "doc.delete" };
 
 /**
@@ -218,6 +225,7 @@ export class Realtime {
     this._ws = null;
     this._attempt = 0;
     this._retryTimer = null;
+    this._generation = 0; // counts _open and _stop: an _open overtaken while it awaits its token gives up
     this._stopped = true;
     this._everConnected = false;
     this._refCount = 0;
@@ -232,6 +240,10 @@ export class Realtime {
     this._messagesOffset = since.messages;
     this._topicOffsets = { ...(since.topics || {}) };
     this._resumeOnConnect = Object.keys(this._seqs).length > 0 || since.messages !== undefined;
+    /** keys (db names, "messages") of the resume running on this connection, or to retry */
+    this._resumeKeys = null;
+    this._resumeTimer = null;
+    this._resumeAttempt = 0;
     /** @type {{id: string, name: string, roles: string[]} | null} */
     this.user = null;
     /** @type {string | null} */
@@ -245,7 +257,7 @@ export class Realtime {
         this._open();
       }
     };
-    if (this._o.autoConnect !== false) this.connect();
+    if (this._o.autoConnect !== false) this._start(true);
   }
 
   /** @returns {State} */
@@ -318,13 +330,32 @@ export class Realtime {
 
   /** Connect (again, after `close()` or a stop); does nothing if already connecting. */
   connect() {
-    if (!this._stopped) return;
+    if (this._stopped) this._start(false);
+  }
+
+  /**
+   * Started: requests and subscriptions are queued from now on.  The constructor's start
+   * (`deferred`) opens the socket right after the constructor returns, so that listeners
+   * attached on the next lines see every state, "connecting" included; `rt.state` says
+   * "connecting" at once.
+   */
+  _start(deferred) {
     this._stopped = false;
     this._attempt = 0;
     if (typeof globalThis.addEventListener === "function") {
       globalThis.addEventListener("online", this._onOnline);
     }
-    this._open();
+    if (!deferred) {
+      this._open();
+      return;
+    }
+    this._state = "connecting";
+    const generation = this._generation;
+    queueMicrotask(() => {
+      if (this._stopped || generation !== this._generation) return; // closed meanwhile
+      this._setState("connecting", { attempt: 0 });
+      this._open();
+    });
   }
 
   /** Close the connection for good (until {@link connect}); pending requests fail `closed`. */
@@ -334,18 +365,20 @@ export class Realtime {
   }
 
   async _open() {
+    const generation = ++this._generation;
     if (this._state !== "connecting") this._setState("connecting", { attempt: this._attempt });
     let token = this._o.token;
     if (typeof token === "function") {
       try {
         token = await token();
       } catch (error) {
+        if (generation !== this._generation || this._stopped) return;
         reportError(error);
         this._retry(BACKOFF, { code: 0, reason: "the token function failed" });
         return;
       }
     }
-    if (this._stopped) return;
+    if (this._stopped || generation !== this._generation) return;
     this._token = token || null;
     let url = this.url;
     if (this._token && this._o.tokenIn === "query") {
@@ -355,7 +388,9 @@ export class Realtime {
     try {
       ws = new this._WebSocket(url);
     } catch (error) {
-      reportError(error);
+      // the error's text may quote the URL, and with tokenIn "query" the token in it
+      reportError(url === this.url ? error
+        : new SyntaxError(`the gateway URL was refused: ${this.url} (${error && error.name})`));
       this._stop({ code: 0, reason: "bad gateway URL" });
       return;
     }
@@ -395,6 +430,7 @@ export class Realtime {
     this._ws = null;
     this._clearWatchdog();
     this._clearRefresh();
+    this._endResume();
     const authFailure = this._authFailure;
     const detail = { code, reason: authFailure || reason || "" };
     this._dropRequests();
@@ -427,9 +463,11 @@ export class Realtime {
   _stop(detail) {
     const wasStopped = this._stopped;
     this._stopped = true;
+    this._generation += 1;
     if (this._retryTimer !== null) clearTimeout(this._retryTimer);
     this._retryTimer = null;
     this._clearRefresh();
+    this._endResume();
     if (typeof globalThis.removeEventListener === "function") {
       globalThis.removeEventListener("online", this._onOnline);
     }
@@ -551,7 +589,8 @@ export class Realtime {
         this._onError(message);
         break;
       default:
-        if (message.offset !== undefined && !message.replay && type !== "ping" && type !== "pong") {
+        if (message.offset !== undefined && !message.replay && type !== "ping" && type !== "pong"
+            && !this._holding("messages")) {
           this._messagesOffset = message.offset;
         }
     }
@@ -581,9 +620,25 @@ export class Realtime {
   }
 
   _track(db, message) {
-    if (typeof db === "string" && message.seq !== undefined && !message.snapshot && !message.replay) {
+    if (typeof db === "string" && message.seq !== undefined && !message.snapshot && !message.replay
+        && !this._holding(db)) {
       this._seqs[db] = message.seq;
     }
+  }
+
+  /**
+   * Whether the position of `key` waits for a resume (sent, or to be sent again): a live
+   * message that comes before the replay is done must not move it past what the replay
+   * has not given yet (a drop would lose those changes); `resumed.until` moves it.
+   */
+  _holding(key) {
+    return this._resumeKeys !== null && this._resumeKeys.has(key);
+  }
+
+  _endResume() {
+    if (this._resumeTimer !== null) clearTimeout(this._resumeTimer);
+    this._resumeTimer = null;
+    this._resumeKeys = null; // the next connection resumes from the positions held
   }
 
   _dispatchTopic(topic, message) {
@@ -608,10 +663,25 @@ export class Realtime {
     this._authenticated = true;
     this._expiredRetry = false;
     this._attempt = 0;
-    if (message.sessionSecret) this._sessionKey = importKey(message.sessionSecret);
+    if (message.sessionSecret) {
+      const subtle = globalThis.crypto && globalThis.crypto.subtle;
+      if (!subtle) {
+        // only secure contexts (https://, localhost) have it: without it nothing can be sent
+        reportError(new Error("the gateway signs messages (sessionSecret) and this page has no WebCrypto "
+          + "(crypto.subtle: https:// or localhost only)"));
+        this._closeSocket(1000, "no WebCrypto");
+        this._stop({ code: 0, reason: "no-webcrypto" });
+        return;
+      }
+      this._sessionKey = importKey(message.sessionSecret);
+      this._sessionKey.catch(reportError); // a bad secret: said once (sends then fail too)
+    }
     const reconnect = this._everConnected;
     this._everConnected = true;
-    for (const [db, seq] of Object.entries(message.seqs || {})) {
+    this._endResume();
+    this._resumeAttempt = 0;
+    const seqs = message.seqs && typeof message.seqs === "object" ? message.seqs : {};
+    for (const [db, seq] of Object.entries(seqs)) {
       // "messages": where the message history stands (an offset), not a database
       if (db === "messages") {
         if (this._messagesOffset === undefined) this._messagesOffset = seq;
@@ -629,22 +699,40 @@ export class Realtime {
     }
   }
 
-  _sendResume() {
+  /** Send `resume` for every position (or only those of `keys`). */
+  _sendResume(keys) {
     const since = { ...this._seqs };
     if (this._messagesOffset !== undefined) since.messages = this._messagesOffset;
+    if (keys) for (const key of Object.keys(since)) if (!keys.has(key)) delete since[key];
     if (Object.keys(since).length === 0) return;
     const ref = this._nextRef();
     this._resumeRef = ref;
+    this._resumeKeys = new Set(Object.keys(since));
     this._send({ type: "resume", since, ref });
   }
 
   _onResumed(message) {
-    if (message.until && typeof message.until === "object") {
-      for (const [db, seq] of Object.entries(message.until)) {
-        if (db === "messages") this._messagesOffset = seq;
-        else this._seqs[db] = seq;
-      }
+    const until = message.until && typeof message.until === "object" ? message.until : {};
+    const recovered = message.recovered && typeof message.recovered === "object" ? message.recovered : {};
+    const reasons = message.reason && typeof message.reason === "object" ? message.reason : {};
+    if (message.ref !== undefined && message.ref !== this._resumeRef) return; // not ours
+    const again = new Set();
+    for (const [key, seq] of Object.entries(until)) {
+      if (recovered[key] === false && reasons[key] === "unavailable") {
+        again.add(key); // CouchDB did not answer: ask again from the same position
+      } else if (recovered[key] === false && reasons[key] === "unknown_database") {
+        if (key !== "messages") delete this._seqs[key]; // not followed: stop sending it
+      } else if (key === "messages") this._messagesOffset = seq;
+      else this._seqs[key] = seq;
     }
+    this._resumeKeys = again.size ? again : null;
+    if (again.size && this._resumeTimer === null) {
+      const delay = reconnectDelay(BACKOFF, this._resumeAttempt++, this._o);
+      this._resumeTimer = setTimeout(() => {
+        this._resumeTimer = null;
+        if (this._authenticated && this._ws) this._sendResume(again);
+      }, delay);
+    } else if (!again.size) this._resumeAttempt = 0;
   }
 
   _onSubscriptionAnswer(message) {
@@ -655,7 +743,11 @@ export class Realtime {
     }
     const sub = this._subs.get(topic);
     if (message.type === "subscribed") {
-      if (sub) sub.done(message);
+      if (sub) {
+        // after `since`: where the topic stands now (its replayed publications moved nothing)
+        if (message.until !== undefined && message.until !== null) this._topicOffsets[topic] = message.until;
+        sub.done(message);
+      }
       return;
     }
     // unsubscribed: the answer to ours, or the server's own (access lost, forbidden)
@@ -673,6 +765,10 @@ export class Realtime {
 
   _onError(message) {
     const ref = message.ref;
+    if (typeof ref === "string" && ref === this._resumeRef && this._resumeTimer === null) {
+      this._resumeKeys = null;
+      return;
+    }
     if (typeof ref === "string" && this._pending.has(ref)) {
       const request = this._pending.get(ref);
       this._pending.delete(ref);
@@ -680,15 +776,25 @@ export class Realtime {
       return;
     }
     let topic = typeof message.topic === "string" ? message.topic : undefined;
+    let answersSubscription = false;
     if (typeof ref === "string" && this._subRefs && this._subRefs.has(ref)) {
       topic = this._subRefs.get(ref);
       this._subRefs.delete(ref);
+      answersSubscription = true;
     }
     if (topic !== undefined) {
       const sub = this._subs.get(topic);
       if (sub && sub.waiting()) {
         this._subs.delete(topic);
         sub.fail(message);
+        return;
+      }
+      if (sub && answersSubscription && !sub.active && !TRANSIENT.has(message.code)) {
+        // a re-subscription (after a reconnect) refused: the server ended it, as with
+        // `unsubscribed`; it is forgotten and its handlers learn why
+        this._dispatchTopic(topic, { type: "unsubscribed", topic, reason: message.code, error: message });
+        this._subs.delete(topic);
+        delete this._topicOffsets[topic];
         return;
       }
       const waiters = this._unsubWaiters && this._unsubWaiters.get(topic);

@@ -194,6 +194,36 @@ class MessageResume(Base, unittest.TestCase):
         self.assertEqual(live["data"], 3)
 
     @inlineCallbacks
+    def test_topic_left_before_its_first_publication(self):
+        """
+        A plain subscribe answers the topic's position (until): a client that leaves before
+        anything is published resumes from it and gets what was published while away.
+        """
+        gw = yield self.start_gateway()
+        user, topic = unique("ann"), "public:" + unique("room")
+        client, _ = yield self.connect(gw, user)
+        client.send_json({"type": "subscribe", "topic": topic})
+        subscribed = yield client.next("subscribed")
+        position = subscribed["until"]
+        yield self.leave(gw, client, user)
+        offsets = []
+        for i in (1, 2):
+            status, body = yield self.admin(gw, "/websocket/publish",
+                                            {"topic": topic, "data": i})
+            self.assertEqual(status, 200)
+            offsets.append(body["offset"])
+        client, _ = yield self.connect(gw, user)
+        client.send_json({"type": "subscribe", "topic": topic, "since": position})
+        replayed = []
+        for _ in range(2):
+            replayed.append((yield client.next("publication")))
+        self.assertEqual([(m["data"], m["offset"], m["replay"]) for m in replayed],
+                         [(1, offsets[0], True), (2, offsets[1], True)])
+        subscribed = yield client.next("subscribed")
+        self.assertEqual((subscribed["recovered"], subscribed["until"], subscribed["replayed"]),
+                         (True, offsets[1], 2))
+
+    @inlineCallbacks
     def test_no_gap_no_duplicate_while_the_history_is_read(self):
         """
         Messages that arrive while the replay reads the history are held: the one the

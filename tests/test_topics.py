@@ -92,7 +92,9 @@ class ClientTopicTests(unittest.TestCase):
         alice, bob, carol = self.conn("alice"), self.conn("bob"), self.conn("carol")
         topics.handle_subscribe(alice, {"type": "subscribe", "topic": "public:chat"})
         topics.handle_subscribe(bob, {"type": "subscribe", "topic": "public:chat"})
-        self.assertEqual(alice.received, [{"type": "subscribed", "topic": "public:chat"}])
+        head = self.gateway.history.head()
+        self.assertEqual(alice.received,
+                         [{"type": "subscribed", "topic": "public:chat", "until": head}])
 
         topics.handle_publish(bob, {"type": "publish", "topic": "public:chat", "data": {"m": 1}})
         offset = alice.of_type("publication")[0]["offset"]
@@ -154,7 +156,8 @@ class ClientTopicTests(unittest.TestCase):
                          ["subscribed", "subscribed", "too_many_topics"])
         self.assertEqual(alice.topics, {"public:a", "public:b"})
         topics.handle_subscribe(alice, {"type": "subscribe", "topic": "public:a"})
-        self.assertEqual(alice.received[-1], {"type": "subscribed", "topic": "public:a"})
+        self.assertEqual(alice.received[-1], {"type": "subscribed", "topic": "public:a",
+                                              "until": self.gateway.history.head()})
 
     def test_unsubscribe_not_subscribed_is_answered(self):
         """unsubscribe from a topic not held still answers unsubscribed (idempotent)."""

@@ -744,7 +744,7 @@ export class Realtime {
     const sub = this._subs.get(topic);
     if (message.type === "subscribed") {
       if (sub) {
-        // after `since`: where the topic stands now (its replayed publications moved nothing)
+        // where the topic stands now (after since: its replayed publications moved nothing)
         if (message.until !== undefined && message.until !== null) this._topicOffsets[topic] = message.until;
         sub.done(message);
       }

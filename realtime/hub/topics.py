@@ -14,9 +14,12 @@ and nobody may publish on them.
 
 Client messages and answers:
 
-- ``{"type":"subscribe","topic":T}`` -> ``{"type":"subscribed","topic":T}``; subscribing
-  again to a topic already held answers ``subscribed`` again.  With ``since`` (an offset
-  of a publication), the publications after it come first (:mod:`realtime.hub.resume`).
+- ``{"type":"subscribe","topic":T}`` -> ``{"type":"subscribed","topic":T,"until":O}``;
+  subscribing again to a topic already held answers ``subscribed`` again.  ``until`` is
+  where the history stands (:meth:`realtime.hub.history.IHistory.head`; left out while it
+  is not known): the client's position in T until its first publication, so that a drop
+  before it loses nothing.  With ``since`` (an offset of a publication, or an ``until``),
+  the publications after it come first (:mod:`realtime.hub.resume`).
   Past the per-connection limit (128 by default): ``error`` ``too_many_topics``.
 - ``{"type":"unsubscribe","topic":T}`` -> ``{"type":"unsubscribed","topic":T}``, also
   when the connection was not subscribed (the state the client asked for holds).  From the
@@ -123,7 +126,13 @@ def handle_subscribe(conn, message: dict) -> None:
     if message.get("since") is not None:  # replay the topic's history first
         resume.resume_topic(conn, topic, message["since"], ref)
         return
-    conn.send_json(with_ref({"type": "subscribed", "topic": topic}, ref))
+    answer = {"type": "subscribed", "topic": topic}
+    head = conn.gateway.history.head()
+    if head is not None:
+        # where the topic stands: a client that drops before its first publication
+        # resumes from here, and gets what was published while it was away
+        answer["until"] = head
+    conn.send_json(with_ref(answer, ref))
 
 
 def handle_unsubscribe(conn, message: dict) -> None:

@@ -316,3 +316,19 @@ test("a subscription made right after the constructor waits for the connection",
     rt.close();
   }
 });
+
+test("a topic left before its first publication resumes from the until of its subscribed", async () => {
+  const { rt, fake } = setup();
+  try {
+    let ws = await accept(fake);
+    const subscribing = rt.subscribe("public:quiet", () => {});
+    ws.receive({ type: "subscribed", topic: "public:quiet", until: "e-5", ref: ws.last("subscribe").ref });
+    await subscribing;
+    assert.equal(rt.positions.topics["public:quiet"], "e-5");
+    ws.drop();
+    ws = await accept(fake);
+    assert.equal(ws.last("subscribe").since, "e-5");
+  } finally {
+    rt.close();
+  }
+});

@@ -371,6 +371,9 @@ export class Realtime {
     if (typeof token === "function") {
       try {
         token = await token();
+        if (token !== null && token !== undefined && typeof token !== "string") {
+          throw new TypeError(`the token function gave a ${typeof token}, not a string`);
+        }
       } catch (error) {
         if (generation !== this._generation || this._stopped) return;
         reportError(error);
@@ -517,7 +520,7 @@ export class Realtime {
       this._refreshTimer = null;
       try {
         const token = await this._o.token();
-        if (token && this._authenticated && this._ws) {
+        if (typeof token === "string" && token && this._authenticated && this._ws) {
           this._token = token;
           this._send({ type: "auth", token });
         }
@@ -596,7 +599,8 @@ export class Realtime {
     }
     if (type !== "error") {
       let ref = message.ref;
-      if (type === "pong" && !this._pending.has(ref)) ref = this._oldestPending("ping");
+      // (a pong with a ref nobody waits for answers the watchdog's ping, not the app's)
+      if (type === "pong" && ref === undefined) ref = this._oldestPending("ping");
       if (typeof ref === "string" && this._pending.has(ref)) {
         const request = this._pending.get(ref);
         this._pending.delete(ref);

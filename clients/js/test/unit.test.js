@@ -332,3 +332,36 @@ test("a topic left before its first publication resumes from the until of its su
     rt.close();
   }
 });
+
+test("a token function that gives something other than a string opens no socket and is reported", async (t) => {
+  const reported = [];
+  t.mock.method(console, "error", (e) => reported.push(String(e)));
+  const { rt, fake } = setup({ token: async () => ({ jwt: "a.b.c" }) });
+  try {
+    await tick(2);
+    assert.equal(fake.sockets.length, 0, "an object was about to be sent as the token");
+    assert.equal(rt.state, "connecting");
+    assert.equal(rt.lastClose.reason, "the token function failed");
+    assert.ok(reported.some((text) => /not a string/.test(text)), reported.join("\n"));
+  } finally {
+    rt.close();
+  }
+});
+
+test("a pong with a ref nobody waits for does not answer the app's ping", async () => {
+  const { rt, fake } = setup();
+  try {
+    const ws = await accept(fake);
+    let answered = null;
+    const pinging = rt.ping().then((pong) => { answered = pong; });
+    const ref = ws.last("ping").ref;
+    ws.receive({ type: "pong", ref: "not-yours" });
+    await tick();
+    assert.equal(answered, null);
+    ws.receive({ type: "pong", ref });
+    await pinging;
+    assert.equal(answered.ref, ref);
+  } finally {
+    rt.close();
+  }
+});

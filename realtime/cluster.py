@@ -37,6 +37,8 @@ class ClusterState:
 
     def stop(self):
         """Leave presence first (while Redis is still reachable), then stop the broker."""
+        if self.history is not None:
+            self.history.stop()
         d = self.presence.stop()
         d.addErrback(lambda f: None)
         return d.addCallback(lambda _: self.broker.stop())

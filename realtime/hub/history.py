@@ -136,9 +136,13 @@ class IHistory(Interface):
         """
         The offset where the history stands now (what ``connected`` tells a client to
         resume from), or None when it is not known yet.  It may lag behind (a Redis
-        history knows the latest offset it saw): resuming from an older offset only
-        replays more, never less.
+        history learns it every second): resuming from an older offset only replays
+        more, never less.  It tells the clock's position, never when the last message
+        was sent.
         """
+
+    def stop():
+        """Stop what the history runs on its own (a timer), at shutdown."""
 
 
 def encode_with_offset(message: dict, offset: str) -> str:
@@ -206,6 +210,9 @@ class MemoryHistory:
         limit = now - FORGET_FACTOR * self.ttl
         for name in [k for k, s in self._streams.items() if s.touched < limit]:
             del self._streams[name]
+
+    def stop(self) -> None:
+        pass
 
     def head(self) -> str:
         # Where the clock stands, not the last offset given: that would tell when the

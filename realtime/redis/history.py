@@ -6,7 +6,9 @@ process than the one it left.
 Keys (``P`` is ``REDIS_PREFIX``)::
 
     P history:epoch           the epoch of the offsets (set once, SET NX)
-    P history:n               the counter of the deployment (realtime.hub.history.next_n)
+    P history:n               the counter of the deployment (realtime.hub.history.next_n);
+                              each process also moves it up to its clock every second
+                              and takes that as its head (what a new client resumes from)
     P history:s:<stream>      sorted set: score n, member "<n> <ms> <message JSON>"
     P history:g:<stream>      sorted set of the n of dropped messages ("ghosts")
     P history:m:<stream>      hash: floor (highest ghost forgotten)
@@ -22,6 +24,7 @@ changes: older offsets are answered ``recovered: false``.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from realtime import jsonutil
@@ -30,6 +33,7 @@ from realtime.hub.history import (
     GHOST_FACTOR,
     IHistory,
     Replay,
+    clock_n,
     make_offset,
     new_epoch,
     parse_offset,
@@ -77,10 +81,19 @@ end
 return {epoch, n}
 """
 
+# Move the counter up to the caller's clock (ARGV[2]: clock_n - 1, so the next append in
+# this millisecond still comes after it) and answer it: head() is that value, which tells
+# when this script ran, not when the last message to anyone was appended.
 _HEAD = """
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]) or '0'}
+local n = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[2]))
+n = string.format('%d', n)
+redis.call('SET', KEYS[2], n)
+return {redis.call('GET', KEYS[1]), n}
 """
+
+#: seconds between two moves of the head (:meth:`RedisHistory.head`)
+HEAD_INTERVAL = 1.0
 
 _READ = """
 local epoch = redis.call('GET', KEYS[1])
@@ -134,22 +147,54 @@ class RedisHistory:
         self.ttl = ttl
         self._epoch = None
         self._n = 0
-        # Learn where the history stands at every (re)connection (and create its epoch).
-        client.on_connect_hooks.append(self._refresh_head)
+        self._refreshing = None
+        # Learn where the history stands at every (re)connection (and create its epoch),
+        # then every HEAD_INTERVAL while connected.
+        client.on_connect_hooks.append(self._connected)
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = clock
+
+    def _connected(self, protocol=None) -> Deferred:
+        if not self._ticker.running:
+            self._ticker.start(HEAD_INTERVAL, now=False)
+        return self._refresh_head()
+
+    def _tick(self) -> None:
+        if self._refreshing is None and self._client.connected:
+            self._refresh_head().addErrback(lambda f: None)  # the next tick tries again
+
+    def stop(self) -> None:
+        if self._ticker.running:
+            self._ticker.stop()
 
     def _refresh_head(self, protocol=None) -> Deferred:
         d = self._client.eval(_HEAD, [self._prefix + "epoch", self._prefix + "n"],
-                              [new_epoch()])
-        d.addCallback(lambda reply: self._saw(_text(reply[0]), int(_text(reply[1]))))
-        return d
+                              [new_epoch(), str(clock_n(self._clock.seconds()) - 1)])
 
-    def _saw(self, epoch: str, n: int) -> None:
-        if epoch != self._epoch:
-            self._epoch, self._n = epoch, n
-        else:
-            self._n = max(self._n, n)
+        def answered(reply):
+            self._epoch, self._n = _text(reply[0]), int(_text(reply[1]))
+
+        def done(result):
+            self._refreshing = None
+            return result
+
+        self._refreshing = d
+        return d.addCallback(answered).addBoth(done)
+
+    def _saw(self, epoch: str) -> None:
+        # An offset of another epoch (Redis lost its data): the new epoch's start, until
+        # the next refresh (a resume from it replays more, never less).  The offsets
+        # themselves do not move the head: that would tell when the last message was sent.
+        if self._epoch is not None and epoch != self._epoch:
+            self._epoch, self._n = epoch, 0
+            if self._refreshing is None:
+                self._refresh_head().addErrback(lambda f: None)
 
     def head(self):
+        """
+        Where the counter stood at the last refresh (at most HEAD_INTERVAL ago while Redis
+        is reachable): every later append comes after it, on any process.
+        """
         if self._epoch is None:
             return None
         return make_offset(self._epoch, self._n)
@@ -175,7 +220,7 @@ class RedisHistory:
 
         def appended(reply):
             epoch, n = _text(reply[0]), int(reply[1])
-            self._saw(epoch, n)
+            self._saw(epoch)
             offset = make_offset(epoch, n)
             return offset, head + offset + '"}'
 
@@ -190,7 +235,7 @@ class RedisHistory:
             if int(reply[0]) == 0:
                 current = _text(reply[1]) or epoch
                 if _text(reply[1]):
-                    self._saw(current, int(_text(reply[2])))
+                    self._saw(current)
                 return Replay([], False, None, make_offset(current, int(_text(reply[2]))))
             current, lost, known, top = _text(reply[1]), int(reply[2]), int(reply[3]), \
                 int(_text(reply[4]))

@@ -260,6 +260,16 @@ class RedisHistoryTests(HistoryContract, unittest.TestCase):
         self.assertEqual(len(replay.messages), 1)
 
     @inlineCallbacks
+    def test_a_stopped_history_keeps_its_timer_stopped_after_a_reconnection(self):
+        """ClusterState.stop stops the head's timer first, then leaves presence while Redis
+        is still reachable: a reconnection meanwhile (the client's on_connect hook) must
+        not start it again, or a timer outlives the shutdown."""
+        history = yield self.make()
+        history.stop()
+        yield history._connected()  # what the client's hook calls on a reconnection
+        self.assertFalse(history._ticker.running)
+
+    @inlineCallbacks
     def test_two_processes_share_one_history(self):
         """Appended on one process, read on another: the same offsets and messages."""
         here = yield self.make()

@@ -365,6 +365,7 @@ export class Realtime {
   }
 
   async _open() {
+    if (this._stopped) return; // closed meanwhile (e.g. by a listener of "connecting")
     const generation = ++this._generation;
     if (this._state !== "connecting") this._setState("connecting", { attempt: this._attempt });
     let token = this._o.token;
@@ -565,6 +566,7 @@ export class Realtime {
         break;
       case "connected":
         this._onConnected(message);
+        if (this._stopped) return; // refused (no WebCrypto): the app is not told "connected"
         break;
       case "auth_failed":
         this._authFailure = message.reason;
@@ -730,13 +732,19 @@ export class Realtime {
       else this._seqs[key] = seq;
     }
     this._resumeKeys = again.size ? again : null;
-    if (again.size && this._resumeTimer === null) {
-      const delay = reconnectDelay(BACKOFF, this._resumeAttempt++, this._o);
-      this._resumeTimer = setTimeout(() => {
-        this._resumeTimer = null;
-        if (this._authenticated && this._ws) this._sendResume(again);
-      }, delay);
-    } else if (!again.size) this._resumeAttempt = 0;
+    if (again.size) this._retryResume(again);
+    else this._resumeAttempt = 0;
+  }
+
+  /** Hold the positions of `keys` and send `resume` for them again, with backoff. */
+  _retryResume(keys) {
+    this._resumeKeys = keys;
+    if (this._resumeTimer !== null) return;
+    const delay = reconnectDelay(BACKOFF, this._resumeAttempt++, this._o);
+    this._resumeTimer = setTimeout(() => {
+      this._resumeTimer = null;
+      if (this._authenticated && this._ws) this._sendResume(keys);
+    }, delay);
   }
 
   _onSubscriptionAnswer(message) {
@@ -770,7 +778,10 @@ export class Realtime {
   _onError(message) {
     const ref = message.ref;
     if (typeof ref === "string" && ref === this._resumeRef && this._resumeTimer === null) {
-      this._resumeKeys = null;
+      // the resume failed as a whole ("internal": the history could not be read): what it
+      // did not give is still missing, so its positions stay held and it is asked again
+      if (this._resumeKeys && TRANSIENT.has(message.code)) this._retryResume(this._resumeKeys);
+      else this._resumeKeys = null;
       return;
     }
     if (typeof ref === "string" && this._pending.has(ref)) {
@@ -875,6 +886,8 @@ export class Realtime {
       this._unsubWaiters.clear();
     }
     if (this._subRefs) this._subRefs.clear();
+    // a subscribe not answered yet is sent again on the next connection, and timed from then
+    for (const sub of this._subs.values()) sub.disarm();
   }
 
   /** Round trip to the server: resolves with the `pong`. */
@@ -901,9 +914,8 @@ export class Realtime {
     if (fn) sub.handlers.add(fn);
     sub.options = { ...sub.options, ...options };
     if (options.since !== undefined) this._topicOffsets[topic] = options.since;
-    const answer = sub.wait(this._o.requestTimeoutMs, () => {
-      if (this._subs.get(topic) === sub && !sub.active) this._subs.delete(topic);
-    });
+    // made while disconnected: sent, and timed, once the connection is back
+    const answer = sub.wait();
     this._sendSubscribe(sub);
     return answer;
   }
@@ -919,7 +931,10 @@ export class Realtime {
     if (!this._subRefs) this._subRefs = new Map();
     this._subRefs.set(message.ref, sub.topic);
     sub.active = false;
-    this._send(message);
+    if (!this._send(message)) return; // the socket is closing: sent again on the next one
+    sub.arm(this._o.requestTimeoutMs, () => {
+      if (this._subs.get(sub.topic) === sub && !sub.active) this._subs.delete(sub.topic);
+    });
   }
 
   /**
@@ -1013,16 +1028,27 @@ class Subscription {
     return this._waiters.length > 0;
   }
 
-  wait(timeoutMs, onTimeout) {
+  /** A promise of the answer; its timeout starts when the subscribe is sent ({@link arm}). */
+  wait() {
     return new Promise((resolve, reject) => {
-      const waiter = { resolve, reject, timer: null };
+      this._waiters.push({ resolve, reject, timer: null });
+    });
+  }
+
+  /** The subscribe was just sent: each waiter gets `timeoutMs` from now for its answer. */
+  arm(timeoutMs, onTimeout) {
+    for (const waiter of this._waiters) {
+      clearTimeout(waiter.timer);
       waiter.timer = setTimeout(() => {
         this._waiters = this._waiters.filter((w) => w !== waiter);
-        onTimeout();
-        reject(new RealtimeError({ code: "timeout", message: `no answer to subscribe ${this.topic}`, topic: this.topic }));
+        if (!this._waiters.length) onTimeout();
+        waiter.reject(new RealtimeError({ code: "timeout", message: `no answer to subscribe ${this.topic}`, topic: this.topic }));
       }, timeoutMs);
-      this._waiters.push(waiter);
-    });
+    }
+  }
+
+  disarm() {
+    for (const waiter of this._waiters) clearTimeout(waiter.timer);
   }
 
   done(message) {

@@ -148,6 +148,7 @@ class RedisHistory:
         self._epoch = None
         self._n = 0
         self._refreshing = None
+        self._stopped = False
         # Learn where the history stands at every (re)connection (and create its epoch),
         # then every HEAD_INTERVAL while connected.
         client.on_connect_hooks.append(self._connected)
@@ -155,7 +156,7 @@ class RedisHistory:
         self._ticker.clock = clock
 
     def _connected(self, protocol=None) -> Deferred:
-        if not self._ticker.running:
+        if not self._ticker.running and not self._stopped:
             self._ticker.start(HEAD_INTERVAL, now=False)
         return self._refresh_head()
 
@@ -164,6 +165,7 @@ class RedisHistory:
             self._refresh_head().addErrback(lambda f: None)  # the next tick tries again
 
     def stop(self) -> None:
+        self._stopped = True  # for good: a reconnection during the shutdown starts nothing
         if self._ticker.running:
             self._ticker.stop()
 

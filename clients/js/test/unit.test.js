@@ -365,3 +365,100 @@ test("a pong with a ref nobody waits for does not answer the app's ping", async 
     rt.close();
   }
 });
+
+test("a subscription made while disconnected is sent when the connection is back, and timed from then", async () => {
+  const { rt, fake } = setup({ requestTimeoutMs: 40, minDelayMs: 150, maxDelayMs: 150 });
+  try {
+    let ws = await accept(fake);
+    ws.drop(4100, "backoff"); // reconnect in 150 ms, more than the request timeout
+    let outcome = null;
+    const subscribing = rt.subscribe("public:later", () => {}).then(
+      (answer) => { outcome = answer; }, (error) => { outcome = error; });
+    await tick(100);
+    assert.equal(outcome, null, "timed out before it could be sent");
+    await tick(80);
+    ws = await accept(fake);
+    const sent = ws.last("subscribe");
+    assert.equal(sent.topic, "public:later");
+    ws.receive({ type: "subscribed", topic: "public:later", ref: sent.ref });
+    await subscribing;
+    assert.equal(outcome.type, "subscribed");
+  } finally {
+    rt.close();
+  }
+});
+
+test("a subscribe the server does not answer still times out once sent", async () => {
+  const { rt, fake } = setup({ requestTimeoutMs: 40 });
+  try {
+    await accept(fake);
+    await assert.rejects(rt.subscribe("public:silent", () => {}), (error) => error.code === "timeout");
+    assert.equal(rt.positions.topics["public:silent"], undefined);
+  } finally {
+    rt.close();
+  }
+});
+
+test("a listener that closes the client on its first connecting leaves it closed", async () => {
+  const fake = fakeWebSocket();
+  const rt = new Realtime("ws://gateway.test/ws", { token: "a.b.c", WebSocket: fake.WebSocket, pingIntervalMs: 60000 });
+  const states = [];
+  rt.on("state", (state) => states.push(state));
+  const off = rt.on("state", (state) => {
+    if (state === "connecting") { off(); rt.close(); } // e.g. "offline: do not try now"
+  });
+  await tick(10);
+  assert.equal(fake.sockets.length, 0);
+  assert.equal(rt.state, "closed", "stopped, but its state says connecting");
+  assert.deepEqual(states, ["connecting", "closed"]);
+  rt.close();
+});
+
+test("a resume the gateway could not complete (error internal) keeps the positions and is asked again", async () => {
+  const { rt, fake } = setup();
+  try {
+    let ws = await accept(fake, { notes: 5, messages: "e-1" });
+    ws.drop();
+    ws = await accept(fake, { notes: 9, messages: "e-7" });
+    const first = ws.last("resume");
+    assert.deepEqual(first.since, { notes: 5, messages: "e-1" });
+    // the history could not be read (Redis away for a moment): the whole resume failed
+    ws.receive({ type: "error", code: "internal", message: "the resume failed; reload what you hold", ref: first.ref });
+    ws.receive({ type: "doc-change", db: "notes", id: "z", rev: "1-x", seq: 9, doc: {} });
+    ws.receive({ type: "note", offset: "e-8" });
+    assert.equal(rt.positions.seqs.notes, 5, "a live change skips the changes never replayed");
+    assert.equal(rt.positions.messages, "e-1", "a live message skips the messages never replayed");
+    const deadline = Date.now() + 1000;
+    while (!ws.last("resume", (m) => m !== first) && Date.now() < deadline) await tick(5);
+    const retry = ws.last("resume", (m) => m !== first);
+    assert.ok(retry, "the failed resume is not asked again");
+    assert.deepEqual(retry.since, { notes: 5, messages: "e-1" });
+    ws.receive({ type: "resumed", since: retry.since, until: { notes: 9, messages: "e-8" }, replayed: { notes: 1, messages: 1 },
+      recovered: { notes: true, messages: true }, ref: retry.ref });
+    assert.deepEqual([rt.positions.seqs.notes, rt.positions.messages], [9, "e-8"]);
+  } finally {
+    rt.close();
+  }
+});
+
+test("a signed session without WebCrypto does not tell the app it is connected", async (t) => {
+  t.mock.method(console, "error", () => {});
+  const { rt, fake } = setup();
+  const real = Object.getOwnPropertyDescriptor(globalThis, "crypto");
+  const told = [];
+  rt.on("connected", () => told.push(rt.state));
+  try {
+    await tick();
+    const ws = fake.sockets[0];
+    ws.open();
+    ws.receive({ type: "connection_established" });
+    Object.defineProperty(globalThis, "crypto", { value: { getRandomValues: (a) => a }, configurable: true });
+    ws.receive({ type: "connected", user: { id: "ann" }, connectionId: "c1", seqs: {}, sessionSecret: "s3cret" });
+    Object.defineProperty(globalThis, "crypto", real);
+    assert.equal(rt.state, "closed");
+    assert.deepEqual(told, [], "a connected event after the closed state");
+  } finally {
+    Object.defineProperty(globalThis, "crypto", real);
+    rt.close();
+  }
+});

@@ -731,9 +731,12 @@ export class Realtime {
       } else if (key === "messages") this._messagesOffset = seq;
       else this._seqs[key] = seq;
     }
-    this._resumeKeys = again.size ? again : null;
-    if (again.size) this._retryResume(again);
-    else this._resumeAttempt = 0;
+    if (again.size) {
+      this._retryResume(again);
+    } else {
+      this._resumeKeys = null;
+      this._resumeAttempt = 0;
+    }
   }
 
   /** Hold the positions of `keys` and send `resume` for them again, with backoff. */

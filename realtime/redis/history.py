@@ -147,7 +147,7 @@ class RedisHistory:
         self.ttl = ttl
         self._epoch = None
         self._n = 0
-        self._refreshing = None
+        self._refreshing = False
         self._stopped = False
         # Learn where the history stands at every (re)connection (and create its epoch),
         # then every HEAD_INTERVAL while connected.
@@ -161,7 +161,11 @@ class RedisHistory:
         return self._refresh_head()
 
     def _tick(self) -> None:
-        if self._refreshing is None and self._client.connected:
+        if self._client.connected:
+            self._refresh_soon()
+
+    def _refresh_soon(self) -> None:
+        if not self._refreshing:
             self._refresh_head().addErrback(lambda f: None)  # the next tick tries again
 
     def stop(self) -> None:
@@ -169,7 +173,7 @@ class RedisHistory:
         if self._ticker.running:
             self._ticker.stop()
 
-    def _refresh_head(self, protocol=None) -> Deferred:
+    def _refresh_head(self) -> Deferred:
         d = self._client.eval(_HEAD, [self._prefix + "epoch", self._prefix + "n"],
                               [new_epoch(), str(clock_n(self._clock.seconds()) - 1)])
 
@@ -177,10 +181,10 @@ class RedisHistory:
             self._epoch, self._n = _text(reply[0]), int(_text(reply[1]))
 
         def done(result):
-            self._refreshing = None
+            self._refreshing = False
             return result
 
-        self._refreshing = d
+        self._refreshing = True
         return d.addCallback(answered).addBoth(done)
 
     def _saw(self, epoch: str) -> None:
@@ -189,8 +193,7 @@ class RedisHistory:
         # themselves do not move the head: that would tell when the last message was sent.
         if self._epoch is not None and epoch != self._epoch:
             self._epoch, self._n = epoch, 0
-            if self._refreshing is None:
-                self._refresh_head().addErrback(lambda f: None)
+            self._refresh_soon()
 
     def head(self):
         """

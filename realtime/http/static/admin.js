@@ -3,7 +3,7 @@
 // goes out only as an Authorization header.  Everything is written with textContent.
 import { formatNumber, lineChart } from "/static/charts.js";
 
-const KEY = "realtime-admin-credential";
+const STORAGE_ITEM = "realtime-admin-credential"; // the sessionStorage item's name
 const WINDOW_SECONDS = 300;
 const params = new URLSearchParams(location.search);
 const INTERVAL = Math.max(250, Number(params.get("interval")) || 2000);
@@ -26,7 +26,7 @@ function el(tag, attributes = {}, ...children) {
 }
 
 function credential() {
-  return sessionStorage.getItem(KEY);
+  return sessionStorage.getItem(STORAGE_ITEM);
 }
 
 async function api(method, path, body) {
@@ -75,7 +75,7 @@ async function tryLogin() {
     start();
     return;
   }
-  sessionStorage.removeItem(KEY);
+  sessionStorage.removeItem(STORAGE_ITEM);
   showLogin(loginProblem(status, answer));
 }
 
@@ -85,12 +85,12 @@ $("login").addEventListener("submit", (event) => {
   const value = input.value.trim();
   input.value = "";
   if (!value) return;
-  sessionStorage.setItem(KEY, value);
+  sessionStorage.setItem(STORAGE_ITEM, value);
   tryLogin();
 });
 
 $("logout").addEventListener("click", () => {
-  sessionStorage.removeItem(KEY);
+  sessionStorage.removeItem(STORAGE_ITEM);
   showLogin("Logged out.");
 });
 
@@ -138,7 +138,7 @@ async function poll() {
     return;
   }
   if (users.status === 401 || users.status === 403) {
-    sessionStorage.removeItem(KEY);
+    sessionStorage.removeItem(STORAGE_ITEM);
     showLogin(loginProblem(users.status, users.answer));
     return;
   }
